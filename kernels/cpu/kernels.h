@@ -1,0 +1,95 @@
+/*
+ * kernels/cpu — the CPU compute layer: tensor type traits (dequantise, quantise activations, dot products),
+ * the thread pool and the matrix multiply built on them.
+ *
+ * Every type has a plain-C implementation (dsa_traits_ref) that the SIMD paths (dsa_traits, chosen at run time
+ * from what the CPU supports) are tested against.  Nothing here knows about models, files or sockets.
+ */
+#ifndef DSA_KERNELS_H
+#define DSA_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Type ids are ggml's, so they match the numbers stored in GGUF tensor tables. */
+enum dsa_type {
+    DSA_F32 = 0,
+    DSA_F16 = 1,
+    DSA_Q4_0 = 2,
+    DSA_Q4_1 = 3,
+    DSA_Q8_0 = 8,
+    DSA_Q8_1 = 9,  /* activation type for Q4_0/Q4_1/Q8_0 weights: see dsa_block_q8_1 */
+    DSA_Q4_K = 12,
+    DSA_Q5_K = 13,
+    DSA_Q6_K = 14,
+    DSA_Q8_K = 15, /* activation type for the K-quants */
+    DSA_BF16 = 30,
+    DSA_TYPE_COUNT = 40
+};
+
+#define DSA_QK 32   /* weights per block of the legacy quants */
+#define DSA_QK_K 256 /* weights per super-block of the K-quants */
+
+/* Activation blocks (our own in-memory layouts: they are never stored in files). */
+typedef struct {
+    float d;            /* scale: x ≈ d * qs */
+    float s;            /* d * Σ qs — lets Q4_1 fold its per-block minimum in with one multiply */
+    int8_t qs[DSA_QK];
+} dsa_block_q8_1;
+
+typedef struct {
+    float d;
+    int8_t qs[DSA_QK_K];
+    int16_t bsums[DSA_QK_K / 16]; /* Σ qs over each group of 16 */
+} dsa_block_q8_k;
+
+typedef struct {
+    const char *name;
+    int blck;              /* elements per block */
+    size_t type_size;      /* bytes per block */
+    int is_weight;         /* supported as a weight type (loadable from GGUF) */
+    enum dsa_type act;     /* type the activations are converted to for vec_dot */
+    /* dst[0..n) = float value of src; n is a multiple of blck */
+    void (*to_float)(const void *src, float *dst, int64_t n);
+    /* quantise n floats (a multiple of blck) to this type; set for activation types (F32, Q8_1, Q8_K) */
+    void (*from_float)(const float *src, void *dst, int64_t n);
+    /* Σ w[i]*a[i] over n elements: w in this type, a in traits->act */
+    float (*vec_dot)(int n, const void *w, const void *a);
+} dsa_type_traits;
+
+/* Best implementation for this CPU (after dsa_kernels_init), or the plain-C one. NULL for unknown types. */
+const dsa_type_traits *dsa_traits(enum dsa_type t);
+const dsa_type_traits *dsa_traits_ref(enum dsa_type t);
+
+/* Choose SIMD paths from the CPU's features.  level: 0 = auto, 1 = plain C only, 2 = at most AVX2,
+ * 3 = at most AVX-512.  Environment DSA_CPU=generic|avx2|avx512 overrides auto.  Safe to call again. */
+void dsa_kernels_init(int level);
+const char *dsa_cpu_name(void); /* "avx512", "avx2" or "generic" */
+
+/* Bytes of a row of n elements of type t (n must be a multiple of its block size). */
+size_t dsa_row_size(enum dsa_type t, int64_t n);
+const char *dsa_type_name(int t); /* "q4_1", …; "unknown" */
+
+/* half / bfloat16 conversion */
+float dsa_f16_to_f32(uint16_t h);
+uint16_t dsa_f32_to_f16(float f);
+float dsa_bf16_to_f32(uint16_t h);
+
+/* ---- thread pool ---------------------------------------------------------------------------------- */
+typedef struct dsa_pool dsa_pool;
+/* n_threads includes the calling thread; <= 0 means all online CPUs. */
+dsa_pool *dsa_pool_new(int n_threads);
+void dsa_pool_free(dsa_pool *p);
+int dsa_pool_size(const dsa_pool *p);
+/* Run fn(arg, ith, nth) on every thread (ith in [0,nth)) and wait for all. */
+void dsa_pool_run(dsa_pool *p, void (*fn)(void *arg, int ith, int nth), void *arg);
+
+/* ---- matrix multiply -------------------------------------------------------------------------------- */
+/* Y[j][i] = Σ_k W[i][k] * X[j][k] for i < rows, j < n: W is rows×cols of type wt (row-major, GGUF layout),
+ * X is n×cols floats, Y is n×rows floats (row stride ldy).  Activations are quantised to the weight's
+ * activation type into scratch (see dsa_matmul_scratch).  Threads split the rows. */
+size_t dsa_matmul_scratch(enum dsa_type wt, int64_t cols, int n);
+void dsa_matmul(dsa_pool *p, enum dsa_type wt, const void *W, int64_t rows, int64_t cols,
+                const float *X, int n, float *Y, int64_t ldy, void *scratch);
+
+#endif

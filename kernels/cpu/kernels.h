@@ -92,4 +92,12 @@ size_t dsa_matmul_scratch(enum dsa_type wt, int64_t cols, int n);
 void dsa_matmul(dsa_pool *p, enum dsa_type wt, const void *W, int64_t rows, int64_t cols,
                 const float *X, int n, float *Y, int64_t ldy, void *scratch);
 
+/* ---- small vector ops used by attention and the norms (ops.c; SIMD where the CPU has it) -------------- */
+/* y[i] += a * x[i] for f16 x */
+void dsa_axpy_f16(int n, float a, const uint16_t *x, float *y);
+/* Σ x[i]*y[i] for f16 x, f32 y */
+float dsa_dot_f16(int n, const uint16_t *x, const float *y);
+/* dst[i] = f16(src[i]) */
+void dsa_f32_to_f16_row(int n, const float *src, uint16_t *dst);
+
 #endif

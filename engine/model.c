@@ -1,0 +1,513 @@
+/*
+ * The transformer forward pass, llama2.c-style: everything a token goes through is in dsa_ctx_eval and the few
+ * static functions above it.
+ *
+ *   x = embed(token)
+ *   per layer:  h = RMSNorm(x)·attn_norm
+ *               q, k, v = Wq h (+bq), Wk h (+bk), Wv h (+bv);  RoPE(q, k);  K/V cache ← k, v (f16)
+ *               x += Wo · softmax(q·Kᵀ/√d) V            (grouped-query: query head h reads KV head h/(H/H_kv))
+ *               h = RMSNorm(x)·ffn_norm
+ *               x += Wdown · (silu(Wgate h) ⊙ Wup h)
+ *   logits = Wout · RMSNorm(x)·output_norm              (Wout = token_embd when the model ties them)
+ *
+ * A batch of tokens (prefill) goes through the same code as one token (decode): the matmuls take n rows.
+ */
+#include "model.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define MAX_BATCH 256
+
+typedef struct {
+    enum dsa_type type;
+    const void *data;
+    int64_t rows, cols;
+} wmat;
+
+typedef struct {
+    float *attn_norm, *ffn_norm;
+    float *bq, *bk, *bv; /* qwen2 only */
+    wmat wq, wk, wv, wo, gate, up, down;
+} layer;
+
+struct dsa_model {
+    char *path;
+    gguf_file *g;
+    dsa_hparams hp;
+    dsa_tokenizer *tok;
+    dsa_chat_template chat;
+    char chat_err[256];
+    wmat embd, output;
+    float *output_norm;
+    float *rope_freq; /* rope_dim/2 inverse frequencies, double-derived */
+    layer *layers;
+};
+
+struct dsa_ctx {
+    dsa_model *m;
+    dsa_pool *pool;
+    int n_ctx, pos;
+    int kv_dim;
+    uint16_t *kc, *vc; /* [layer][n_ctx][kv_dim] f16 */
+    size_t kv_bytes;
+    /* batch scratch */
+    float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *cos, *sin;
+    float *scores;     /* [threads][n_ctx] */
+    void *mmscratch;
+    size_t mmscratch_size;
+};
+
+static int errf(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (err && errlen) vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* ---- loading ------------------------------------------------------------------------------------------- */
+
+static int get_u32(const gguf_file *g, const char *arch, const char *suffix, uint32_t *out, int required,
+                   char *err, size_t errlen) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (gguf_get_u32(g, key, out) == 0) return 0;
+    if (!required) return 1;
+    if (gguf_find(g, key)) return errf(err, errlen, "metadata %s has the wrong type", key);
+    return errf(err, errlen, "missing metadata %s", key);
+}
+
+static int get_mat(const gguf_file *g, const char *name, int64_t cols, int64_t rows, wmat *w, int optional,
+                   char *err, size_t errlen) {
+    const gguf_tensor *t = gguf_find_tensor(g, name);
+    if (!t) {
+        if (optional) {
+            w->data = NULL;
+            return 0;
+        }
+        return errf(err, errlen, "missing tensor %s", name);
+    }
+    if (t->n_dims > 2 || t->ne[0] != cols || t->ne[1] != rows)
+        return errf(err, errlen, "tensor %s has shape [%lld, %lld], expected [%lld, %lld]", name,
+                    (long long)t->ne[0], (long long)t->ne[1], (long long)cols, (long long)rows);
+    w->type = (enum dsa_type)t->type;
+    w->data = t->data;
+    w->rows = rows;
+    w->cols = cols;
+    return 0;
+}
+
+/* Small vectors (norms, biases) are dequantised to f32 once. */
+static int get_vec(const gguf_file *g, const char *name, int64_t n, float **out, int optional, char *err,
+                   size_t errlen) {
+    wmat w = {0};
+    *out = NULL;
+    if (get_mat(g, name, n, 1, &w, optional, err, errlen)) return -1;
+    if (!w.data) return 0;
+    float *v = malloc((size_t)n * sizeof *v);
+    if (!v) return errf(err, errlen, "out of memory");
+    dsa_traits_ref(w.type)->to_float(w.data, v, n);
+    *out = v;
+    return 0;
+}
+
+static int load_hparams(dsa_model *m, char *err, size_t errlen) {
+    const gguf_file *g = m->g;
+    dsa_hparams *hp = &m->hp;
+    dsa_str a;
+    if (gguf_get_str(g, "general.architecture", &a)) return errf(err, errlen, "missing general.architecture");
+    char arch[32];
+    if (a.len >= sizeof arch) a.len = sizeof arch - 1;
+    memcpy(arch, a.ptr, a.len);
+    arch[a.len] = 0;
+    for (char *p = arch; *p; p++)
+        if ((unsigned char)*p < 0x20) *p = '?';
+    if (!strcmp(arch, "llama")) hp->arch = DSA_ARCH_LLAMA;
+    else if (!strcmp(arch, "qwen2")) hp->arch = DSA_ARCH_QWEN2;
+    else return errf(err, errlen, "unsupported architecture '%s' (supported: llama, qwen2)", arch);
+
+    uint32_t v;
+    if (get_u32(g, arch, "block_count", &v, 1, err, errlen)) return -1;
+    hp->n_layer = (int)v;
+    if (get_u32(g, arch, "embedding_length", &v, 1, err, errlen)) return -1;
+    hp->n_embd = (int)v;
+    if (get_u32(g, arch, "feed_forward_length", &v, 1, err, errlen)) return -1;
+    hp->n_ff = (int)v;
+    if (get_u32(g, arch, "attention.head_count", &v, 1, err, errlen)) return -1;
+    hp->n_head = (int)v;
+    hp->n_head_kv = hp->n_head;
+    if (get_u32(g, arch, "attention.head_count_kv", &v, 0, err, errlen) == 0) hp->n_head_kv = (int)v;
+    hp->n_ctx_train = 2048;
+    if (get_u32(g, arch, "context_length", &v, 0, err, errlen) == 0) hp->n_ctx_train = (int)v;
+    if (hp->n_layer < 1 || hp->n_layer > 1024 || hp->n_embd < 1 || hp->n_embd > 65536 || hp->n_ff < 1 ||
+        hp->n_ff > 1 << 20 || hp->n_head < 1 || hp->n_head > 1024 || hp->n_head_kv < 1 ||
+        hp->n_head % hp->n_head_kv || hp->n_embd % hp->n_head || hp->n_ctx_train < 1)
+        return errf(err, errlen, "implausible hyperparameters (layers %d, embd %d, ff %d, heads %d/%d)", hp->n_layer,
+                    hp->n_embd, hp->n_ff, hp->n_head, hp->n_head_kv);
+    hp->head_dim = hp->n_embd / hp->n_head;
+    if (get_u32(g, arch, "attention.key_length", &v, 0, err, errlen) == 0 && (int)v != hp->head_dim)
+        return errf(err, errlen, "unsupported attention.key_length %u (expected embd/heads = %d)", v, hp->head_dim);
+    hp->rope_dim = hp->head_dim;
+    if (get_u32(g, arch, "rope.dimension_count", &v, 0, err, errlen) == 0) hp->rope_dim = (int)v;
+    if (hp->rope_dim < 2 || hp->rope_dim > hp->head_dim || hp->rope_dim % 2)
+        return errf(err, errlen, "implausible rope.dimension_count %d (head dim %d)", hp->rope_dim, hp->head_dim);
+    char key[128];
+    hp->rope_base = 10000.0f;
+    snprintf(key, sizeof key, "%s.rope.freq_base", arch);
+    gguf_get_f32(g, key, &hp->rope_base);
+    hp->norm_eps = 1e-5f;
+    snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", arch);
+    gguf_get_f32(g, key, &hp->norm_eps);
+    if (!(hp->rope_base > 1.0f) || !(hp->norm_eps > 0.0f) || !(hp->norm_eps < 1.0f))
+        return errf(err, errlen, "implausible rope base %g or norm epsilon %g", hp->rope_base, hp->norm_eps);
+    dsa_str st;
+    snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
+    if (gguf_get_str(g, key, &st) == 0 && !dsa_str_eq(st, "none"))
+        return errf(err, errlen, "unsupported rope scaling '%.*s' (supported: none)", (int)(st.len > 32 ? 32 : st.len),
+                    st.ptr);
+    hp->rope_neox = hp->arch == DSA_ARCH_QWEN2;
+    hp->n_vocab = dsa_tok_n_vocab(m->tok);
+    return 0;
+}
+
+static int load_weights(dsa_model *m, char *err, size_t errlen) {
+    const gguf_file *g = m->g;
+    const dsa_hparams *hp = &m->hp;
+    int64_t E = hp->n_embd, F = hp->n_ff, KV = (int64_t)hp->n_head_kv * hp->head_dim, V = hp->n_vocab;
+    if (get_mat(g, "token_embd.weight", E, V, &m->embd, 0, err, errlen)) return -1;
+    if (get_mat(g, "output.weight", E, V, &m->output, 1, err, errlen)) return -1;
+    m->hp.tied_output = m->output.data == NULL;
+    if (m->hp.tied_output) m->output = m->embd;
+    if (get_vec(g, "output_norm.weight", E, &m->output_norm, 0, err, errlen)) return -1;
+
+    /* Llama 3.1+ files carry per-dimension frequency divisors (rope_freqs.weight); apply them if present. */
+    int half = hp->rope_dim / 2;
+    float *factors = NULL;
+    if (get_vec(g, "rope_freqs.weight", half, &factors, 1, err, errlen)) return -1;
+    m->rope_freq = malloc((size_t)half * sizeof *m->rope_freq);
+    if (!m->rope_freq) return errf(err, errlen, "out of memory");
+    for (int i = 0; i < half; i++) {
+        double f = pow((double)hp->rope_base, -2.0 * i / hp->rope_dim);
+        if (factors) f /= factors[i];
+        m->rope_freq[i] = (float)f;
+    }
+    free(factors);
+
+    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (!m->layers) return errf(err, errlen, "out of memory");
+    for (int l = 0; l < hp->n_layer; l++) {
+        layer *L = &m->layers[l];
+        char n[96];
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d.%s", l, s), n)
+        if (get_vec(g, NAME("attn_norm.weight"), E, &L->attn_norm, 0, err, errlen) ||
+            get_vec(g, NAME("ffn_norm.weight"), E, &L->ffn_norm, 0, err, errlen) ||
+            get_mat(g, NAME("attn_q.weight"), E, E, &L->wq, 0, err, errlen) ||
+            get_mat(g, NAME("attn_k.weight"), E, KV, &L->wk, 0, err, errlen) ||
+            get_mat(g, NAME("attn_v.weight"), E, KV, &L->wv, 0, err, errlen) ||
+            get_mat(g, NAME("attn_output.weight"), E, E, &L->wo, 0, err, errlen) ||
+            get_mat(g, NAME("ffn_gate.weight"), E, F, &L->gate, 0, err, errlen) ||
+            get_mat(g, NAME("ffn_up.weight"), E, F, &L->up, 0, err, errlen) ||
+            get_mat(g, NAME("ffn_down.weight"), F, E, &L->down, 0, err, errlen))
+            return -1;
+        int biased = hp->arch == DSA_ARCH_QWEN2;
+        if (get_vec(g, NAME("attn_q.bias"), E, &L->bq, !biased, err, errlen) ||
+            get_vec(g, NAME("attn_k.bias"), KV, &L->bk, !biased, err, errlen) ||
+            get_vec(g, NAME("attn_v.bias"), KV, &L->bv, !biased, err, errlen))
+            return -1;
+#undef NAME
+    }
+    return 0;
+}
+
+int dsa_model_load(const char *path, dsa_model **out, void (*progress)(float, void *), void *ud, char *err,
+                   size_t errlen) {
+    *out = NULL;
+    dsa_kernels_init(0);
+    dsa_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->path = strdup(path))) {
+        free(m);
+        return errf(err, errlen, "out of memory");
+    }
+    char e[512];
+    if (gguf_open(path, &m->g, err, errlen)) goto fail_quiet;
+    if (progress) progress(0.1f, ud);
+    if (dsa_tok_load(m->g, &m->tok, e, sizeof e)) {
+        errf(err, errlen, "%s: %s", path, e);
+        goto fail_quiet;
+    }
+    if (progress) progress(0.3f, ud);
+    if (load_hparams(m, e, sizeof e) || load_weights(m, e, sizeof e)) {
+        errf(err, errlen, "%s: %s", path, e);
+        goto fail_quiet;
+    }
+    dsa_str tmpl;
+    if (gguf_get_str(m->g, "tokenizer.chat_template", &tmpl) == 0) {
+        if (dsa_chat_detect(tmpl.ptr, (size_t)tmpl.len, &m->chat, m->chat_err, sizeof m->chat_err))
+            m->chat.kind = 0;
+    } else {
+        snprintf(m->chat_err, sizeof m->chat_err, "the model has no chat template (tokenizer.chat_template)");
+    }
+    /* Touch the weights now so the first token does not pay for page faults one by one. */
+    madvise((void *)m->g->base, m->g->size, MADV_WILLNEED);
+    if (progress) progress(1.0f, ud);
+    *out = m;
+    return 0;
+fail_quiet:
+    dsa_model_free(m);
+    return -1;
+}
+
+void dsa_model_free(dsa_model *m) {
+    if (!m) return;
+    if (m->layers)
+        for (int l = 0; l < m->hp.n_layer; l++) {
+            layer *L = &m->layers[l];
+            free(L->attn_norm);
+            free(L->ffn_norm);
+            free(L->bq);
+            free(L->bk);
+            free(L->bv);
+        }
+    free(m->layers);
+    free(m->output_norm);
+    free(m->rope_freq);
+    dsa_chat_template_free(&m->chat);
+    dsa_tok_free(m->tok);
+    gguf_close(m->g);
+    free(m->path);
+    free(m);
+}
+
+const dsa_hparams *dsa_model_hparams(const dsa_model *m) { return &m->hp; }
+const dsa_tokenizer *dsa_model_tok(const dsa_model *m) { return m->tok; }
+const gguf_file *dsa_model_gguf(const dsa_model *m) { return m->g; }
+const char *dsa_model_path(const dsa_model *m) { return m->path; }
+const dsa_chat_template *dsa_model_chat(const dsa_model *m, const char **chat_err) {
+    if (chat_err) *chat_err = m->chat.kind ? NULL : m->chat_err;
+    return &m->chat;
+}
+
+/* ---- contexts ------------------------------------------------------------------------------------------ */
+
+int dsa_ctx_new(dsa_model *m, int n_ctx, int n_threads, dsa_ctx **out, char *err, size_t errlen) {
+    *out = NULL;
+    const dsa_hparams *hp = &m->hp;
+    if (n_ctx <= 0) n_ctx = hp->n_ctx_train;
+    if (n_ctx > (1 << 22)) return errf(err, errlen, "context of %d tokens is too large", n_ctx);
+    dsa_ctx *c = calloc(1, sizeof *c);
+    if (!c) return errf(err, errlen, "out of memory");
+    c->m = m;
+    c->n_ctx = n_ctx;
+    c->kv_dim = hp->n_head_kv * hp->head_dim;
+    c->pool = dsa_pool_new(n_threads);
+    int nth = dsa_pool_size(c->pool);
+    c->kv_bytes = (size_t)hp->n_layer * n_ctx * c->kv_dim * sizeof(uint16_t);
+    /* calloc of a large block maps zero pages lazily: a long context costs memory only as it fills */
+    c->kc = calloc(1, c->kv_bytes);
+    c->vc = calloc(1, c->kv_bytes);
+    size_t B = MAX_BATCH, E = (size_t)hp->n_embd, F = (size_t)hp->n_ff;
+    c->x = malloc(B * E * sizeof(float));
+    c->xb = malloc(B * E * sizeof(float));
+    c->xb2 = malloc(B * E * sizeof(float));
+    c->q = malloc(B * E * sizeof(float));
+    c->k = malloc(B * c->kv_dim * sizeof(float));
+    c->v = malloc(B * c->kv_dim * sizeof(float));
+    c->att = malloc(B * E * sizeof(float));
+    c->hb = malloc(B * F * sizeof(float));
+    c->hb2 = malloc(B * F * sizeof(float));
+    c->cos = malloc(B * (size_t)hp->rope_dim / 2 * sizeof(float));
+    c->sin = malloc(B * (size_t)hp->rope_dim / 2 * sizeof(float));
+    c->scores = malloc((size_t)nth * n_ctx * sizeof(float));
+    /* one scratch serves every matmul: big enough for the widest input in either activation type */
+    int64_t wide = (int64_t)((F > E ? F : E) + DSA_QK_K - 1) / DSA_QK_K * DSA_QK_K;
+    size_t s1 = dsa_matmul_scratch(DSA_Q4_0, wide, MAX_BATCH), s2 = dsa_matmul_scratch(DSA_Q4_K, wide, MAX_BATCH);
+    c->mmscratch_size = s1 > s2 ? s1 : s2;
+    c->mmscratch = malloc(c->mmscratch_size);
+    if (!c->pool || !c->kc || !c->vc || !c->x || !c->xb || !c->xb2 || !c->q || !c->k || !c->v || !c->att || !c->hb ||
+        !c->hb2 || !c->cos || !c->sin || !c->scores || !c->mmscratch) {
+        dsa_ctx_free(c);
+        return errf(err, errlen, "out of memory for a context of %d tokens", n_ctx);
+    }
+    *out = c;
+    return 0;
+}
+
+void dsa_ctx_free(dsa_ctx *c) {
+    if (!c) return;
+    dsa_pool_free(c->pool);
+    free(c->kc);
+    free(c->vc);
+    free(c->x);
+    free(c->xb);
+    free(c->xb2);
+    free(c->q);
+    free(c->k);
+    free(c->v);
+    free(c->att);
+    free(c->hb);
+    free(c->hb2);
+    free(c->cos);
+    free(c->sin);
+    free(c->scores);
+    free(c->mmscratch);
+    free(c);
+}
+
+int dsa_ctx_n_ctx(const dsa_ctx *c) { return c->n_ctx; }
+int dsa_ctx_pos(const dsa_ctx *c) { return c->pos; }
+dsa_pool *dsa_ctx_pool(dsa_ctx *c) { return c->pool; }
+void dsa_ctx_truncate(dsa_ctx *c, int n_pos) {
+    if (n_pos >= 0 && n_pos < c->pos) c->pos = n_pos;
+}
+
+/* ---- the forward pass ---------------------------------------------------------------------------------- */
+
+static void rmsnorm(float *o, const float *x, const float *w, int n, float eps) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float s = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) o[i] = x[i] * s * w[i];
+}
+
+/* Rotate one head's first rope_dim dims.  llama GGUFs store Q/K rows permuted so that "normal" RoPE (adjacent
+ * pairs) computes what the original model's NeoX-style rotation did; qwen2 GGUFs keep NeoX pairing. */
+static void rope(float *x, const float *cs, const float *sn, int rope_dim, int neox) {
+    int half = rope_dim / 2;
+    for (int i = 0; i < half; i++) {
+        int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        float x0 = x[a], x1 = x[b];
+        x[a] = x0 * cs[i] - x1 * sn[i];
+        x[b] = x0 * sn[i] + x1 * cs[i];
+    }
+}
+
+static void matmul(dsa_ctx *c, const wmat *w, const float *X, int n, float *Y) {
+    dsa_matmul(c->pool, w->type, w->data, w->rows, w->cols, X, n, Y, w->rows, c->mmscratch);
+}
+
+typedef struct {
+    dsa_ctx *c;
+    int layer, n, pos0;
+} att_job;
+
+/* One (token, head) pair per task: scores over the token's causal prefix, softmax, weighted sum of V. */
+static void attention_part(void *arg, int ith, int nth) {
+    att_job *j = arg;
+    dsa_ctx *c = j->c;
+    const dsa_hparams *hp = &c->m->hp;
+    int H = hp->n_head, D = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+    float scale = 1.0f / sqrtf((float)D);
+    float *sc = c->scores + (size_t)ith * c->n_ctx;
+    const uint16_t *K = c->kc + (size_t)j->layer * c->n_ctx * c->kv_dim;
+    const uint16_t *V = c->vc + (size_t)j->layer * c->n_ctx * c->kv_dim;
+    for (int task = ith; task < j->n * H; task += nth) {
+        int t = task / H, h = task % H, kvh = h / group;
+        int len = j->pos0 + t + 1;
+        const float *q = c->q + (size_t)t * hp->n_embd + h * D;
+        float mx = -INFINITY;
+        for (int s = 0; s < len; s++) {
+            sc[s] = dsa_dot_f16(D, K + (size_t)s * c->kv_dim + kvh * D, q) * scale;
+            if (sc[s] > mx) mx = sc[s];
+        }
+        float sum = 0;
+        for (int s = 0; s < len; s++) {
+            sc[s] = expf(sc[s] - mx);
+            sum += sc[s];
+        }
+        float *o = c->att + (size_t)t * hp->n_embd + h * D;
+        memset(o, 0, (size_t)D * sizeof *o);
+        float inv = 1.0f / sum;
+        for (int s = 0; s < len; s++) dsa_axpy_f16(D, sc[s] * inv, V + (size_t)s * c->kv_dim + kvh * D, o);
+    }
+}
+
+static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int all_logits) {
+    const dsa_model *m = c->m;
+    const dsa_hparams *hp = &m->hp;
+    int E = hp->n_embd, KV = c->kv_dim, D = hp->head_dim, half = hp->rope_dim / 2;
+    const dsa_type_traits *et = dsa_traits_ref(m->embd.type);
+    size_t erow = dsa_row_size(m->embd.type, E);
+
+    for (int t = 0; t < n; t++) {
+        et->to_float((const char *)m->embd.data + (size_t)ids[t] * erow, c->x + (size_t)t * E, E);
+        int p = c->pos + t;
+        for (int i = 0; i < half; i++) {
+            /* the angle in double: positions reach 10^5, where a float product loses digits */
+            double a = (double)p * m->rope_freq[i];
+            c->cos[t * half + i] = (float)cos(a);
+            c->sin[t * half + i] = (float)sin(a);
+        }
+    }
+
+    for (int l = 0; l < hp->n_layer; l++) {
+        const layer *L = &m->layers[l];
+        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, L->attn_norm, E, hp->norm_eps);
+        matmul(c, &L->wq, c->xb, n, c->q);
+        matmul(c, &L->wk, c->xb, n, c->k);
+        matmul(c, &L->wv, c->xb, n, c->v);
+        uint16_t *kc = c->kc + ((size_t)l * c->n_ctx + c->pos) * KV;
+        uint16_t *vc = c->vc + ((size_t)l * c->n_ctx + c->pos) * KV;
+        for (int t = 0; t < n; t++) {
+            float *q = c->q + (size_t)t * E, *k = c->k + (size_t)t * KV, *v = c->v + (size_t)t * KV;
+            if (L->bq) {
+                for (int i = 0; i < E; i++) q[i] += L->bq[i];
+                for (int i = 0; i < KV; i++) k[i] += L->bk[i];
+                for (int i = 0; i < KV; i++) v[i] += L->bv[i];
+            }
+            for (int h = 0; h < hp->n_head; h++) rope(q + h * D, c->cos + t * half, c->sin + t * half, hp->rope_dim, hp->rope_neox);
+            for (int h = 0; h < hp->n_head_kv; h++) rope(k + h * D, c->cos + t * half, c->sin + t * half, hp->rope_dim, hp->rope_neox);
+            dsa_f32_to_f16_row(KV, k, kc + (size_t)t * KV);
+            dsa_f32_to_f16_row(KV, v, vc + (size_t)t * KV);
+        }
+        att_job aj = {c, l, n, c->pos};
+        dsa_pool_run(c->pool, attention_part, &aj);
+        matmul(c, &L->wo, c->att, n, c->xb2);
+        for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb2[i];
+
+        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, L->ffn_norm, E, hp->norm_eps);
+        matmul(c, &L->gate, c->xb, n, c->hb);
+        matmul(c, &L->up, c->xb, n, c->hb2);
+        for (size_t i = 0; i < (size_t)n * hp->n_ff; i++) {
+            float g = c->hb[i];
+            c->hb[i] = g / (1.0f + expf(-g)) * c->hb2[i];
+        }
+        matmul(c, &L->down, c->hb, n, c->xb2);
+        for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb2[i];
+    }
+    c->pos += n;
+
+    if (!logits) return;
+    int first = all_logits ? 0 : n - 1;
+    for (int t = first; t < n; t++)
+        rmsnorm(c->xb + (size_t)(t - first) * E, c->x + (size_t)t * E, m->output_norm, E, hp->norm_eps);
+    matmul(c, &m->output, c->xb, n - first, logits);
+}
+
+int dsa_ctx_eval(dsa_ctx *c, const int32_t *ids, int n, float *logits, int all_logits,
+                 void (*progress)(int, int, void *), void *ud, char *err, size_t errlen) {
+    const dsa_hparams *hp = &c->m->hp;
+    if (n <= 0) return errf(err, errlen, "nothing to evaluate");
+    if (n > c->n_ctx - c->pos)
+        return errf(err, errlen, "context full: %d tokens in the cache + %d new > context size %d", c->pos, n,
+                    c->n_ctx);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= hp->n_vocab)
+            return errf(err, errlen, "token id %d out of range (vocabulary of %d)", ids[i], hp->n_vocab);
+    for (int done = 0; done < n;) {
+        int b = n - done < MAX_BATCH ? n - done : MAX_BATCH;
+        int last = done + b == n;
+        float *lg = NULL;
+        if (logits && all_logits) lg = logits + (size_t)done * hp->n_vocab;
+        else if (logits && last) lg = logits;
+        eval_batch(c, ids + done, b, lg, all_logits);
+        done += b;
+        if (progress) progress(done, n, ud);
+    }
+    return 0;
+}

@@ -1,0 +1,732 @@
+/*
+ * dsa — the offline multi-tool over the engine: info, tokenize, generate, logits, chat, bench.
+ *
+ * Humans get plain text; with --json every subcommand prints exactly one JSON object on stdout.  Errors are one
+ * line on stderr ("dsa: …") and a non-zero exit: 1 for failures, 2 for usage errors.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "model.h"
+#include "sampler.h"
+#ifdef DSA_HAVE_CUDA
+#include "../kernels/cuda/cuda.h"
+#endif
+
+#ifndef DSA_VERSION
+#define DSA_VERSION "dev"
+#endif
+#define DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+typedef struct {
+    const char *model;
+    const char *indexer;
+    const char *system;
+    int dense, topk_dsa, n_predict, chat, threads, json, top, n_ctx, no_special, truncate;
+    int prompt_tokens, gen_tokens, reps;
+    dsa_sampler_params sp;
+} opts;
+
+static void die(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("dsa: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(code);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- text helpers ---------------------------------------------------------------------------------------- */
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+} buf;
+
+static void buf_put(buf *b, const char *s, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n + 1) cap *= 2;
+        char *q = realloc(b->p, cap);
+        if (!q) die(1, "out of memory");
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+/* JSON strings must be valid UTF-8: invalid bytes (a token that is half a character) become U+FFFD. */
+static json_t *json_text(const char *s, size_t n) {
+    buf b = {0};
+    buf_put(&b, "", 0);
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = (unsigned char)s[i];
+        int len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+        int ok = len > 0 && i + len <= n && !(len == 2 && c < 0xC2);
+        for (int k = 1; ok && k < len; k++) ok = ((unsigned char)s[i + k] & 0xC0) == 0x80;
+        if (ok && len == 3) {
+            unsigned c1 = (unsigned char)s[i + 1];
+            ok = !(c == 0xE0 && c1 < 0xA0) && !(c == 0xED && c1 >= 0xA0);
+        }
+        if (ok && len == 4) {
+            unsigned c1 = (unsigned char)s[i + 1];
+            ok = !(c == 0xF0 && c1 < 0x90) && !(c == 0xF4 && c1 >= 0x90) && c <= 0xF4;
+        }
+        if (ok) {
+            buf_put(&b, s + i, (size_t)len);
+            i += (size_t)len;
+        } else {
+            buf_put(&b, "\xEF\xBF\xBD", 3);
+            i++;
+        }
+    }
+    json_t *j = json_stringn(b.p, b.n);
+    free(b.p);
+    return j;
+}
+
+static void print_json(json_t *j) {
+    char *s = json_dumps(j, JSON_COMPACT);
+    if (!s) die(1, "cannot encode JSON output");
+    puts(s);
+    free(s);
+    json_decref(j);
+}
+
+static char *read_all(FILE *f) {
+    buf b = {0};
+    char tmp[65536];
+    size_t n;
+    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0) buf_put(&b, tmp, n);
+    if (ferror(f)) die(1, "reading standard input: %s", strerror(errno));
+    if (!b.p) buf_put(&b, "", 0);
+    return b.p;
+}
+
+/* PROMPT or "-" (standard input) */
+static char *prompt_arg(int argc, char **argv, int i, const char *cmd) {
+    if (i >= argc) die(2, "%s: missing text (give it as an argument, or - for standard input)", cmd);
+    if (i + 1 < argc) die(2, "%s: unexpected argument '%s' (quote the text)", cmd, argv[i + 1]);
+    if (!strcmp(argv[i], "-")) return read_all(stdin);
+    char *s = strdup(argv[i]);
+    if (!s) die(1, "out of memory");
+    return s;
+}
+
+/* ---- model loading --------------------------------------------------------------------------------------- */
+
+static const char *default_model(void) {
+    static char path[4096];
+    const char *c = getenv("XDG_CACHE_HOME");
+    if (c && *c) snprintf(path, sizeof path, "%s/dsachat/models/%s", c, DEFAULT_MODEL_FILE);
+    else snprintf(path, sizeof path, "%s/.cache/dsachat/models/%s", getenv("HOME") ? getenv("HOME") : ".",
+                  DEFAULT_MODEL_FILE);
+    return path;
+}
+
+static int tty_progress;
+
+static void load_progress(float f, void *ud) {
+    if (tty_progress) fprintf(stderr, "\rloading %s … %3d%%%s", (const char *)ud, (int)(f * 100), f >= 1 ? "\r\033[K" : "");
+}
+
+static void prefill_progress(int done, int total, void *ud) {
+    double *t0 = ud;
+    if (!tty_progress || total < 512) return;
+    double el = now_s() - *t0;
+    fprintf(stderr, "\rprefill %d/%d tokens (%.0f tok/s)%s", done, total, el > 0 ? done / el : 0.0,
+            done == total ? "\r\033[K" : "");
+}
+
+static dsa_model *load_model(const opts *o) {
+    const char *path = o->model ? o->model : default_model();
+    if (access(path, R_OK) != 0) {
+        if (o->model) die(1, "cannot read model %s: %s", path, strerror(errno));
+        die(1, "default model not found at %s: run scripts/fetch-model.sh (or pass -m FILE)", path);
+    }
+    if (o->indexer || o->topk_dsa)
+        die(1, "DeepSeek Sparse Attention is not available in this build yet (--indexer/--topk); use --dense");
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    char err[1024];
+    dsa_model *m;
+    if (dsa_model_load(path, &m, load_progress, (void *)base, err, sizeof err)) die(1, "%s", err);
+    return m;
+}
+
+static dsa_ctx *new_ctx(dsa_model *m, const opts *o) {
+    char err[512];
+    dsa_ctx *c;
+    if (dsa_ctx_new(m, o->n_ctx, o->threads, &c, err, sizeof err)) die(1, "%s", err);
+    return c;
+}
+
+static void encode(const dsa_tokenizer *t, const char *text, int special, dsa_ids *ids) {
+    if (dsa_tok_encode(t, text, strlen(text), special, ids)) die(1, "out of memory while tokenizing");
+}
+
+/* The prompt's ids: raw text (with BOS when the model asks for it), or one chat turn in the model's template. */
+static void prompt_ids(dsa_model *m, const opts *o, const char *text, dsa_ids *ids) {
+    const dsa_tokenizer *tok = dsa_model_tok(m);
+    if (!o->chat) {
+        if (dsa_tok_add_bos(tok) && dsa_tok_bos(tok) >= 0) dsa_ids_push(ids, dsa_tok_bos(tok));
+        encode(tok, text, !o->no_special, ids);
+        return;
+    }
+    const char *cerr;
+    const dsa_chat_template *ct = dsa_model_chat(m, &cerr);
+    if (!ct->kind) die(1, "--chat: %s", cerr);
+    dsa_chat_msg msgs[2];
+    int n = 0;
+    if (o->system) msgs[n++] = (dsa_chat_msg){"system", o->system};
+    msgs[n++] = (dsa_chat_msg){"user", text};
+    char *p = dsa_chat_render(ct, msgs, n, 1);
+    if (!p) die(1, "out of memory");
+    encode(tok, p, 1, ids);
+    free(p);
+}
+
+/* ---- generation ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    dsa_ids out;
+    buf text;
+    int prompt_tokens;
+    double prefill_s, decode_s;
+    const char *stop;
+} gen_result;
+
+/* Evaluate ids (after the first `keep` already in the cache), then sample up to n tokens. */
+static void generate(dsa_model *m, dsa_ctx *c, const opts *o, const dsa_ids *ids, int keep, int stream,
+                     gen_result *r) {
+    const dsa_hparams *hp = dsa_model_hparams(m);
+    const dsa_tokenizer *tok = dsa_model_tok(m);
+    char err[512];
+    float *logits = malloc((size_t)hp->n_vocab * sizeof *logits);
+    dsa_sampler *s = dsa_sampler_new(&o->sp, hp->n_vocab);
+    if (!logits || !s) die(1, "out of memory");
+    for (size_t i = 0; i < ids->n; i++) dsa_sampler_accept(s, ids->ids[i]);
+
+    memset(r, 0, sizeof *r);
+    r->prompt_tokens = (int)ids->n;
+    int n_new = (int)ids->n - keep;
+    dsa_ctx_truncate(c, keep);
+    if (n_new <= 0) die(1, "empty prompt: nothing to evaluate");
+    double t0 = now_s();
+    if (dsa_ctx_eval(c, ids->ids + keep, n_new, logits, 0, prefill_progress, &t0, err, sizeof err))
+        die(1, "%s", err);
+    r->prefill_s = now_s() - t0;
+
+    dsa_detok dt = {0};
+    char piece[512];
+    r->stop = "length";
+    double t1 = now_s();
+    for (int i = 0; i < o->n_predict; i++) {
+        int32_t id = dsa_sampler_sample(s, logits);
+        if (dsa_tok_is_eog(tok, id)) {
+            r->stop = "eos";
+            break;
+        }
+        dsa_sampler_accept(s, id);
+        dsa_ids_push(&r->out, id);
+        size_t n = dsa_detok_push(tok, &dt, id, piece, sizeof piece);
+        buf_put(&r->text, piece, n);
+        if (stream && n) {
+            fwrite(piece, 1, n, stdout);
+            fflush(stdout);
+        }
+        if (i + 1 == o->n_predict) break;
+        if (dsa_ctx_pos(c) >= dsa_ctx_n_ctx(c)) {
+            r->stop = "context";
+            break;
+        }
+        if (dsa_ctx_eval(c, &id, 1, logits, 0, NULL, NULL, err, sizeof err)) die(1, "%s", err);
+    }
+    size_t n = dsa_detok_flush(&dt, piece, sizeof piece);
+    buf_put(&r->text, piece, n);
+    if (stream && n) fwrite(piece, 1, n, stdout);
+    if (!r->text.p) buf_put(&r->text, "", 0);
+    r->decode_s = now_s() - t1;
+    free(logits);
+    dsa_sampler_free(s);
+}
+
+static json_t *stats_json(const gen_result *r) {
+    int ng = (int)r->out.n;
+    return json_pack("{s:i,s:i,s:f,s:f,s:f,s:f,s:s}", "prompt_tokens", r->prompt_tokens, "gen_tokens", ng,
+                     "prefill_s", r->prefill_s, "decode_s", r->decode_s, "prefill_tok_s",
+                     r->prefill_s > 0 ? r->prompt_tokens / r->prefill_s : 0.0, "decode_tok_s",
+                     r->decode_s > 0 && ng > 1 ? (ng - 1) / r->decode_s : 0.0, "stop", r->stop);
+}
+
+/* Fit the prompt into the context, leaving room for n_predict tokens: an error unless --truncate. */
+static void fit_prompt(const opts *o, dsa_ids *ids, int n_ctx) {
+    int room = n_ctx - (o->n_predict > 0 ? o->n_predict : 0);
+    if ((int)ids->n <= room) return;
+    if (!o->truncate || room <= 0)
+        die(1, "prompt of %zu tokens + %d to generate does not fit the context of %d (use --ctx N, a smaller -n, "
+               "or --truncate to keep the end of the prompt)", ids->n, o->n_predict, n_ctx);
+    memmove(ids->ids, ids->ids + (ids->n - (size_t)room), (size_t)room * sizeof *ids->ids);
+    ids->n = (size_t)room;
+}
+
+/* ---- subcommands ---------------------------------------------------------------------------------------- */
+
+static int cmd_tokenize(const opts *o, char *text) {
+    dsa_model *m = load_model(o);
+    const dsa_tokenizer *tok = dsa_model_tok(m);
+    dsa_ids ids = {0};
+    encode(tok, text, !o->no_special, &ids);
+    if (o->json) {
+        json_t *a = json_array();
+        for (size_t i = 0; i < ids.n; i++) json_array_append_new(a, json_integer(ids.ids[i]));
+        print_json(json_pack("{s:o}", "ids", a));
+    } else {
+        for (size_t i = 0; i < ids.n; i++) {
+            size_t n;
+            const char *p = dsa_tok_piece(tok, ids.ids[i], &n);
+            json_t *s = json_text(p, n);
+            char *q = json_dumps(s, JSON_ENCODE_ANY);
+            printf("%6d %s\n", ids.ids[i], q ? q : "?");
+            free(q);
+            json_decref(s);
+        }
+    }
+    dsa_ids_free(&ids);
+    dsa_model_free(m);
+    return 0;
+}
+
+static int cmd_generate(const opts *o, char *text) {
+    dsa_model *m = load_model(o);
+    dsa_ctx *c = new_ctx(m, o);
+    dsa_ids ids = {0};
+    prompt_ids(m, o, text, &ids);
+    fit_prompt(o, &ids, dsa_ctx_n_ctx(c));
+    gen_result r;
+    generate(m, c, o, &ids, 0, !o->json, &r);
+    if (o->json) {
+        json_t *a = json_array();
+        for (size_t i = 0; i < r.out.n; i++) json_array_append_new(a, json_integer(r.out.ids[i]));
+        print_json(json_pack("{s:o,s:o,s:o}", "ids", a, "text", json_text(r.text.p, r.text.n), "stats",
+                             stats_json(&r)));
+    } else {
+        putchar('\n');
+        if (isatty(2))
+            fprintf(stderr, "[%d prompt tokens, %.1f tok/s prefill; %zu generated, %.1f tok/s decode; stop: %s]\n",
+                    r.prompt_tokens, r.prefill_s > 0 ? r.prompt_tokens / r.prefill_s : 0.0, r.out.n,
+                    r.decode_s > 0 && r.out.n > 1 ? (r.out.n - 1) / r.decode_s : 0.0, r.stop);
+    }
+    dsa_ids_free(&r.out);
+    free(r.text.p);
+    dsa_ids_free(&ids);
+    dsa_ctx_free(c);
+    dsa_model_free(m);
+    return 0;
+}
+
+static int cmd_logits(const opts *o, char *text) {
+    dsa_model *m = load_model(o);
+    dsa_ctx *c = new_ctx(m, o);
+    const dsa_hparams *hp = dsa_model_hparams(m);
+    const dsa_tokenizer *tok = dsa_model_tok(m);
+    dsa_ids ids = {0};
+    prompt_ids(m, o, text, &ids);
+    opts o2 = *o;
+    o2.n_predict = 0;
+    fit_prompt(&o2, &ids, dsa_ctx_n_ctx(c));
+    float *lg = malloc((size_t)hp->n_vocab * sizeof *lg);
+    char err[512];
+    double t0 = now_s();
+    if (!lg) die(1, "out of memory");
+    if (dsa_ctx_eval(c, ids.ids, (int)ids.n, lg, 0, prefill_progress, &t0, err, sizeof err)) die(1, "%s", err);
+    int top = o->top > 0 ? o->top : 10;
+    if (top > hp->n_vocab) top = hp->n_vocab;
+    json_t *a = json_array();
+    for (int k = 0; k < top; k++) {
+        int best = -1;
+        for (int i = 0; i < hp->n_vocab; i++)
+            if (best < 0 || lg[i] > lg[best]) best = i;
+        size_t n;
+        const char *p = dsa_tok_piece(tok, best, &n);
+        if (o->json)
+            json_array_append_new(a, json_pack("{s:i,s:f,s:o}", "id", best, "logit", (double)lg[best], "text",
+                                               json_text(p, n)));
+        else {
+            json_t *s = json_text(p, n);
+            char *q = json_dumps(s, JSON_ENCODE_ANY);
+            printf("%6d %10.4f %s\n", best, lg[best], q ? q : "?");
+            free(q);
+            json_decref(s);
+        }
+        lg[best] = -INFINITY;
+    }
+    if (o->json) print_json(json_pack("{s:o,s:i}", "top", a, "prompt_tokens", (int)ids.n));
+    else json_decref(a);
+    free(lg);
+    dsa_ids_free(&ids);
+    dsa_ctx_free(c);
+    dsa_model_free(m);
+    return 0;
+}
+
+static int cmd_info(const opts *o) {
+    dsa_model *m = load_model(o);
+    const dsa_hparams *hp = dsa_model_hparams(m);
+    const gguf_file *g = dsa_model_gguf(m);
+    const dsa_tokenizer *tok = dsa_model_tok(m);
+    const char *cerr;
+    const dsa_chat_template *ct = dsa_model_chat(m, &cerr);
+    uint64_t counts[DSA_TYPE_COUNT] = {0}, params = 0;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const gguf_tensor *t = &g->tensors[i];
+        counts[t->type]++;
+        params += (uint64_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]);
+    }
+    dsa_str name = {"", 0};
+    gguf_get_str(g, "general.name", &name);
+    json_t *types = json_object();
+    for (int t = 0; t < DSA_TYPE_COUNT; t++)
+        if (counts[t]) json_object_set_new(types, dsa_type_name(t), json_integer((json_int_t)counts[t]));
+    json_t *j = json_pack(
+        "{s:s,s:o,s:s,s:i,s:I,s:I,s:I,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f,s:f,s:b,s:b,s:o,s:i,s:i,s:i,s:s,s:s}",
+        "path", dsa_model_path(m), "name", json_text(name.ptr, name.len), "arch",
+        hp->arch == DSA_ARCH_QWEN2 ? "qwen2" : "llama", "gguf_version", (int)g->version, "file_bytes",
+        (json_int_t)g->size, "tensors", (json_int_t)g->n_tensors, "params", (json_int_t)params, "n_layer",
+        hp->n_layer, "n_embd", hp->n_embd, "n_ff", hp->n_ff, "n_head", hp->n_head, "n_head_kv", hp->n_head_kv,
+        "head_dim", hp->head_dim, "n_vocab", hp->n_vocab, "n_ctx_train", hp->n_ctx_train, "rope_dim", hp->rope_dim,
+        "rope_base", (double)hp->rope_base, "norm_eps", (double)hp->norm_eps, "rope_neox", hp->rope_neox,
+        "tied_output", hp->tied_output, "tensor_types", types, "bos", dsa_tok_bos(tok), "eos", dsa_tok_eos(tok),
+        "add_bos", dsa_tok_add_bos(tok), "chat_template", ct->kind ? dsa_chat_kind_name(ct->kind) : "none",
+        "cpu", dsa_cpu_name());
+    char cuda[256] = "not built (nvcc was not found at build time)";
+#ifdef DSA_HAVE_CUDA
+    {
+        char dev[128] = "", why[128] = "";
+        size_t mem = 0;
+        int nd = dsa_cuda_devices(dev, sizeof dev, &mem, why, sizeof why);
+        if (nd > 0) snprintf(cuda, sizeof cuda, "%d device(s): %s, %.0f GiB", nd, dev, mem / 1073741824.0);
+        else snprintf(cuda, sizeof cuda, "built, no usable device (%s)", why);
+    }
+#endif
+    json_object_set_new(j, "cuda", json_string(cuda));
+    if (o->json) {
+        print_json(j);
+    } else {
+        printf("model      %s\n", dsa_model_path(m));
+        printf("name       %.*s\n", (int)name.len, name.ptr);
+        printf("arch       %s, GGUF v%u, %.1f MB, %llu tensors, %.1fM parameters\n",
+               hp->arch == DSA_ARCH_QWEN2 ? "qwen2" : "llama", g->version, g->size / 1e6,
+               (unsigned long long)g->n_tensors, params / 1e6);
+        printf("layers     %d, embd %d, ff %d, heads %d (kv %d) × %d\n", hp->n_layer, hp->n_embd, hp->n_ff,
+               hp->n_head, hp->n_head_kv, hp->head_dim);
+        printf("rope       %d dims, base %g, %s pairs\n", hp->rope_dim, hp->rope_base,
+               hp->rope_neox ? "neox (i, i+d/2)" : "adjacent");
+        printf("context    %d (trained)\n", hp->n_ctx_train);
+        printf("vocab      %d, bos %d, eos %d%s\n", hp->n_vocab, dsa_tok_bos(tok), dsa_tok_eos(tok),
+               dsa_tok_add_bos(tok) ? ", adds bos" : "");
+        printf("chat       %s\n", ct->kind ? dsa_chat_kind_name(ct->kind) : cerr);
+        printf("output     %s\n", hp->tied_output ? "tied to token_embd" : "separate");
+        printf("types     ");
+        for (int t = 0; t < DSA_TYPE_COUNT; t++)
+            if (counts[t]) printf(" %s×%llu", dsa_type_name(t), (unsigned long long)counts[t]);
+        printf("\ncpu        %s\n", dsa_cpu_name());
+        printf("cuda       %s\n", cuda);
+        json_decref(j);
+    }
+    dsa_model_free(m);
+    return 0;
+}
+
+/* Interactive multi-turn chat: the conversation is re-rendered each turn and only the new tokens are evaluated
+ * (the KV cache keeps the common prefix). */
+static int cmd_chat(const opts *o) {
+    dsa_model *m = load_model(o);
+    const dsa_tokenizer *tok = dsa_model_tok(m);
+    const char *cerr;
+    const dsa_chat_template *ct = dsa_model_chat(m, &cerr);
+    if (!ct->kind) die(1, "chat: %s", cerr);
+    dsa_ctx *c = new_ctx(m, o);
+    int cap = 64, n = 0;
+    dsa_chat_msg *msgs = malloc((size_t)cap * sizeof *msgs);
+    if (!msgs) die(1, "out of memory");
+    if (o->system) msgs[n++] = (dsa_chat_msg){"system", strdup(o->system)};
+    dsa_ids cached = {0};
+    int tty = isatty(0) && isatty(1);
+    if (tty)
+        fprintf(stderr, "dsachat — %s. Type a message; /reset starts over, /quit (or Ctrl-D) leaves.\n",
+                strrchr(dsa_model_path(m), '/') ? strrchr(dsa_model_path(m), '/') + 1 : dsa_model_path(m));
+    char *line = NULL;
+    size_t lcap = 0;
+    for (;;) {
+        if (tty) fputs("\n\033[1myou>\033[0m ", stdout), fflush(stdout);
+        ssize_t len = getline(&line, &lcap, stdin);
+        if (len < 0) break;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+        if (!len) continue;
+        if (!strcmp(line, "/quit") || !strcmp(line, "/exit")) break;
+        if (!strcmp(line, "/reset")) {
+            for (int i = o->system ? 1 : 0; i < n; i++) free((char *)msgs[i].content);
+            n = o->system ? 1 : 0;
+            cached.n = 0;
+            dsa_ctx_truncate(c, 0);
+            fputs("(conversation cleared)\n", stderr);
+            continue;
+        }
+        if (n + 2 > cap) {
+            cap *= 2;
+            dsa_chat_msg *q = realloc(msgs, (size_t)cap * sizeof *msgs);
+            if (!q) die(1, "out of memory");
+            msgs = q;
+        }
+        msgs[n++] = (dsa_chat_msg){"user", strdup(line)};
+        char *p = dsa_chat_render(ct, msgs, n, 1);
+        if (!p) die(1, "out of memory");
+        dsa_ids ids = {0};
+        encode(tok, p, 1, &ids);
+        free(p);
+        if ((int)ids.n + o->n_predict > dsa_ctx_n_ctx(c)) {
+            fprintf(stderr, "(the conversation no longer fits the context of %d tokens: /reset to start over)\n",
+                    dsa_ctx_n_ctx(c));
+            free((char *)msgs[--n].content);
+            dsa_ids_free(&ids);
+            continue;
+        }
+        size_t keep = 0;
+        while (keep < cached.n && keep < ids.n && keep < (size_t)dsa_ctx_pos(c) && cached.ids[keep] == ids.ids[keep])
+            keep++;
+        if (keep == ids.n) keep--; /* always evaluate at least the last token to get logits */
+        if (tty) fputs("\033[1mbot>\033[0m ", stdout);
+        gen_result r;
+        generate(m, c, o, &ids, (int)keep, 1, &r);
+        putchar('\n');
+        fflush(stdout);
+        msgs[n++] = (dsa_chat_msg){"assistant", strdup(r.text.p)};
+        /* what the cache now holds: the prompt plus the generated ids that were evaluated */
+        cached.n = 0;
+        for (size_t i = 0; i < ids.n; i++) dsa_ids_push(&cached, ids.ids[i]);
+        for (size_t i = 0; i < r.out.n && (int)cached.n < dsa_ctx_pos(c); i++) dsa_ids_push(&cached, r.out.ids[i]);
+        if (tty)
+            fprintf(stderr, "\033[2m[%zu tokens, %.1f tok/s]\033[0m\n", r.out.n,
+                    r.decode_s > 0 && r.out.n > 1 ? (r.out.n - 1) / r.decode_s : 0.0);
+        dsa_ids_free(&r.out);
+        free(r.text.p);
+        dsa_ids_free(&ids);
+    }
+    free(line);
+    for (int i = 0; i < n; i++) free((char *)msgs[i].content);
+    free(msgs);
+    dsa_ids_free(&cached);
+    dsa_ctx_free(c);
+    dsa_model_free(m);
+    return 0;
+}
+
+/* Prefill a prompt of random tokens and decode greedily: the numbers bench/vs_llamacpp.py compares. */
+static int cmd_bench(const opts *o) {
+    dsa_model *m = load_model(o);
+    const dsa_hparams *hp = dsa_model_hparams(m);
+    opts o2 = *o;
+    if (o2.n_ctx <= 0) o2.n_ctx = o->prompt_tokens + o->gen_tokens + 16;
+    dsa_ctx *c = new_ctx(m, &o2);
+    float *lg = malloc((size_t)hp->n_vocab * sizeof *lg);
+    int32_t *ids = malloc((size_t)(o->prompt_tokens > 0 ? o->prompt_tokens : 1) * sizeof *ids);
+    if (!lg || !ids) die(1, "out of memory");
+    uint64_t x = 42;
+    for (int i = 0; i < o->prompt_tokens; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((x >> 33) % (uint64_t)hp->n_vocab);
+    }
+    char err[512];
+    json_t *runs = json_array();
+    double best_p = 0, best_d = 0, sum_p = 0, sum_d = 0;
+    for (int r = 0; r < o->reps; r++) {
+        dsa_ctx_truncate(c, 0);
+        double t0 = now_s();
+        if (o->prompt_tokens > 0 && dsa_ctx_eval(c, ids, o->prompt_tokens, lg, 0, NULL, NULL, err, sizeof err))
+            die(1, "%s", err);
+        double t1 = now_s();
+        int32_t id = ids[0];
+        dsa_ctx_truncate(c, 0);
+        if (dsa_ctx_eval(c, &id, 1, lg, 0, NULL, NULL, err, sizeof err)) die(1, "%s", err);
+        double t2 = now_s();
+        for (int i = 0; i < o->gen_tokens; i++) {
+            int best = 0;
+            for (int k = 1; k < hp->n_vocab; k++)
+                if (lg[k] > lg[best]) best = k;
+            id = best;
+            if (dsa_ctx_eval(c, &id, 1, lg, 0, NULL, NULL, err, sizeof err)) die(1, "%s", err);
+        }
+        double t3 = now_s();
+        double pt = o->prompt_tokens > 0 ? o->prompt_tokens / (t1 - t0) : 0, dt = o->gen_tokens / (t3 - t2);
+        sum_p += pt;
+        sum_d += dt;
+        if (pt > best_p) best_p = pt;
+        if (dt > best_d) best_d = dt;
+        json_array_append_new(runs, json_pack("{s:f,s:f}", "prefill_tok_s", pt, "decode_tok_s", dt));
+        if (!o->json)
+            printf("run %d: prefill %d tokens %.1f tok/s, decode %d tokens %.1f tok/s\n", r + 1, o->prompt_tokens, pt,
+                   o->gen_tokens, dt);
+    }
+    if (o->json)
+        print_json(json_pack("{s:i,s:i,s:i,s:s,s:f,s:f,s:o}", "threads", dsa_pool_size(dsa_ctx_pool(c)),
+                             "prompt_tokens", o->prompt_tokens, "gen_tokens", o->gen_tokens, "cpu", dsa_cpu_name(),
+                             "prefill_tok_s", sum_p / o->reps, "decode_tok_s", sum_d / o->reps, "runs", runs));
+    else
+        json_decref(runs);
+    free(lg);
+    free(ids);
+    dsa_ctx_free(c);
+    dsa_model_free(m);
+    return 0;
+}
+
+/* ---- command line ----------------------------------------------------------------------------------------- */
+
+static void usage(FILE *f) {
+    fputs("usage: dsa [options] COMMAND [ARGS]\n"
+          "\n"
+          "commands:\n"
+          "  info                 show the model's architecture, tokenizer and tensor types\n"
+          "  tokenize TEXT|-      print the token ids of TEXT (- reads standard input)\n"
+          "  generate PROMPT|-    continue PROMPT (or answer it as a chat turn with --chat)\n"
+          "  logits PROMPT|-      print the most likely next tokens (--top N)\n"
+          "  chat                 interactive multi-turn chat in the terminal\n"
+          "  bench                prefill and decode speed (--prompt-tokens, --gen-tokens, --reps)\n"
+          "\n"
+          "options:\n"
+          "  -m, --model FILE     GGUF model (default: the cached SmolLM2-135M-Instruct)\n"
+          "      --indexer FILE   DSA indexer sidecar (not available yet)\n"
+          "      --dense          dense attention (the only mode in this version)\n"
+          "      --topk K         DSA top-k (not available yet)\n"
+          "  -n N                 tokens to generate (default 256)\n"
+          "      --temp T         temperature, 0 = greedy (default 0.7)\n"
+          "      --top-k K        sample from the K most likely tokens (default 40, 0 = all)\n"
+          "      --top-p P        nucleus sampling (default 0.95)\n"
+          "      --min-p P        drop tokens below P × the best one's probability (default 0.05)\n"
+          "      --repeat-penalty R  penalise the last 64 tokens (default 1.1, 1 = off)\n"
+          "      --seed S         random seed (default fixed: same seed, same text)\n"
+          "      --chat           wrap the prompt in the model's chat template\n"
+          "      --system TEXT    system prompt for --chat and chat (default: the template's own)\n"
+          "      --ctx N          context size in tokens (default: the model's)\n"
+          "      --truncate       keep the end of a prompt that does not fit instead of failing\n"
+          "      --no-special     treat special-token text like <|im_start|> as plain text\n"
+          "  -t, --threads N      threads (default: all cores)\n"
+          "      --top N          logits: how many (default 10)\n"
+          "      --json           print one JSON object\n"
+          "  -h, --help           this help;  -V, --version  the version\n",
+          f);
+}
+
+static int parse_int(const char *s, const char *what, int lo, int hi) {
+    char *e;
+    errno = 0;
+    long v = strtol(s, &e, 10);
+    if (errno || *e || e == s || v < lo || v > hi) die(2, "%s: '%s' is not an integer in [%d, %d]", what, s, lo, hi);
+    return (int)v;
+}
+
+static float parse_float(const char *s, const char *what, float lo, float hi) {
+    char *e;
+    errno = 0;
+    float v = strtof(s, &e);
+    if (errno || *e || e == s || !(v >= lo && v <= hi)) die(2, "%s: '%s' is not a number in [%g, %g]", what, s, lo, hi);
+    return v;
+}
+
+int main(int argc, char **argv) {
+    opts o = {0};
+    o.n_predict = 256;
+    o.prompt_tokens = 512;
+    o.gen_tokens = 128;
+    o.reps = 1;
+    dsa_sampler_defaults(&o.sp);
+    enum { O_INDEXER = 256, O_DENSE, O_TOPK, O_TEMP, O_SEED, O_CHAT, O_SYSTEM, O_JSON, O_TOP, O_CTX, O_TOPK_S, O_TOPP,
+           O_MINP, O_REP, O_NOSPECIAL, O_TRUNC, O_PTOK, O_GTOK, O_REPS };
+    static const struct option lo[] = {
+        {"model", required_argument, 0, 'm'},    {"indexer", required_argument, 0, O_INDEXER},
+        {"dense", no_argument, 0, O_DENSE},       {"topk", required_argument, 0, O_TOPK},
+        {"temp", required_argument, 0, O_TEMP},  {"seed", required_argument, 0, O_SEED},
+        {"chat", no_argument, 0, O_CHAT},         {"system", required_argument, 0, O_SYSTEM},
+        {"threads", required_argument, 0, 't'},  {"json", no_argument, 0, O_JSON},
+        {"top", required_argument, 0, O_TOP},    {"ctx", required_argument, 0, O_CTX},
+        {"top-k", required_argument, 0, O_TOPK_S}, {"top-p", required_argument, 0, O_TOPP},
+        {"min-p", required_argument, 0, O_MINP}, {"repeat-penalty", required_argument, 0, O_REP},
+        {"no-special", no_argument, 0, O_NOSPECIAL}, {"truncate", no_argument, 0, O_TRUNC},
+        {"prompt-tokens", required_argument, 0, O_PTOK}, {"gen-tokens", required_argument, 0, O_GTOK},
+        {"reps", required_argument, 0, O_REPS},  {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'},        {0, 0, 0, 0}};
+    /* options may come before or after the command (GNU getopt permutes) */
+    int ch;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "m:n:t:hV", lo, NULL)) != -1) {
+        switch (ch) {
+        case 'm': o.model = optarg; break;
+        case 'n': o.n_predict = parse_int(optarg, "-n", 0, 1 << 22); break;
+        case 't': o.threads = parse_int(optarg, "--threads", 1, 256); break;
+        case O_INDEXER: o.indexer = optarg; break;
+        case O_DENSE: o.dense = 1; break;
+        case O_TOPK: o.topk_dsa = parse_int(optarg, "--topk", 1, 1 << 22); break;
+        case O_TEMP: o.sp.temp = parse_float(optarg, "--temp", 0, 100); break;
+        case O_SEED: {
+            char *e;
+            errno = 0;
+            o.sp.seed = strtoull(optarg, &e, 10);
+            if (errno || *e || e == optarg) die(2, "--seed: '%s' is not a non-negative integer", optarg);
+            break;
+        }
+        case O_CHAT: o.chat = 1; break;
+        case O_SYSTEM: o.system = optarg; break;
+        case O_JSON: o.json = 1; break;
+        case O_TOP: o.top = parse_int(optarg, "--top", 1, 1 << 20); break;
+        case O_CTX: o.n_ctx = parse_int(optarg, "--ctx", 16, 1 << 22); break;
+        case O_TOPK_S: o.sp.top_k = parse_int(optarg, "--top-k", 0, 1 << 22); break;
+        case O_TOPP: o.sp.top_p = parse_float(optarg, "--top-p", 0, 1); break;
+        case O_MINP: o.sp.min_p = parse_float(optarg, "--min-p", 0, 1); break;
+        case O_REP: o.sp.repeat_penalty = parse_float(optarg, "--repeat-penalty", 0.01f, 100); break;
+        case O_NOSPECIAL: o.no_special = 1; break;
+        case O_TRUNC: o.truncate = 1; break;
+        case O_PTOK: o.prompt_tokens = parse_int(optarg, "--prompt-tokens", 0, 1 << 20); break;
+        case O_GTOK: o.gen_tokens = parse_int(optarg, "--gen-tokens", 1, 1 << 20); break;
+        case O_REPS: o.reps = parse_int(optarg, "--reps", 1, 1000); break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("dsa %s\n", DSA_VERSION); return 0;
+        case '?':
+        default:
+            if (optopt && optopt < 256) die(2, "option -%c: unknown or missing its argument (see dsa --help)", optopt);
+            die(2, "option %s: unknown or missing its argument (see dsa --help)", argv[optind - 1]);
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    tty_progress = isatty(2);
+    const char *cmd = argv[optind];
+    if (!strcmp(cmd, "info")) return cmd_info(&o);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(&o, prompt_arg(argc, argv, optind + 1, cmd));
+    if (!strcmp(cmd, "generate")) return cmd_generate(&o, prompt_arg(argc, argv, optind + 1, cmd));
+    if (!strcmp(cmd, "logits")) return cmd_logits(&o, prompt_arg(argc, argv, optind + 1, cmd));
+    if (!strcmp(cmd, "chat")) return cmd_chat(&o);
+    if (!strcmp(cmd, "bench")) return cmd_bench(&o);
+    die(2, "unknown command '%s' (commands: info, tokenize, generate, logits, chat, bench)", cmd);
+    return 2;
+}

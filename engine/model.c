@@ -448,9 +448,10 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
     for (int l = 0; l < hp->n_layer; l++) {
         const layer *L = &m->layers[l];
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, L->attn_norm, E, hp->norm_eps);
-        matmul(c, &L->wq, c->xb, n, c->q);
-        matmul(c, &L->wk, c->xb, n, c->k);
-        matmul(c, &L->wv, c->xb, n, c->v);
+        dsa_mm_out qkv[3] = {{L->wq.type, L->wq.data, L->wq.rows, c->q, E},
+                             {L->wk.type, L->wk.data, L->wk.rows, c->k, KV},
+                             {L->wv.type, L->wv.data, L->wv.rows, c->v, KV}};
+        dsa_matmul_n(c->pool, qkv, 3, E, c->xb, n, c->mmscratch);
         uint16_t *kc = c->kc + ((size_t)l * c->n_ctx + c->pos) * KV;
         uint16_t *vc = c->vc + ((size_t)l * c->n_ctx + c->pos) * KV;
         for (int t = 0; t < n; t++) {
@@ -471,8 +472,9 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
         for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb2[i];
 
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, L->ffn_norm, E, hp->norm_eps);
-        matmul(c, &L->gate, c->xb, n, c->hb);
-        matmul(c, &L->up, c->xb, n, c->hb2);
+        dsa_mm_out gu[2] = {{L->gate.type, L->gate.data, L->gate.rows, c->hb, hp->n_ff},
+                            {L->up.type, L->up.data, L->up.rows, c->hb2, hp->n_ff}};
+        dsa_matmul_n(c->pool, gu, 2, E, c->xb, n, c->mmscratch);
         for (size_t i = 0; i < (size_t)n * hp->n_ff; i++) {
             float g = c->hb[i];
             c->hb[i] = g / (1.0f + expf(-g)) * c->hb2[i];

@@ -92,6 +92,18 @@ size_t dsa_matmul_scratch(enum dsa_type wt, int64_t cols, int n);
 void dsa_matmul(dsa_pool *p, enum dsa_type wt, const void *W, int64_t rows, int64_t cols,
                 const float *X, int n, float *Y, int64_t ldy, void *scratch);
 
+/* Several products that read the same X (Q, K, V; gate, up): X is quantised once and one dispatch covers the
+ * rows of all of them.  Each output: W of type `type`, rows×cols, written to Y with row stride ldy. */
+typedef struct {
+    enum dsa_type type;
+    const void *W;
+    int64_t rows;
+    float *Y;
+    int64_t ldy;
+} dsa_mm_out;
+void dsa_matmul_n(dsa_pool *p, const dsa_mm_out *outs, int n_outs, int64_t cols, const float *X, int n,
+                  void *scratch);
+
 /* ---- small vector ops used by attention and the norms (ops.c; SIMD where the CPU has it) -------------- */
 /* y[i] += a * x[i] for f16 x */
 void dsa_axpy_f16(int n, float a, const uint16_t *x, float *y);

@@ -4,24 +4,21 @@
  */
 #include "kernels.h"
 
+#include <string.h>
+
 
 void dsa_axpy_f16_avx2(int n, float a, const uint16_t *x, float *y);
 float dsa_dot_f16_avx2(int n, const uint16_t *x, const float *y);
 void dsa_f32_to_f16_row_avx2(int n, const float *src, uint16_t *dst);
 
-static int have_avx2 = -1;
+/* The quant dispatcher already decided what this CPU runs (and honours DSA_CPU=generic); every CPU it calls
+ * "avx2" or "avx512" has F16C too.  A benign race: every thread computes the same value. */
+static _Atomic int have_avx2 = -1;
 
 static int use_avx2(void) {
-    if (have_avx2 < 0) {
-#if defined(__x86_64__)
-        __builtin_cpu_init();
-        have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                    __builtin_cpu_supports("f16c") && dsa_cpu_name()[0] != 'g'; /* DSA_CPU=generic wins */
-#else
-        have_avx2 = 0;
-#endif
-    }
-    return have_avx2;
+    int v = have_avx2;
+    if (v < 0) have_avx2 = v = strcmp(dsa_cpu_name(), "generic") != 0;
+    return v;
 }
 
 void dsa_axpy_f16(int n, float a, const uint16_t *x, float *y) {

@@ -10,6 +10,7 @@
 #include "kernels.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -21,6 +22,8 @@
 #endif
 
 #define SPIN_ITERS (1 << 17) /* ≈ a few ms of spinning before a worker goes to sleep */
+#define YIELD_AFTER 2048    /* spins before yielding the core: on a busy machine the thread we wait for may
+                               need our core to run at all */
 
 struct dsa_pool {
     int n;
@@ -51,7 +54,8 @@ static void *worker(void *a) {
         int spins = 0;
         while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) {
             if (++spins < SPIN_ITERS) {
-                cpu_relax();
+                if (spins % YIELD_AFTER == 0) sched_yield();
+                else cpu_relax();
                 continue;
             }
             pthread_mutex_lock(&p->mu);
@@ -113,7 +117,10 @@ void dsa_pool_run(dsa_pool *p, void (*fn)(void *, int, int), void *arg) {
         pthread_mutex_unlock(&p->mu);
     }
     fn(arg, 0, p->n);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) cpu_relax();
+    for (unsigned spins = 1; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
+        if (spins % YIELD_AFTER == 0) sched_yield();
+        else cpu_relax();
+    }
 }
 
 void dsa_pool_free(dsa_pool *p) {

@@ -303,7 +303,7 @@ int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen) {
         return -1;
     }
     if (st.st_size < 8) {
-        snprintf(err, errlen, "%s: malformed GGUF: file is only %lld bytes", path, (long long)st.st_size);
+        snprintf(err, errlen, "%s: not a GGUF file (only %lld bytes)", path, (long long)st.st_size);
         close(fd);
         return -1;
     }

@@ -1,6 +1,13 @@
 /*
  * Byte-level BPE tokenizer built from GGUF metadata (tokenizer.ggml.model = "gpt2"), with the pre-tokenizer
  * named by tokenizer.ggml.pre, and chat templates (ChatML, Llama-3) recognised from tokenizer.chat_template.
+ *
+ * Pre-tokenizers (PCRE2 regexes, Unicode properties): "smollm" (digits one by one, then GPT-2's regex),
+ * "gpt-2"/"gpt2"/"default" (GPT-2's regex; no tokenizer.ggml.pre means "default"), "llama-bpe"/"llama3"
+ * (Llama-3's regex; a word that is itself a token is not merged), "qwen2" (Qwen2's regex).  No Unicode
+ * normalisation is applied (llama.cpp applies none either).
+ *
+ * A tokenizer is immutable once loaded: any number of threads may encode with it at the same time.
  */
 #ifndef DSA_TOKENIZER_H
 #define DSA_TOKENIZER_H
@@ -29,18 +36,24 @@ int32_t dsa_tok_n_vocab(const dsa_tokenizer *t);
 int32_t dsa_tok_bos(const dsa_tokenizer *t); /* -1 if none */
 int32_t dsa_tok_eos(const dsa_tokenizer *t);
 int dsa_tok_add_bos(const dsa_tokenizer *t); /* tokenizer.ggml.add_bos_token */
-/* End of generation: eos, eot (<|im_end|>, <|eot_id|>, …). */
+/* End of generation: eos, tokenizer.ggml.eot/eom_token_id, and the control tokens <|im_end|>, <|eot_id|>,
+ * <|eom_id|>, <|endoftext|>, <|end_of_text|> when the vocabulary has them. */
 int dsa_tok_is_eog(const dsa_tokenizer *t, int32_t id);
-/* Id of the token whose text is exactly s (special tokens included), or -1. */
+/* Id of the token whose text is exactly s (special tokens included), or -1.  The text is the vocabulary's
+ * spelling as stored in the GGUF: byte-level for ordinary tokens ("Ġhello" for " hello"). */
 int32_t dsa_tok_lookup(const dsa_tokenizer *t, const char *s);
 
-/* Append the ids of text[0..len) to out.  parse_special: recognise special/control token texts
- * (e.g. "<|im_start|>") as those tokens; otherwise they are ordinary text.
- * Invalid UTF-8 bytes are tokenised as their own byte tokens (byte-level BPE covers all 256 bytes), so
- * decode(encode(s)) == s for every byte string.  0, or -1 on out-of-memory. */
+/* Append the ids of text[0..len) to out (never a BOS: see dsa_tok_add_bos).  parse_special: recognise the
+ * texts of control and user-defined tokens (e.g. "<|im_start|>") as those tokens, longest match first;
+ * otherwise they are ordinary text.
+ * Invalid UTF-8: every byte that is not part of a valid character is a word of its own and becomes its byte
+ * token, so decode(encode(s)) == s for every byte string -- except bytes the vocabulary has no token for,
+ * which are dropped, as HF tokenizers and llama.cpp drop them (SmolLM2 lacks 21: 0x04 0x06 0x13 0x14 0x16
+ * 0x1d 0xc0 0xc1 0xf1 0xf2 0xf5..0xff).  0, or -1 on out-of-memory (out is then left as it was). */
 int dsa_tok_encode(const dsa_tokenizer *t, const char *text, size_t len, int parse_special, dsa_ids *out);
 
-/* The bytes a token stands for (byte-level mapping undone; special tokens give their text). */
+/* The bytes a token stands for (byte-level mapping undone; special tokens give their text).  An invalid id
+ * gives "" with *len = 0. */
 const char *dsa_tok_piece(const dsa_tokenizer *t, int32_t id, size_t *len);
 
 /* Streaming decoder: feed ids one by one; bytes of a UTF-8 character split across tokens are held back until
@@ -49,7 +62,8 @@ typedef struct {
     unsigned char pend[8];
     int npend;
 } dsa_detok;
-/* Writes the completed bytes into out (cap >= 8 + longest token); returns the number of bytes written. */
+/* Writes the completed bytes into out (cap >= 8 + longest token; with less, the excess is lost); returns
+ * the number of bytes written.  An invalid id adds nothing.  Start from a zeroed dsa_detok. */
 size_t dsa_detok_push(const dsa_tokenizer *t, dsa_detok *st, int32_t id, char *out, size_t cap);
 /* Whatever is still held back (an incomplete character at the end). */
 size_t dsa_detok_flush(dsa_detok *st, char *out, size_t cap);
@@ -74,7 +88,10 @@ const char *dsa_chat_kind_name(dsa_chat_kind k);
 
 /* Render messages to prompt text (malloc'd, NUL-terminated; special tokens as text, so encode it with
  * parse_special = 1).  When the first message is not a system message and the template has a default
- * system prompt, it is inserted.  add_generation_prompt appends the assistant header.  NULL on OOM. */
+ * system prompt, it is inserted (not for an empty conversation, as in SmolLM2's template).
+ * add_generation_prompt appends the assistant header.  Llama-3: the template's leading bos_token is not
+ * rendered (encode adds no BOS; the caller adds it when dsa_tok_add_bos says so) and contents are trimmed
+ * as the template's |trim does.  NULL role/content count as "".  NULL on OOM. */
 char *dsa_chat_render(const dsa_chat_template *t, const dsa_chat_msg *msgs, int n, int add_generation_prompt);
 
 #endif

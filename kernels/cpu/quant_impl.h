@@ -1,0 +1,166 @@
+/*
+ * Private to kernels/cpu: the byte layouts of the weight blocks, small helpers shared by the plain-C and the SIMD
+ * files, and the SIMD entry points that quant.c puts into the dispatch tables.
+ *
+ * Weight blocks come straight from the mmapped GGUF file, packed and at any alignment (a Q4_1 block is 20 bytes,
+ * Q8_0 34, Q6_K 210), so they are read as bytes: never through a struct pointer.  Offsets below are ggml's.
+ *
+ *   Q4_0  18 B: f16 d | u8 qs[16]                      x = d * (q - 8); q[j] = qs[j] & 15, q[j+16] = qs[j] >> 4
+ *   Q4_1  20 B: f16 d | f16 m | u8 qs[16]              x = d * q + m   (nibbles as Q4_0)
+ *   Q8_0  34 B: f16 d | i8 qs[32]                      x = d * q
+ *   Q4_K 144 B: f16 d | f16 dmin | u8 scales[12] | u8 qs[128]
+ *         8 sub-blocks of 32; sub-block j has a 6-bit scale sc[j] and min mn[j] packed in scales[] (see
+ *         dsa_kscales); x = d*sc[j] * q - dmin*mn[j]; 32-byte chunk c of qs holds sub-block 2c in its low
+ *         nibbles and 2c+1 in its high nibbles.
+ *   Q5_K 176 B: f16 d | f16 dmin | u8 scales[12] | u8 qh[32] | u8 qs[128]
+ *         as Q4_K with a fifth bit: bit j of qh[l] is bit 4 of element l of sub-block j.
+ *   Q6_K 210 B: u8 ql[128] | u8 qh[64] | i8 scales[16] | f16 d
+ *         x = d*scales[i/16] * (q - 32), q 6 bits.  Each half h (128 elements) uses ql[64h..], qh[32h..]:
+ *         element 32k+l of the half (k = 0..3, l = 0..31) takes its low nibble from ql[64h + l + 32*(k&1)]
+ *         (low nibble for k < 2, high for k >= 2) and its top two bits from qh[32h + l] >> 2k.
+ *
+ * Activation blocks (dsa_block_q8_1, dsa_block_q8_k) are ours and declared in kernels.h.  Their qs are always in
+ * [-127, 127] (never -128): the SIMD dot products rely on it (sign tricks, pmaddubsw without saturation).
+ */
+#ifndef DSA_QUANT_IMPL_H
+#define DSA_QUANT_IMPL_H
+
+#include "kernels.h"
+
+#include <string.h>
+
+enum {
+    DSA_BS_Q4_0 = 18,
+    DSA_BS_Q4_1 = 20,
+    DSA_BS_Q8_0 = 34,
+    DSA_BS_Q4_K = 144,
+    DSA_BS_Q5_K = 176,
+    DSA_BS_Q6_K = 210,
+};
+
+static inline uint16_t dsa_rd16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* Activations whose largest magnitude is below this quantise to an all-zero block (d = 0): 127/amax would
+ * overflow for the smallest subnormals, and such values cannot matter next to any real weight. */
+#define DSA_ACT_TINY 0x1p-100f
+
+/* Unpack the 12 bytes of Q4_K/Q5_K scales into eight 6-bit scales and eight 6-bit mins, four bytes to a word:
+ * out[0] = sc[0..3], out[1] = sc[4..7], out[2] = mn[0..3], out[3] = mn[4..7].
+ * Bytes 0-3 hold the low 6 bits of sc[0..3], bytes 4-7 those of mn[0..3]; bytes 8-11 hold the low 4 bits of
+ * sc[4..7] (low nibble) and of mn[4..7] (high nibble), whose top 2 bits sit in the spare top bits of bytes 0-7. */
+static inline void dsa_kscales_packed(const uint8_t *s, uint32_t out[4]) {
+    uint32_t w[3];
+    memcpy(w, s, sizeof w);
+    out[0] = w[0] & 0x3f3f3f3fu;
+    out[2] = w[1] & 0x3f3f3f3fu;
+    out[1] = (w[2] & 0x0f0f0f0fu) | ((w[0] >> 2) & 0x30303030u);
+    out[3] = ((w[2] >> 4) & 0x0f0f0f0fu) | ((w[1] >> 2) & 0x30303030u);
+}
+
+static inline void dsa_kscales(const uint8_t *s, uint8_t sc[8], uint8_t mn[8]) {
+    uint32_t p[4];
+    dsa_kscales_packed(s, p);
+    memcpy(sc, p, 8);
+    memcpy(mn, p + 2, 8);
+}
+
+/* The SIMD kernels; a type they lack (or an odd last block) is left to the plain-C one, dsa_traits_ref(). */
+#if defined(__x86_64__) || defined(__i386__)
+#define DSA_X86 1
+
+/* quant_avx2.c: AVX2 + FMA + F16C */
+float dsa_vec_dot_f32_avx2(int n, const void *w, const void *a);
+float dsa_vec_dot_f16_avx2(int n, const void *w, const void *a);
+float dsa_vec_dot_bf16_avx2(int n, const void *w, const void *a);
+float dsa_vec_dot_q4_0_avx2(int n, const void *w, const void *a);
+float dsa_vec_dot_q4_1_avx2(int n, const void *w, const void *a);
+float dsa_vec_dot_q8_0_avx2(int n, const void *w, const void *a);
+float dsa_vec_dot_q4_k_avx2(int n, const void *w, const void *a);
+float dsa_vec_dot_q5_k_avx2(int n, const void *w, const void *a);
+float dsa_vec_dot_q6_k_avx2(int n, const void *w, const void *a);
+void dsa_quantize_q8_1_avx2(const float *x, void *y, int64_t n);
+void dsa_quantize_q8_k_avx2(const float *x, void *y, int64_t n);
+
+/* quant_avx512.c: AVX-512 F/BW/VL/DQ + VNNI */
+float dsa_vec_dot_q4_0_avx512(int n, const void *w, const void *a);
+float dsa_vec_dot_q4_1_avx512(int n, const void *w, const void *a);
+float dsa_vec_dot_q8_0_avx512(int n, const void *w, const void *a);
+float dsa_vec_dot_q4_k_avx512(int n, const void *w, const void *a);
+float dsa_vec_dot_q5_k_avx512(int n, const void *w, const void *a);
+float dsa_vec_dot_q6_k_avx512(int n, const void *w, const void *a);
+#endif
+
+/* ---- helpers for the two SIMD files (both are compiled with at least AVX2, FMA and F16C) ------------------ */
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+
+static inline __m256i ld256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline __m128i ld128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __m256 lane(__m256 v, int i) { return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i)); }
+
+/* The scales of two legacy blocks (Q4_0, Q4_1, Q8_0) at b and b + bs, with their activation blocks a[0], a[1],
+ * from one conversion and one multiply: the first 4 bytes of a weight block are f16 d and (for Q4_1) f16 m -- for
+ * the other types the second half is a junk value that is never used -- and the first 8 bytes of an activation
+ * block are float d and s:
+ *     [d0·a0.d, m0·a0.s, d0·a0.d, m0·a0.s,  d1·a1.d, m1·a1.s, d1·a1.d, m1·a1.s]
+ * Block 0's scale is lane 0, block 1's lane 4; Σ m·s is half the sum of the odd lanes.  (memcpy: any alignment;
+ * the compiler turns these into broadcast loads.) */
+static inline __m256 scales2(const uint8_t *b, int bs, const dsa_block_q8_1 *a) {
+    uint32_t h0, h1;
+    uint64_t a0, a1;
+    memcpy(&h0, b, 4), memcpy(&h1, b + bs, 4);
+    memcpy(&a0, &a[0].d, 8), memcpy(&a1, &a[1].d, 8);
+    __m128i h = _mm_blend_epi32(_mm_set1_epi32((int)h0), _mm_set1_epi32((int)h1), 0xc);
+    __m256i ds = _mm256_blend_epi32(_mm256_set1_epi64x((long long)a0), _mm256_set1_epi64x((long long)a1), 0xf0);
+    return _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_castsi256_ps(ds));
+}
+
+/* pshufb control: 16-bit word w0 of a 128-bit half to every word of the low half, word w1 to the high half */
+static inline __m256i pick_words(int w0, int w1) {
+    long long lo = 0x0100010001000100ll + 0x0202020202020202ll * w0;
+    long long hi = 0x0100010001000100ll + 0x0202020202020202ll * w1;
+    return _mm256_setr_epi64x(lo, lo, hi, hi);
+}
+
+/* Q4_K/Q5_K: the eight 6-bit scales as 16-bit words, in both 128-bit halves (for pick_words), and each min
+ * times the bsums of its sub-block: Σ of the result = Σ_j mn[j]·(bsums[2j] + bsums[2j+1]). */
+static inline __m256i kscales16(const uint32_t p[4]) {
+    __m128i sc8 = _mm_cvtsi64_si128((long long)((uint64_t)p[1] << 32 | p[0]));
+    return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sc8));
+}
+
+static inline __m256i kmins(const uint32_t p[4], const dsa_block_q8_k *a) {
+    __m128i mn8 = _mm_cvtsi64_si128((long long)((uint64_t)p[3] << 32 | p[2]));
+    return _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8)), ld256(a->bsums));
+}
+
+/* Q6_K: the 128 unsigned 6-bit quants of half a super-block (ql: 64 bytes, qh: 32) as four 32-byte chunks in
+ * element order.  The two high bits of chunk k are bits 2k, 2k+1 of qh: masked first, the shifts that move them
+ * to bits 4, 5 never cross a byte. */
+static inline void q6_chunks(const uint8_t *ql, const uint8_t *qh, __m256i q[4]) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256i A = ld256(ql), B = ld256(ql + 32), H = ld256(qh);
+    __m256i hi0 = _mm256_slli_epi16(_mm256_and_si256(H, _mm256_set1_epi8(0x03)), 4);
+    __m256i hi1 = _mm256_slli_epi16(_mm256_and_si256(H, _mm256_set1_epi8(0x0c)), 2);
+    __m256i hi2 = _mm256_and_si256(H, _mm256_set1_epi8(0x30));
+    __m256i hi3 = _mm256_srli_epi16(_mm256_and_si256(H, _mm256_set1_epi8((char)0xc0)), 2);
+    q[0] = _mm256_or_si256(_mm256_and_si256(A, m4), hi0);
+    q[1] = _mm256_or_si256(_mm256_and_si256(B, m4), hi1);
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), m4), hi2);
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), m4), hi3);
+}
+#endif
+
+#endif

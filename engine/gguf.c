@@ -36,7 +36,7 @@ typedef struct {
     size_t errlen;
 } cursor;
 
-static int fail(cursor *c, const char *fmt, ...) {
+__attribute__((format(printf, 2, 3))) static int fail(cursor *c, const char *fmt, ...) {
     if (c->err && c->errlen) {
         va_list ap;
         va_start(ap, fmt);

@@ -105,7 +105,7 @@ static const char *printable(dsa_str s, char *buf, size_t cap) {
     return buf;
 }
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt, ...) {
     if (err && errlen) {
         va_list ap;
         va_start(ap, fmt);

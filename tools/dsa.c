@@ -36,7 +36,7 @@ typedef struct {
     dsa_sampler_params sp;
 } opts;
 
-static void die(int code, const char *fmt, ...) {
+__attribute__((format(printf, 2, 3), noreturn)) static void die(int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fputs("dsa: ", stderr);

@@ -722,9 +722,16 @@ int main(int argc, char **argv) {
     tty_progress = isatty(2);
     const char *cmd = argv[optind];
     if (!strcmp(cmd, "info")) return cmd_info(&o);
-    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(&o, prompt_arg(argc, argv, optind + 1, cmd));
-    if (!strcmp(cmd, "generate")) return cmd_generate(&o, prompt_arg(argc, argv, optind + 1, cmd));
-    if (!strcmp(cmd, "logits")) return cmd_logits(&o, prompt_arg(argc, argv, optind + 1, cmd));
+    int (*with_text)(const opts *, char *) = !strcmp(cmd, "tokenize") ? cmd_tokenize
+                                            : !strcmp(cmd, "generate") ? cmd_generate
+                                            : !strcmp(cmd, "logits")   ? cmd_logits
+                                                                       : NULL;
+    if (with_text) {
+        char *text = prompt_arg(argc, argv, optind + 1, cmd);
+        int rc = with_text(&o, text);
+        free(text);
+        return rc;
+    }
     if (!strcmp(cmd, "chat")) return cmd_chat(&o);
     if (!strcmp(cmd, "bench")) return cmd_bench(&o);
     die(2, "unknown command '%s' (commands: info, tokenize, generate, logits, chat, bench)", cmd);

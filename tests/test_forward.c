@@ -53,69 +53,9 @@
 
 /* ---- small helpers --------------------------------------------------------------------------------------- */
 
-static int b64val(int ch) {
-    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
-    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
-    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
-    if (ch == '+') return 62;
-    if (ch == '/') return 63;
-    return -1;
-}
-
-/* Decode standard base64 (with '=' padding) into out[0..cap); returns the byte count, or -1 if malformed. */
-static long b64_decode(const char *s, uint8_t *out, size_t cap) {
-    size_t n = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (; *s && *s != '='; s++) {
-        int v = b64val((unsigned char)*s);
-        if (v < 0) return -1;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (n >= cap) return -1;
-            out[n++] = (uint8_t)(acc >> bits);
-        }
-    }
-    return (long)n;
-}
-
-/* The fixture stores float32 little-endian; this machine may not be. */
-static float f32le(const uint8_t *p) {
-    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
-static int32_t *json_ids(json_t *arr, int *n) {
-    *n = (int)json_array_size(arr);
-    int32_t *ids = malloc((size_t)(*n ? *n : 1) * sizeof *ids);
-    if (!ids) abort();
-    for (int i = 0; i < *n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
-    return ids;
-}
-
 static const char *base_name(const char *p) {
     const char *s = strrchr(p, '/');
     return s ? s + 1 : p;
-}
-
-/* top1 - top2 of x[0..n). */
-static double top_gap(const float *x, int n) {
-    int a = argmax(x, n);
-    double second = -INFINITY;
-    for (int i = 0; i < n; i++)
-        if (i != a && x[i] > second) second = x[i];
-    return (double)x[a] - second;
 }
 
 static double jnum_at(json_t *arr, int i) {
@@ -169,8 +109,7 @@ int main(void) {
     float *logits = malloc((size_t)CHUNK * (size_t)V * sizeof *logits);
     float *last = malloc((size_t)V * sizeof *last);
     float *ref = malloc((size_t)V * sizeof *ref);
-    uint8_t *raw = malloc((size_t)V * 4 + 4);
-    if (!logits || !last || !ref || !raw) abort();
+    if (!logits || !last || !ref) abort();
 
     double worst = 0.0;
     long tf_total = 0, tf_agree = 0, dec_total = 0, dec_agree = 0;
@@ -182,9 +121,9 @@ int main(void) {
         json_t *pr = json_array_get(prompts, (size_t)p);
         const char *name = json_string_value(json_object_get(pr, "name"));
         int n = 0, n_tf = 0, n_greedy = 0;
-        int32_t *ids = json_ids(json_object_get(pr, "ids"), &n);
-        int32_t *tf = json_ids(json_object_get(pr, "llamacpp_tf_top1"), &n_tf);
-        int32_t *greedy = json_ids(json_object_get(pr, "llamacpp_greedy"), &n_greedy);
+        int32_t *ids = tu_json_ids(json_object_get(pr, "ids"), &n);
+        int32_t *tf = tu_json_ids(json_object_get(pr, "llamacpp_tf_top1"), &n_tf);
+        int32_t *greedy = tu_json_ids(json_object_get(pr, "llamacpp_greedy"), &n_greedy);
         json_t *tf_gap = json_object_get(pr, "llamacpp_tf_margin");
         json_t *g_gap = json_object_get(pr, "llamacpp_greedy_margin");
         int well_formed = name && n > 0 && n_tf == n && (int)json_array_size(tf_gap) == n && n_greedy > 0 &&
@@ -194,10 +133,15 @@ int main(void) {
 
         /* Reference logits of the last position. */
         const char *b64 = json_string_value(json_object_get(pr, "ref_last_logits_b64"));
-        long nb = b64 ? b64_decode(b64, raw, (size_t)V * 4 + 4) : -1;
-        CHECK(nb == (long)V * 4, "%s: reference logits decode to %ld bytes, want %d", name, nb, V * 4);
-        if (nb != (long)V * 4) goto next;
-        for (int i = 0; i < V; i++) ref[i] = f32le(raw + 4 * (size_t)i);
+        size_t nref = 0;
+        float *dec = b64 ? tu_b64_floats(b64, &nref) : NULL;
+        CHECK(dec && nref == (size_t)V, "%s: reference logits decode to %zu floats, want %d", name, nref, V);
+        if (!dec || nref != (size_t)V) {
+            free(dec);
+            goto next;
+        }
+        memcpy(ref, dec, (size_t)V * sizeof *ref);
+        free(dec);
 
         /* Teacher forcing: all positions, CHUNK at a time, argmax of every row against llama.cpp's. */
         dsa_ctx_truncate(c, 0);
@@ -211,7 +155,7 @@ int main(void) {
                 break;
             }
             for (int r = 0; r < k; r++) {
-                int a = argmax(logits + (size_t)r * (size_t)V, V);
+                int a = tu_argmax(logits + (size_t)r * (size_t)V, V);
                 double gap = jnum_at(tf_gap, i + r);
                 int decisive = gap >= NEAR_TIE;
                 dec_total += decisive;
@@ -242,8 +186,8 @@ int main(void) {
             }
         }
         if (maxd > worst) worst = maxd;
-        int top_ours = argmax(last, V), top_ref = argmax(ref, V);
-        double ref_gap = top_gap(ref, V);
+        int top_ours = tu_argmax(last, V), top_ref = tu_argmax(ref, V);
+        double ref_gap = tu_top_gap(ref, V);
         CHECK(maxd <= LOGIT_TOL, "%s: max |logit - reference| %.4f at id %d exceeds %.4f", name, maxd, at,
               LOGIT_TOL);
         if (ref_gap >= NEAR_TIE)
@@ -268,7 +212,7 @@ int main(void) {
                 diverged = s;
                 break;
             }
-            tok = argmax(last, V);
+            tok = tu_argmax(last, V);
         }
         const char *verdict = "equal";
         if (diverged < 0) {
@@ -308,7 +252,6 @@ int main(void) {
     free(logits);
     free(last);
     free(ref);
-    free(raw);
     dsa_ctx_free(c);
     dsa_model_free(m);
     json_decref(fx);

@@ -68,74 +68,6 @@ static const model_case CASES[] = {
 
 /* ---- helpers --------------------------------------------------------------------------------------------------- */
 
-static int b64val(int ch) {
-    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
-    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
-    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
-    if (ch == '+') return 62;
-    if (ch == '/') return 63;
-    return -1;
-}
-
-/* base64 of float32 little-endian -> malloc'd floats; *n gets the count.  NULL if malformed. */
-static float *b64_floats(const char *s, size_t *n) {
-    size_t len = strlen(s), cap = len / 4 * 3 + 3, nb = 0;
-    uint8_t *b = malloc(cap);
-    if (!b) abort();
-    uint32_t acc = 0;
-    int bits = 0;
-    for (; *s && *s != '='; s++) {
-        int v = b64val((unsigned char)*s);
-        if (v < 0 || nb >= cap) {
-            free(b);
-            return NULL;
-        }
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            b[nb++] = (uint8_t)(acc >> bits);
-        }
-    }
-    if (nb % 4) {
-        free(b);
-        return NULL;
-    }
-    *n = nb / 4;
-    float *f = malloc((*n ? *n : 1) * sizeof *f);
-    if (!f) abort();
-    for (size_t i = 0; i < *n; i++) {
-        uint32_t u = (uint32_t)b[4 * i] | (uint32_t)b[4 * i + 1] << 8 | (uint32_t)b[4 * i + 2] << 16 |
-                     (uint32_t)b[4 * i + 3] << 24;
-        memcpy(&f[i], &u, sizeof u);
-    }
-    free(b);
-    return f;
-}
-
-static int32_t *json_ids(const json_t *arr, int *n) {
-    *n = (int)json_array_size(arr);
-    int32_t *ids = malloc((size_t)(*n ? *n : 1) * sizeof *ids);
-    if (!ids) abort();
-    for (int i = 0; i < *n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
-    return ids;
-}
-
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
-static double top_gap(const float *x, int n) {
-    int a = argmax(x, n);
-    double second = -INFINITY;
-    for (int i = 0; i < n; i++)
-        if (i != a && x[i] > second) second = x[i];
-    return (double)x[a] - second;
-}
-
 static double max_abs_diff(const float *a, const float *b, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++) {
@@ -196,7 +128,7 @@ static void check_tokenizer(const char *name, const dsa_tokenizer *tok, const js
     CHECK(dsa_tok_add_bos(tok) == jint(t, "add_bos"), "%s: add_bos %d, expected %lld", name, dsa_tok_add_bos(tok),
           jint(t, "add_bos"));
     int n_eog;
-    int32_t *eog = json_ids(json_object_get(t, "eog"), &n_eog);
+    int32_t *eog = tu_json_ids(json_object_get(t, "eog"), &n_eog);
     int n_found = 0;
     for (int32_t id = 0; id < dsa_tok_n_vocab(tok); id++) {
         int want = 0;
@@ -213,7 +145,7 @@ static void check_tokenizer(const char *name, const dsa_tokenizer *tok, const js
         const json_t *tc = json_array_get(cases, c);
         const char *text = jstr(tc, "text");
         int n_want;
-        int32_t *want = json_ids(json_object_get(tc, "ids"), &n_want);
+        int32_t *want = tu_json_ids(json_object_get(tc, "ids"), &n_want);
         dsa_ids got = {0};
         CHECK(dsa_tok_encode(tok, text, strlen(text), 0, &got) == 0, "%s: encode failed", name);
         int ok = ids_equal(got.ids, got.n, want, (size_t)n_want);
@@ -263,7 +195,7 @@ static void check_chat(const char *name, const dsa_model *m, const json_t *ch) {
     CHECK(text && !strcmp(text, jstr(ch, "text")), "%s: chat rendering differs from jinja2's:\n--- engine\n%s\n--- "
           "jinja2\n%s", name, text ? text : "(null)", jstr(ch, "text"));
     int n_want;
-    int32_t *want = json_ids(json_object_get(ch, "ids"), &n_want);
+    int32_t *want = tu_json_ids(json_object_get(ch, "ids"), &n_want);
     dsa_ids got = {0};
     const char *src = jstr(ch, "text"); /* the ids of the expected text, whatever the rendering did */
     CHECK(dsa_tok_encode(dsa_model_tok(m), src, strlen(src), 1, &got) == 0, "%s: encode failed", name);
@@ -293,10 +225,10 @@ static int eval(dsa_ctx *c, const int32_t *ids, int n, float *logits, int all) {
 static void check_sequence(const char *name, dsa_model *m, const json_t *sq, double tol, fwd_stats *st) {
     const char *sname = jstr(sq, "name");
     int n, V = dsa_model_hparams(m)->n_vocab;
-    int32_t *ids = json_ids(json_object_get(sq, "ids"), &n);
+    int32_t *ids = tu_json_ids(json_object_get(sq, "ids"), &n);
     int ref_all = (int)jint(sq, "all_logits"), ref_rows = ref_all ? n : 1;
     size_t nref = 0;
-    float *ref = b64_floats(jstr(sq, "logits_b64"), &nref);
+    float *ref = tu_b64_floats(jstr(sq, "logits_b64"), &nref);
     CHECK(n > 0 && ref && nref == (size_t)ref_rows * V, "%s/%s: reference logits: %zu floats, expected %d x %d", name,
           sname, nref, ref_rows, V);
     if (n <= 0 || !ref || nref != (size_t)ref_rows * V) {
@@ -325,12 +257,12 @@ static void check_sequence(const char *name, dsa_model *m, const json_t *sq, dou
             double d = max_abs_diff(e, f, (size_t)V);
             NOTE(ref_max, d);
             CHECK(d <= tol, "%s/%s: position %d: max |logit - reference| = %.5f > %.5f", name, sname, row, d, tol);
-            if (top_gap(f, V) > 2 * tol) {
+            if (tu_top_gap(f, V) > 2 * tol) {
                 st->top1_checked++;
-                int ok = argmax(e, V) == argmax(f, V);
+                int ok = tu_argmax(e, V) == tu_argmax(f, V);
                 st->top1_bad += !ok;
                 CHECK(ok, "%s/%s: position %d: argmax %d, reference %d (reference gap %.4f)", name, sname, row,
-                      argmax(e, V), argmax(f, V), top_gap(f, V));
+                      tu_argmax(e, V), tu_argmax(f, V), tu_top_gap(f, V));
             }
         }
     }

@@ -1,5 +1,6 @@
 #include "testutil.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -43,4 +44,71 @@ json_t *tu_load_json(const char *name) {
 int tu_finish(const char *name) {
     printf("%s: %d checks, %d failed\n", name, tu_checks, tu_failures);
     return tu_failures ? 1 : 0;
+}
+
+static int b64val(int ch) {
+    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
+    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
+    if (ch == '+') return 62;
+    if (ch == '/') return 63;
+    return -1;
+}
+
+float *tu_b64_floats(const char *s, size_t *n) {
+    size_t len = strlen(s), cap = len / 4 * 3 + 3, nb = 0;
+    uint8_t *b = malloc(cap);
+    if (!b) abort();
+    uint32_t acc = 0;
+    int bits = 0;
+    for (; *s && *s != '='; s++) {
+        int v = b64val((unsigned char)*s);
+        if (v < 0 || nb >= cap) {
+            free(b);
+            return NULL;
+        }
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            b[nb++] = (uint8_t)(acc >> bits);
+        }
+    }
+    if (nb % 4) {
+        free(b);
+        return NULL;
+    }
+    *n = nb / 4;
+    float *f = malloc((*n ? *n : 1) * sizeof *f);
+    if (!f) abort();
+    for (size_t i = 0; i < *n; i++) { /* little-endian on every host */
+        uint32_t u = (uint32_t)b[4 * i] | (uint32_t)b[4 * i + 1] << 8 | (uint32_t)b[4 * i + 2] << 16 |
+                     (uint32_t)b[4 * i + 3] << 24;
+        memcpy(&f[i], &u, sizeof u);
+    }
+    free(b);
+    return f;
+}
+
+int32_t *tu_json_ids(const json_t *arr, int *n) {
+    *n = (int)json_array_size(arr);
+    int32_t *ids = malloc((size_t)(*n ? *n : 1) * sizeof *ids);
+    if (!ids) abort();
+    for (int i = 0; i < *n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
+    return ids;
+}
+
+int tu_argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+double tu_top_gap(const float *x, int n) {
+    int a = tu_argmax(x, n);
+    double second = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (i != a && x[i] > second) second = x[i];
+    return (double)x[a] - second;
 }

@@ -2,6 +2,7 @@
 #ifndef DSA_TESTUTIL_H
 #define DSA_TESTUTIL_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <jansson.h>
 
@@ -25,6 +26,15 @@ const char *tu_model_path(void);
 const char *tu_fixture(const char *name);
 /* Load a JSON fixture; exits 1 on error. */
 json_t *tu_load_json(const char *name);
+/* base64 of little-endian float32 (as the fixture scripts write logits) -> malloc'd floats, *n the count;
+ * NULL when malformed. */
+float *tu_b64_floats(const char *b64, size_t *n);
+/* A JSON array of integers -> malloc'd ids, *n the count. */
+int32_t *tu_json_ids(const json_t *arr, int *n);
+/* Index of the largest of x[0..n) (the first on ties), and top1 - top2. */
+int tu_argmax(const float *x, int n);
+double tu_top_gap(const float *x, int n);
+
 /* Print a summary and return the process exit code (0 when no check failed). */
 int tu_finish(const char *name);
 

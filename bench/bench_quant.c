@@ -10,6 +10,10 @@
  * --json one object:
  *   {"cpu":"avx512","n":1536,"rows":128,"results":[{"op":"vec_dot","type":"q4_1","level":"avx2",
  *    "ns":..., "gbps":...}, ...]}
+ * Then, for the types with tile kernels (the matmul path, kernels/cpu/mm_tile*.c): pack + tile of the same R
+ * weight rows against A = 1, 4, 16 and 64 activation rows, as ns per (weight row × activation row), which is
+ * comparable with vec_dot's ns per row ("-" where a level has no tiles and matmul calls vec_dot); "op":"tile"
+ * with "acts" in --json.  --acts LIST changes the A values.
  * Timings depend on the machine and its load: they are never pass/fail.
  */
 #include "kernels.h"
@@ -81,6 +85,23 @@ static double time_dots(const dsa_type_traits *tt, const uint8_t *w, size_t rs, 
     return best;
 }
 
+/* pack + tile of all the rows against nact activation rows: ns per (weight row × activation row) */
+static double time_tiles(const dsa_type_traits *tt, const uint8_t *w, size_t rs, int rows, int n, const void *a,
+                         size_t as, const int32_t *sums, int nact, void *panel, float *y, double min_s, double best) {
+    double start = now();
+    do {
+        double t0 = now();
+        for (int i0 = 0; i0 < rows; i0 += tt->mm_nr) {
+            int nr = rows - i0 < tt->mm_nr ? rows - i0 : tt->mm_nr;
+            tt->mm_pack(n, w + (size_t)i0 * rs, rs, nr, panel);
+            tt->mm_tile(n, panel, a, as, sums, nact, y + i0, (size_t)rows, nr);
+        }
+        best = fmin(best, (now() - t0) * 1e9 / rows / nact);
+    } while (now() - start < min_s);
+    g_sink = y[0];
+    return best;
+}
+
 static double time_quantize(const dsa_type_traits *at, const float *x, void *y, int n, double min_s, double best) {
     double start = now();
     do {
@@ -92,19 +113,26 @@ static double time_quantize(const dsa_type_traits *at, const float *x, void *y, 
 }
 
 int main(int argc, char **argv) {
-    int json = 0, n = 1536, rows = 128;
+    int json = 0, n = 1536, rows = 128, nacts = 4;
+    int acts[8] = {1, 4, 16, 64};
     double ms = 400;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json")) json = 1;
         else if (!strcmp(argv[i], "--n") && i + 1 < argc) n = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--rows") && i + 1 < argc) rows = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--ms") && i + 1 < argc) ms = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--acts") && i + 1 < argc) {
+            nacts = 0;
+            for (char *tok = strtok(argv[++i], ","); tok && nacts < 8; tok = strtok(NULL, ",")) acts[nacts++] = atoi(tok);
+        }
         else {
-            fprintf(stderr, "usage: bench_quant [--json] [--n N] [--rows R] [--ms T]\n");
+            fprintf(stderr, "usage: bench_quant [--json] [--n N] [--rows R] [--ms T] [--acts A1,A2,..]\n");
             return 2;
         }
     }
-    if (n <= 0 || n % 32 || rows <= 0 || ms <= 0) {
+    int max_act = 1;
+    for (int k = 0; k < nacts; k++) max_act = acts[k] > max_act ? acts[k] : max_act;
+    if (n <= 0 || n % 32 || rows <= 0 || ms <= 0 || nacts == 0 || acts[0] <= 0 || max_act > 4096) {
         fprintf(stderr, "bench_quant: --n must be a positive multiple of 32, --rows and --ms positive\n");
         return 2;
     }
@@ -146,16 +174,16 @@ int main(int argc, char **argv) {
         if (!json) printf("\n");
         free(w);
     }
-    const enum dsa_type acts[] = {DSA_Q8_1, DSA_Q8_K};
+    const enum dsa_type act_types[] = {DSA_Q8_1, DSA_Q8_K};
     for (size_t k = 0; k < 2; k++) {
-        const dsa_type_traits *at = dsa_traits_ref(acts[k]);
+        const dsa_type_traits *at = dsa_traits_ref(act_types[k]);
         if (n % at->blck) continue;
         if (!json) printf("%-6s", at->name);
         double best[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
         for (int round = 0; round < ROUNDS; round++)
             for (int l = 1; l <= max_level; l++) {
                 dsa_kernels_init(l);
-                best[l] = time_quantize(dsa_traits(acts[k]), x, act, n, ms * 1e-3 / ROUNDS, best[l]);
+                best[l] = time_quantize(dsa_traits(act_types[k]), x, act, n, ms * 1e-3 / ROUNDS, best[l]);
             }
         for (int l = 1; l <= max_level; l++) {
             if (json)
@@ -165,7 +193,58 @@ int main(int argc, char **argv) {
         }
         if (!json) printf("   (from_float; GB/s of floats)\n");
     }
+    /* tiles */
+    float *xs = malloc(sizeof(float) * (size_t)n * max_act);
+    for (size_t i = 0; i < (size_t)n * max_act; i++) xs[i] = uniform();
+    void *as_buf = malloc(dsa_row_size(DSA_Q8_K, n) * (size_t)max_act + dsa_row_size(DSA_Q8_1, n) * (size_t)max_act);
+    int32_t *sums = malloc(sizeof(int32_t) * (size_t)(n / 32) * max_act);
+    float *y = malloc(sizeof(float) * (size_t)rows * max_act);
+    if (!json) printf("tiles: pack + tile, ns per weight row per activation row\n");
+    for (size_t k = 0; k < sizeof WTYPES / sizeof WTYPES[0]; k++) {
+        enum dsa_type t = WTYPES[k];
+        const dsa_type_traits *rt = dsa_traits_ref(t);
+        if (n % rt->blck || !rt->mm_tile) continue;
+        size_t rs = dsa_row_size(t, n), as = dsa_row_size(rt->act, n);
+        uint8_t *w = make_weights(t, n, rows);
+        for (int c = 0; c < max_act; c++) {
+            dsa_traits_ref(rt->act)->from_float(xs + (size_t)c * n, (char *)as_buf + (size_t)c * as, n);
+            if (rt->act == DSA_Q8_1) dsa_q8_1_sums((char *)as_buf + (size_t)c * as, n, sums + (size_t)c * (n / 32));
+        }
+        size_t psize = (size_t)(n / rt->blck) * rt->mm_panel_blk;
+        for (int l = 1; l <= max_level; l++) {
+            dsa_kernels_init(l);
+            size_t p = (size_t)(n / rt->blck) * dsa_traits(t)->mm_panel_blk;
+            psize = p > psize ? p : psize;
+        }
+        void *panel = aligned_alloc(64, (psize + 63) / 64 * 64);
+        for (int ai = 0; ai < nacts; ai++) {
+            int na = acts[ai];
+            if (!json) printf("%-6s A=%-3d", rt->name, na);
+            double best[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
+            for (int round = 0; round < ROUNDS; round++)
+                for (int l = 1; l <= max_level; l++) {
+                    dsa_kernels_init(l);
+                    if (dsa_traits(t)->mm_tile)
+                        best[l] = time_tiles(dsa_traits(t), w, rs, rows, n, as_buf, as, sums, na, panel, y,
+                                             ms * 1e-3 / ROUNDS / nacts, best[l]);
+                }
+            for (int l = 1; l <= max_level; l++) {
+                if (isinf(best[l])) { /* no tiles at this level: matmul calls vec_dot */
+                    if (!json) printf(" %20s", "-");
+                    continue;
+                }
+                if (json)
+                    printf("%s{\"op\":\"tile\",\"type\":\"%s\",\"level\":\"%s\",\"acts\":%d,\"ns\":%.2f}", first ? "" : ",",
+                           rt->name, LEVELS[l], na, best[l]), first = 0;
+                else printf(" %20.1f", best[l]);
+            }
+            if (!json) printf("\n");
+        }
+        free(panel);
+        free(w);
+    }
     if (json) printf("]}\n");
+    free(xs), free(as_buf), free(sums), free(y);
     free(x), free(act);
     return 0;
 }

@@ -434,7 +434,13 @@ static void test_traits(void) {
                   t->is_weight && t->act == want[i].act && t->to_float && t->vec_dot,
               "traits of %s", want[i].name);
         CHECK(!strcmp(dsa_type_name(want[i].t), want[i].name), "name of %s", want[i].name);
+        /* tile kernels (tests/test_matmul.c): a plain-C one for every quantised weight type, none for floats */
+        CHECK(want[i].blck == 1 ? t && !t->mm_tile && !t->mm_pack
+                                : t && t->mm_tile && t->mm_pack && t->mm_nr > 0 && t->mm_min_rows >= 1 &&
+                                      t->mm_panel_blk > 0,
+              "tile traits of %s", want[i].name);
     }
+    CHECK(!dsa_traits_ref(DSA_Q8_1)->mm_tile && !dsa_traits_ref(DSA_Q8_K)->mm_tile, "activation types have no tiles");
     CHECK(dsa_row_size(DSA_Q4_1, 576) == 360 && dsa_row_size(DSA_Q8_0, 576) == 612 &&
               dsa_row_size(DSA_Q6_K, 512) == 420 && dsa_row_size(DSA_Q8_1, 64) == 2 * sizeof(dsa_block_q8_1),
           "row sizes");

@@ -55,6 +55,23 @@ typedef struct {
     void (*from_float)(const float *src, void *dst, int64_t n);
     /* Σ w[i]*a[i] over n elements: w in this type, a in traits->act */
     float (*vec_dot)(int n, const void *w, const void *a);
+
+    /* Tile kernels, for many activation rows at once (prefill); optional: NULL where a type has none, and
+     * dsa_matmul then calls vec_dot for every (weight row, activation row) pair.
+     * mm_pack rearranges `rows` (1..mm_nr) weight rows of n elements, w_stride bytes apart, into a panel of
+     * n / blck * mm_panel_blk bytes (64-byte aligned) in which each weight block is unpacked once; rows past
+     * `rows` are zero.  mm_tile multiplies a panel with nact activation rows of type act (a_stride bytes apart;
+     * for q8_1, asum holds the Σ qs of each block, see dsa_q8_1_sums) and writes y[r*ldy + i] for r < nact,
+     * i < rows.  Each output is one fixed sequence of float operations (see mm_tile.c), whatever nact, rows,
+     * threads or SIMD level: every implementation of a type gives the same bits.  They agree with vec_dot
+     * within its rounding bounds, not bit for bit (vec_dot sums in another order). */
+    int mm_nr;           /* weight rows per panel: 8 or 16 */
+    int mm_min_rows;     /* dsa_matmul takes the tiles from this many activation rows up (below, packing a panel
+                            for so few rows costs more than vec_dot saves: measured, bench/bench_quant.c) */
+    size_t mm_panel_blk; /* panel bytes per weight block */
+    void (*mm_pack)(int n, const void *w, size_t w_stride, int rows, void *panel);
+    void (*mm_tile)(int n, const void *panel, const void *a, size_t a_stride, const int32_t *asum, int nact,
+                    float *y, size_t ldy, int rows);
 } dsa_type_traits;
 
 /* Best implementation for this CPU (after dsa_kernels_init), or the plain-C one. NULL for unknown types. */
@@ -65,6 +82,9 @@ const dsa_type_traits *dsa_traits_ref(enum dsa_type t);
  * 3 = at most AVX-512.  Environment DSA_CPU=generic|avx2|avx512 overrides auto.  Safe to call again. */
 void dsa_kernels_init(int level);
 const char *dsa_cpu_name(void); /* "avx512", "avx2" or "generic" */
+
+/* sums[b] = Σ qs of q8_1 block b, for the n / 32 blocks of a row: the asum that mm_tile takes for q8_1. */
+void dsa_q8_1_sums(const void *a, int64_t n, int32_t *sums);
 
 /* Bytes of a row of n elements of type t (n must be a multiple of its block size). */
 size_t dsa_row_size(enum dsa_type t, int64_t n);
@@ -87,7 +107,8 @@ void dsa_pool_run(dsa_pool *p, void (*fn)(void *arg, int ith, int nth), void *ar
 /* ---- matrix multiply -------------------------------------------------------------------------------- */
 /* Y[j][i] = Σ_k W[i][k] * X[j][k] for i < rows, j < n: W is rows×cols of type wt (row-major, GGUF layout),
  * X is n×cols floats, Y is n×rows floats (row stride ldy).  Activations are quantised to the weight's
- * activation type into scratch (see dsa_matmul_scratch).  Threads split the rows. */
+ * activation type into scratch (see dsa_matmul_scratch).  Threads split the rows; Y does not depend on how many
+ * threads there are, and where the type has tile kernels (from mm_min_rows rows up) not on n either. */
 size_t dsa_matmul_scratch(enum dsa_type wt, int64_t cols, int n);
 void dsa_matmul(dsa_pool *p, enum dsa_type wt, const void *W, int64_t rows, int64_t cols,
                 const float *X, int n, float *Y, int64_t ldy, void *scratch);

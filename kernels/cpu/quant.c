@@ -76,21 +76,6 @@ float dsa_bf16_to_f32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
 
 static float f16_at(const uint8_t *p) { return dsa_f16_to_f32(dsa_rd16(p)); }
 
-/* The integer core: the compiler vectorises these loops (separate loops, fixed counts) even at the generic
- * level.  The element order of a q4 block: the 16 low nibbles, then the 16 high ones, minus an offset. */
-static int dot_i8(const int8_t *x, const int8_t *y, int n) {
-    int s = 0;
-    for (int j = 0; j < n; j++) s += x[j] * y[j];
-    return s;
-}
-
-static void unpack_q4(const uint8_t *qs, int8_t q[32], int offset) {
-    for (int j = 0; j < 16; j++) {
-        q[j] = (int8_t)((qs[j] & 15) - offset);
-        q[j + 16] = (int8_t)((qs[j] >> 4) - offset);
-    }
-}
-
 /* ---- to_float -------------------------------------------------------------------------------------------
  * Each value is computed with the same float operations in the same order as gguf's numpy dequantiser, so the
  * results are bit-identical.  Every product below is exact in float (an f16 scale times a small integer fits in
@@ -113,7 +98,7 @@ static void to_float_q4_0(const void *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n / DSA_QK; i++, b += DSA_BS_Q4_0, dst += DSA_QK) {
         float d = f16_at(b);
         int8_t q[DSA_QK];
-        unpack_q4(b + 2, q, 8);
+        dsa_unpack_q4(b + 2, q, 8);
         for (int j = 0; j < DSA_QK; j++) dst[j] = d * (float)q[j];
     }
 }
@@ -123,7 +108,7 @@ static void to_float_q4_1(const void *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n / DSA_QK; i++, b += DSA_BS_Q4_1, dst += DSA_QK) {
         float d = f16_at(b), m = f16_at(b + 2);
         int8_t q[DSA_QK];
-        unpack_q4(b + 4, q, 0);
+        dsa_unpack_q4(b + 4, q, 0);
         for (int j = 0; j < DSA_QK; j++) dst[j] = d * (float)q[j] + m;
     }
 }
@@ -136,17 +121,6 @@ static void to_float_q8_0(const void *src, float *dst, int64_t n) {
     }
 }
 
-/* The 32 quants of sub-block j (0..7) of a Q4_K (qh == NULL) or Q5_K super-block, unsigned. */
-static void unpack_q45_k(const uint8_t *qs, const uint8_t *qh, int j, int8_t q[32]) {
-    const uint8_t *p = qs + 32 * (j / 2);
-    int shift = 4 * (j & 1);
-    for (int l = 0; l < 32; l++) {
-        int v = (p[l] >> shift) & 15;
-        if (qh) v |= ((qh[l] >> j) & 1) << 4;
-        q[l] = (int8_t)v;
-    }
-}
-
 static void to_float_q45_k(const void *src, float *dst, int64_t n, int five) {
     const uint8_t *b = src;
     for (int64_t i = 0; i < n / DSA_QK_K; i++, b += five ? DSA_BS_Q5_K : DSA_BS_Q4_K) {
@@ -155,7 +129,7 @@ static void to_float_q45_k(const void *src, float *dst, int64_t n, int five) {
         dsa_kscales(b + 4, sc, mn);
         for (int j = 0; j < 8; j++, dst += 32) {
             int8_t q[32];
-            unpack_q45_k(b + (five ? 48 : 16), five ? b + 16 : NULL, j, q);
+            dsa_unpack_q45_k(b + (five ? 48 : 16), five ? b + 16 : NULL, j, q);
             float ds = d * (float)sc[j], dm = dmin * (float)mn[j];
             for (int l = 0; l < 32; l++) dst[l] = ds * (float)q[l] - dm;
         }
@@ -165,25 +139,13 @@ static void to_float_q45_k(const void *src, float *dst, int64_t n, int five) {
 static void to_float_q4_k(const void *src, float *dst, int64_t n) { to_float_q45_k(src, dst, n, 0); }
 static void to_float_q5_k(const void *src, float *dst, int64_t n) { to_float_q45_k(src, dst, n, 1); }
 
-/* The 256 quants of a Q6_K super-block, minus 32. */
-static void unpack_q6_k(const uint8_t *b, int8_t q[256]) {
-    for (int h = 0; h < 2; h++) {
-        const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
-        for (int k = 0; k < 4; k++)
-            for (int l = 0; l < 32; l++) {
-                int lo = (ql[l + 32 * (k & 1)] >> (4 * (k >> 1))) & 15, hi = (qh[l] >> (2 * k)) & 3;
-                q[128 * h + 32 * k + l] = (int8_t)((lo | hi << 4) - 32);
-            }
-    }
-}
-
 static void to_float_q6_k(const void *src, float *dst, int64_t n) {
     const uint8_t *b = src;
     for (int64_t i = 0; i < n / DSA_QK_K; i++, b += DSA_BS_Q6_K, dst += DSA_QK_K) {
         const int8_t *sc = (const int8_t *)(b + 192);
         float d = f16_at(b + 208);
         int8_t q[DSA_QK_K];
-        unpack_q6_k(b, q);
+        dsa_unpack_q6_k(b, q);
         for (int e = 0; e < DSA_QK_K; e++) dst[e] = d * (float)sc[e / 16] * (float)q[e];
     }
 }
@@ -278,8 +240,8 @@ static float vec_dot_q4_0(int n, const void *vw, const void *va) {
     float sum = 0;
     for (int i = 0; i < n / DSA_QK; i++, b += DSA_BS_Q4_0) {
         int8_t q[DSA_QK];
-        unpack_q4(b + 2, q, 8);
-        sum += f16_at(b) * a[i].d * (float)dot_i8(q, a[i].qs, DSA_QK);
+        dsa_unpack_q4(b + 2, q, 8);
+        sum += f16_at(b) * a[i].d * (float)dsa_dot_i8(q, a[i].qs, DSA_QK);
     }
     return sum;
 }
@@ -290,8 +252,8 @@ static float vec_dot_q4_1(int n, const void *vw, const void *va) {
     float sum = 0;
     for (int i = 0; i < n / DSA_QK; i++, b += DSA_BS_Q4_1) {
         int8_t q[DSA_QK];
-        unpack_q4(b + 4, q, 0);
-        sum += f16_at(b) * a[i].d * (float)dot_i8(q, a[i].qs, DSA_QK) + f16_at(b + 2) * a[i].s;
+        dsa_unpack_q4(b + 4, q, 0);
+        sum += f16_at(b) * a[i].d * (float)dsa_dot_i8(q, a[i].qs, DSA_QK) + f16_at(b + 2) * a[i].s;
     }
     return sum;
 }
@@ -301,7 +263,7 @@ static float vec_dot_q8_0(int n, const void *vw, const void *va) {
     const dsa_block_q8_1 *a = va;
     float sum = 0;
     for (int i = 0; i < n / DSA_QK; i++, b += DSA_BS_Q8_0) {
-        sum += f16_at(b) * a[i].d * (float)dot_i8((const int8_t *)(b + 2), a[i].qs, DSA_QK);
+        sum += f16_at(b) * a[i].d * (float)dsa_dot_i8((const int8_t *)(b + 2), a[i].qs, DSA_QK);
     }
     return sum;
 }
@@ -317,8 +279,8 @@ static float vec_dot_q45_k(int n, const void *vw, const void *va, int five) {
         int sumi = 0, summ = 0;
         for (int j = 0; j < 8; j++) {
             int8_t q[32];
-            unpack_q45_k(b + (five ? 48 : 16), five ? b + 16 : NULL, j, q);
-            sumi += sc[j] * dot_i8(q, a[i].qs + 32 * j, 32);
+            dsa_unpack_q45_k(b + (five ? 48 : 16), five ? b + 16 : NULL, j, q);
+            sumi += sc[j] * dsa_dot_i8(q, a[i].qs + 32 * j, 32);
             summ += mn[j] * (a[i].bsums[2 * j] + a[i].bsums[2 * j + 1]);
         }
         sum += a[i].d * (f16_at(b) * (float)sumi - f16_at(b + 2) * (float)summ);
@@ -336,9 +298,9 @@ static float vec_dot_q6_k(int n, const void *vw, const void *va) {
     for (int i = 0; i < n / DSA_QK_K; i++, b += DSA_BS_Q6_K) {
         const int8_t *sc = (const int8_t *)(b + 192);
         int8_t q[DSA_QK_K];
-        unpack_q6_k(b, q);
+        dsa_unpack_q6_k(b, q);
         int sumi = 0;
-        for (int g = 0; g < 16; g++) sumi += sc[g] * dot_i8(q + 16 * g, a[i].qs + 16 * g, 16); /* one scale per 16 */
+        for (int g = 0; g < 16; g++) sumi += sc[g] * dsa_dot_i8(q + 16 * g, a[i].qs + 16 * g, 16); /* one scale per 16 */
         sum += a[i].d * f16_at(b + 208) * (float)sumi;
     }
     return sum;
@@ -346,18 +308,30 @@ static float vec_dot_q6_k(int n, const void *vw, const void *va) {
 
 /* ---- traits -------------------------------------------------------------------------------------------- */
 
+#define TYPE(nm, bl, size, weight, at, tf, ff, vd)                                                               \
+    .name = nm, .blck = bl, .type_size = size, .is_weight = weight, .act = at, .to_float = tf, .from_float = ff, \
+    .vec_dot = vd
+#define TILES(t, panel)                                                                                           \
+    .mm_nr = DSA_MM_NR_REF, .mm_min_rows = 1, .mm_panel_blk = panel, .mm_pack = dsa_mm_pack_##t##_ref
+
 static const dsa_type_traits REF[DSA_TYPE_COUNT] = {
-    [DSA_F32] = {"f32", 1, 4, 1, DSA_F32, to_float_f32, from_float_f32, vec_dot_f32},
-    [DSA_F16] = {"f16", 1, 2, 1, DSA_F32, to_float_f16, NULL, vec_dot_f16},
-    [DSA_BF16] = {"bf16", 1, 2, 1, DSA_F32, to_float_bf16, NULL, vec_dot_bf16},
-    [DSA_Q4_0] = {"q4_0", DSA_QK, DSA_BS_Q4_0, 1, DSA_Q8_1, to_float_q4_0, NULL, vec_dot_q4_0},
-    [DSA_Q4_1] = {"q4_1", DSA_QK, DSA_BS_Q4_1, 1, DSA_Q8_1, to_float_q4_1, NULL, vec_dot_q4_1},
-    [DSA_Q8_0] = {"q8_0", DSA_QK, DSA_BS_Q8_0, 1, DSA_Q8_1, to_float_q8_0, NULL, vec_dot_q8_0},
-    [DSA_Q8_1] = {"q8_1", DSA_QK, sizeof(dsa_block_q8_1), 0, DSA_Q8_1, to_float_q8_1, from_float_q8_1, NULL},
-    [DSA_Q4_K] = {"q4_K", DSA_QK_K, DSA_BS_Q4_K, 1, DSA_Q8_K, to_float_q4_k, NULL, vec_dot_q4_k},
-    [DSA_Q5_K] = {"q5_K", DSA_QK_K, DSA_BS_Q5_K, 1, DSA_Q8_K, to_float_q5_k, NULL, vec_dot_q5_k},
-    [DSA_Q6_K] = {"q6_K", DSA_QK_K, DSA_BS_Q6_K, 1, DSA_Q8_K, to_float_q6_k, NULL, vec_dot_q6_k},
-    [DSA_Q8_K] = {"q8_K", DSA_QK_K, sizeof(dsa_block_q8_k), 0, DSA_Q8_K, to_float_q8_k, from_float_q8_k, NULL},
+    [DSA_F32] = {TYPE("f32", 1, 4, 1, DSA_F32, to_float_f32, from_float_f32, vec_dot_f32)},
+    [DSA_F16] = {TYPE("f16", 1, 2, 1, DSA_F32, to_float_f16, NULL, vec_dot_f16)},
+    [DSA_BF16] = {TYPE("bf16", 1, 2, 1, DSA_F32, to_float_bf16, NULL, vec_dot_bf16)},
+    [DSA_Q4_0] = {TYPE("q4_0", DSA_QK, DSA_BS_Q4_0, 1, DSA_Q8_1, to_float_q4_0, NULL, vec_dot_q4_0),
+                  TILES(q4_0, DSA_MM_PANEL_LEGACY_REF), .mm_tile = dsa_mm_tile_q4_0_ref},
+    [DSA_Q4_1] = {TYPE("q4_1", DSA_QK, DSA_BS_Q4_1, 1, DSA_Q8_1, to_float_q4_1, NULL, vec_dot_q4_1),
+                  TILES(q4_1, DSA_MM_PANEL_LEGACY_REF), .mm_tile = dsa_mm_tile_q4_1_ref},
+    [DSA_Q8_0] = {TYPE("q8_0", DSA_QK, DSA_BS_Q8_0, 1, DSA_Q8_1, to_float_q8_0, NULL, vec_dot_q8_0),
+                  TILES(q8_0, DSA_MM_PANEL_LEGACY_REF), .mm_tile = dsa_mm_tile_q4_0_ref /* same sums, unpacked */},
+    [DSA_Q8_1] = {TYPE("q8_1", DSA_QK, sizeof(dsa_block_q8_1), 0, DSA_Q8_1, to_float_q8_1, from_float_q8_1, NULL)},
+    [DSA_Q4_K] = {TYPE("q4_K", DSA_QK_K, DSA_BS_Q4_K, 1, DSA_Q8_K, to_float_q4_k, NULL, vec_dot_q4_k),
+                  TILES(q4_k, DSA_MM_PANEL_K_REF), .mm_tile = dsa_mm_tile_q45_k_ref},
+    [DSA_Q5_K] = {TYPE("q5_K", DSA_QK_K, DSA_BS_Q5_K, 1, DSA_Q8_K, to_float_q5_k, NULL, vec_dot_q5_k),
+                  TILES(q5_k, DSA_MM_PANEL_K_REF), .mm_tile = dsa_mm_tile_q45_k_ref},
+    [DSA_Q6_K] = {TYPE("q6_K", DSA_QK_K, DSA_BS_Q6_K, 1, DSA_Q8_K, to_float_q6_k, NULL, vec_dot_q6_k),
+                  TILES(q6_k, DSA_MM_PANEL_K_REF), .mm_tile = dsa_mm_tile_q6_k_ref},
+    [DSA_Q8_K] = {TYPE("q8_K", DSA_QK_K, sizeof(dsa_block_q8_k), 0, DSA_Q8_K, to_float_q8_k, from_float_q8_k, NULL)},
 };
 
 /* One table per level (1 generic, 2 avx2, 3 avx512), built once and then only read; g_level picks the one
@@ -368,9 +342,59 @@ static pthread_once_t g_auto_once = PTHREAD_ONCE_INIT;
 static _Atomic(int) g_level; /* 0 until chosen */
 static const char *const LEVEL_NAME[4] = {"generic", "generic", "avx2", "avx512"};
 
-static void build_tables(void) {
-    for (int l = 1; l <= 3; l++) memcpy(g_tab[l], REF, sizeof REF);
 #ifdef DSA_X86
+typedef struct {
+    enum dsa_type t;
+    int nr, min_rows;
+    size_t panel_blk;
+    void (*pack)(int, const void *, size_t, int, void *);
+    void (*tile)(int, const void *, const void *, size_t, const int32_t *, int, float *, size_t, int);
+} tile_impl;
+
+static void set_tiles(dsa_type_traits *t, const tile_impl *impl, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        dsa_type_traits *tt = &t[impl[i].t];
+        tt->mm_nr = impl[i].nr, tt->mm_min_rows = impl[i].min_rows, tt->mm_panel_blk = impl[i].panel_blk;
+        tt->mm_pack = impl[i].pack, tt->mm_tile = impl[i].tile;
+    }
+}
+#endif
+
+static void build_tables(void) {
+    for (int l = 1; l <= 3; l++) {
+        memcpy(g_tab[l], REF, sizeof REF);
+        /* The plain-C tiles are the reference the SIMD ones are tested against, not a fast path: their fmaf is a
+         * library call without FMA hardware, and vec_dot is faster there.  A level uses tiles only where it has
+         * SIMD ones. */
+        for (int i = 0; i < DSA_TYPE_COUNT; i++) {
+            g_tab[l][i].mm_nr = g_tab[l][i].mm_min_rows = 0, g_tab[l][i].mm_panel_blk = 0;
+            g_tab[l][i].mm_pack = NULL, g_tab[l][i].mm_tile = NULL;
+        }
+    }
+#ifdef DSA_X86
+    /* min_rows = 1 everywhere: a token's logits must not depend on whether it was prefilled in a batch or decoded
+     * alone (the tiles and vec_dot round differently).  For the legacy types one row is also faster through a
+     * panel, as packing prefetches the next one; a K-quant panel costs 12-38% more than vec_dot for one row
+     * (measured 2026-11-28), which we pay for that consistency. */
+    static const tile_impl tiles2[] = {
+        {DSA_Q4_0, 8, 1, DSA_MM_PANEL8_LEGACY, dsa_mm_pack_q4_0_avx2, dsa_mm_tile_q4_0_avx2},
+        {DSA_Q4_1, 8, 1, DSA_MM_PANEL8_LEGACY, dsa_mm_pack_q4_1_avx2, dsa_mm_tile_q4_1_avx2},
+        {DSA_Q8_0, 8, 1, DSA_MM_PANEL8_Q8_0, dsa_mm_pack_q8_0_avx2, dsa_mm_tile_q8_0_avx2},
+        {DSA_Q4_K, 8, 1, DSA_MM_PANEL8_K, dsa_mm_pack_q4_k_avx2, dsa_mm_tile_q4_k_avx2},
+        {DSA_Q5_K, 8, 1, DSA_MM_PANEL8_K, dsa_mm_pack_q5_k_avx2, dsa_mm_tile_q5_k_avx2},
+        {DSA_Q6_K, 8, 1, DSA_MM_PANEL8_K, dsa_mm_pack_q6_k_avx2, dsa_mm_tile_q6_k_avx2},
+    };
+    static const tile_impl tiles3[] = {
+        {DSA_Q4_0, 16, 1, DSA_MM_PANEL16_LEGACY, dsa_mm_pack_q4_0_avx512, dsa_mm_tile_q4_0_avx512},
+        {DSA_Q4_1, 16, 1, DSA_MM_PANEL16_LEGACY, dsa_mm_pack_q4_1_avx512, dsa_mm_tile_q4_1_avx512},
+        {DSA_Q8_0, 16, 1, DSA_MM_PANEL16_LEGACY, dsa_mm_pack_q8_0_avx512, dsa_mm_tile_q8_0_avx512},
+        {DSA_Q4_K, 16, 1, DSA_MM_PANEL16_K, dsa_mm_pack_q4_k_avx512, dsa_mm_tile_q45_k_avx512},
+        {DSA_Q5_K, 16, 1, DSA_MM_PANEL16_K, dsa_mm_pack_q5_k_avx512, dsa_mm_tile_q45_k_avx512},
+        {DSA_Q6_K, 16, 1, DSA_MM_PANEL16_K, dsa_mm_pack_q6_k_avx512, dsa_mm_tile_q6_k_avx512},
+    };
+    set_tiles(g_tab[2], tiles2, sizeof tiles2 / sizeof tiles2[0]);
+    set_tiles(g_tab[3], tiles2, sizeof tiles2 / sizeof tiles2[0]);
+    set_tiles(g_tab[3], tiles3, sizeof tiles3 / sizeof tiles3[0]);
     for (int l = 2; l <= 3; l++) {
         dsa_type_traits *t = g_tab[l];
         t[DSA_F32].vec_dot = dsa_vec_dot_f32_avx2;

@@ -68,6 +68,57 @@ static inline void dsa_kscales(const uint8_t *s, uint8_t sc[8], uint8_t mn[8]) {
     memcpy(mn, p + 2, 8);
 }
 
+/* The integer core of the plain-C kernels (quant.c, mm_tile.c): the compiler vectorises these loops (separate
+ * loops, fixed counts) even at the generic level.  The element order of a q4 block: the 16 low nibbles, then the
+ * 16 high ones, minus an offset. */
+static inline int dsa_dot_i8(const int8_t *x, const int8_t *y, int n) {
+    int s = 0;
+    for (int j = 0; j < n; j++) s += x[j] * y[j];
+    return s;
+}
+
+static inline void dsa_unpack_q4(const uint8_t *qs, int8_t q[32], int offset) {
+    for (int j = 0; j < 16; j++) {
+        q[j] = (int8_t)((qs[j] & 15) - offset);
+        q[j + 16] = (int8_t)((qs[j] >> 4) - offset);
+    }
+}
+
+/* The 32 quants of sub-block j (0..7) of a Q4_K (qh == NULL) or Q5_K super-block, unsigned. */
+static inline void dsa_unpack_q45_k(const uint8_t *qs, const uint8_t *qh, int j, int8_t q[32]) {
+    const uint8_t *p = qs + 32 * (j / 2);
+    int shift = 4 * (j & 1);
+    for (int l = 0; l < 32; l++) {
+        int v = (p[l] >> shift) & 15;
+        if (qh) v |= ((qh[l] >> j) & 1) << 4;
+        q[l] = (int8_t)v;
+    }
+}
+
+/* The 256 quants of a Q6_K super-block, minus 32. */
+static inline void dsa_unpack_q6_k(const uint8_t *b, int8_t q[256]) {
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < 32; l++) {
+                int lo = (ql[l + 32 * (k & 1)] >> (4 * (k >> 1))) & 15, hi = (qh[l] >> (2 * k)) & 3;
+                q[128 * h + 32 * k + l] = (int8_t)((lo | hi << 4) - 32);
+            }
+    }
+}
+
+/* mm_tile.c: the plain-C tile kernels (the mm_pack / mm_tile traits of dsa_traits_ref) */
+#define DSA_MM_NR_REF 8
+#define DSA_MM_PANEL_LEGACY_REF 320 /* 8 rows × (32 quants + d + m) */
+#define DSA_MM_PANEL_K_REF 2304     /* 8 rows × (256 quants + 16 scales + 8 mins + d + dmin) */
+#define DSA_MM_PACK_DECL(t) void dsa_mm_pack_##t(int n, const void *w, size_t w_stride, int rows, void *panel);
+#define DSA_MM_TILE_DECL(t)                                                                                       \
+    void dsa_mm_tile_##t(int n, const void *panel, const void *a, size_t a_stride, const int32_t *asum, int nact, \
+                         float *y, size_t ldy, int rows);
+DSA_MM_PACK_DECL(q4_0_ref) DSA_MM_PACK_DECL(q4_1_ref) DSA_MM_PACK_DECL(q8_0_ref)
+DSA_MM_PACK_DECL(q4_k_ref) DSA_MM_PACK_DECL(q5_k_ref) DSA_MM_PACK_DECL(q6_k_ref)
+DSA_MM_TILE_DECL(q4_0_ref) DSA_MM_TILE_DECL(q4_1_ref) DSA_MM_TILE_DECL(q45_k_ref) DSA_MM_TILE_DECL(q6_k_ref)
+
 /* The SIMD kernels; a type they lack (or an odd last block) is left to the plain-C one, dsa_traits_ref(). */
 #if defined(__x86_64__) || defined(__i386__)
 #define DSA_X86 1
@@ -84,6 +135,23 @@ float dsa_vec_dot_q5_k_avx2(int n, const void *w, const void *a);
 float dsa_vec_dot_q6_k_avx2(int n, const void *w, const void *a);
 void dsa_quantize_q8_1_avx2(const float *x, void *y, int64_t n);
 void dsa_quantize_q8_k_avx2(const float *x, void *y, int64_t n);
+
+/* mm_tile_avx2.c */
+#define DSA_MM_PANEL8_LEGACY 320 /* 8 rows × (32 nibbles + d + m) */
+#define DSA_MM_PANEL8_Q8_0 576   /* 8 rows × (2 × 32 nibbles + d + padding) */
+DSA_MM_PACK_DECL(q4_0_avx2) DSA_MM_PACK_DECL(q4_1_avx2) DSA_MM_PACK_DECL(q8_0_avx2)
+DSA_MM_TILE_DECL(q4_0_avx2) DSA_MM_TILE_DECL(q4_1_avx2) DSA_MM_TILE_DECL(q8_0_avx2)
+#define DSA_MM_PANEL8_K 2880 /* 8 rows × (256 quants + 16 scales + 8 min pairs + d + dmin) */
+DSA_MM_PACK_DECL(q4_k_avx2) DSA_MM_PACK_DECL(q5_k_avx2) DSA_MM_PACK_DECL(q6_k_avx2)
+DSA_MM_TILE_DECL(q4_k_avx2) DSA_MM_TILE_DECL(q5_k_avx2) DSA_MM_TILE_DECL(q6_k_avx2)
+
+/* mm_tile_avx512.c */
+#define DSA_MM_PANEL16_LEGACY 640 /* 16 rows × (32 quants + d + m) */
+DSA_MM_PACK_DECL(q4_0_avx512) DSA_MM_PACK_DECL(q4_1_avx512) DSA_MM_PACK_DECL(q8_0_avx512)
+DSA_MM_TILE_DECL(q4_0_avx512) DSA_MM_TILE_DECL(q4_1_avx512) DSA_MM_TILE_DECL(q8_0_avx512)
+#define DSA_MM_PANEL16_K 5760 /* 16 rows × (256 quants + 16 scales + 8 min pairs + d + dmin) */
+DSA_MM_PACK_DECL(q4_k_avx512) DSA_MM_PACK_DECL(q5_k_avx512) DSA_MM_PACK_DECL(q6_k_avx512)
+DSA_MM_TILE_DECL(q45_k_avx512) DSA_MM_TILE_DECL(q6_k_avx512)
 
 /* quant_avx512.c: AVX-512 F/BW/VL/DQ + VNNI */
 float dsa_vec_dot_q4_0_avx512(int n, const void *w, const void *a);

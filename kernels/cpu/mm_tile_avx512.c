@@ -1,0 +1,412 @@
+/*
+ * AVX-512 VNNI tile kernels (see mm_tile.c for what a tile is and the float sequence every version keeps).
+ *
+ * A panel is 16 weight rows, one per 32-bit lane of a zmm register.  For each block, the panel holds the unpacked
+ * quants as 8 vectors: vector k has, in lane i, the 4 bytes of elements 4k..4k+3 of weight row i.  One vpdpbusd
+ * with activation bytes 4k..4k+3 broadcast to every lane (an embedded broadcast from memory: no shuffle at all)
+ * then adds those 4 products to each row's sum, and 8 of them give 16 complete block dot products, in the lanes
+ * where the results belong.  What remains per block and activation row is one int->float conversion, one scale
+ * multiply and one fma for all 16 rows.
+ *
+ * vpdpbusd multiplies unsigned by signed bytes.  q4 quants are unsigned already (q4_0's -8 is taken off
+ * afterwards, as 8 · Σ a); q8_0's are stored + 128 and 128 · Σ a is taken off: both from the block sums asum.
+ * Packing gathers the 16 rows' bytes with vpgatherdd (one gather = one 4-byte column of a block for 16 rows).
+ */
+#include "quant_impl.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__) && \
+    defined(__F16C__)
+
+#define NR 16
+#ifndef DSA_MM_TR512 /* activation rows per pass over the panel (measured: bench_quant) */
+#define DSA_MM_TR512 8
+#endif
+#define TR DSA_MM_TR512
+
+typedef struct {
+    uint8_t q[8][NR][4]; /* chunk k (elements 4k..4k+3), lane i, 4 bytes */
+    float d[NR], m[NR];
+} panel16;
+_Static_assert(sizeof(panel16) == DSA_MM_PANEL16_LEGACY, "panel size in quant_impl.h");
+
+static inline int32_t rd32(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+static inline float rdf(const uint8_t *p) {
+    float v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline __mmask16 lanes(int rows) { return rows >= NR ? (__mmask16)0xffff : (__mmask16)((1u << rows) - 1); }
+
+/* ---- legacy types -------------------------------------------------------------------------------------------- */
+
+/* Unpacked element e (0..31) of a legacy block, as the unsigned byte the panel holds. */
+static int legacy_byte(const uint8_t *b, enum dsa_type kind, int e) {
+    if (kind == DSA_Q8_0) return (b[2 + e] + 128) & 255;
+    const uint8_t *qs = b + (kind == DSA_Q4_1 ? 4 : 2);
+    return e < 16 ? qs[e] & 15 : qs[e - 16] >> 4;
+}
+
+static inline __attribute__((always_inline)) void pack16_legacy(int n, const void *w, size_t ws, int rows,
+                                                                void *panel, enum dsa_type kind) {
+    panel16 *P = panel;
+    const int nb = n / DSA_QK, bs = kind == DSA_Q4_0 ? DSA_BS_Q4_0 : kind == DSA_Q4_1 ? DSA_BS_Q4_1 : DSA_BS_Q8_0;
+    if (ws > (size_t)INT32_MAX / NR) { /* rows too far apart for 32-bit gather offsets: byte by byte */
+        memset(P, 0, (size_t)nb * sizeof *P);
+        for (int i = 0; i < nb; i++)
+            for (int l = 0; l < NR; l++) {
+                if (l >= rows) { /* absent rows: zero weights (q8_0 stores q + 128) */
+                    for (int e = 0; e < DSA_QK; e++) P[i].q[e / 4][l][e % 4] = kind == DSA_Q8_0 ? 128 : 0;
+                    continue;
+                }
+                const uint8_t *b = (const uint8_t *)w + (size_t)l * ws + (size_t)i * bs;
+                for (int e = 0; e < DSA_QK; e++) P[i].q[e / 4][l][e % 4] = (uint8_t)legacy_byte(b, kind, e);
+                P[i].d[l] = dsa_f16_to_f32(dsa_rd16(b));
+                P[i].m[l] = kind == DSA_Q4_1 ? dsa_f16_to_f32(dsa_rd16(b + 2)) : 0;
+            }
+        return;
+    }
+    const __mmask16 km = lanes(rows);
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)ws));
+    const __m512i zero = _mm512_setzero_si512(), m4 = _mm512_set1_epi8(15);
+    /* The next panel's rows (the next 16 · ws bytes, where a matrix's rows are contiguous): fetched a slice per
+     * block, so that decode, which packs every panel for one activation row, streams at memory speed. */
+    const uint8_t *next = (const uint8_t *)w + NR * ws;
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = (const uint8_t *)w + (size_t)i * bs;
+        panel16 *p = &P[i];
+        for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)
+            _mm_prefetch((const char *)next + o, _MM_HINT_T0);
+        __m512i dm = _mm512_mask_i32gather_epi32(zero, km, idx, b, 1); /* f16 d | f16 m (q4_1) or quants */
+        _mm512_store_ps(p->d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
+        if (kind == DSA_Q4_1) _mm512_store_ps(p->m, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
+        if (kind == DSA_Q8_0) {
+            for (int c = 0; c < 8; c++) {
+                __m512i g = _mm512_mask_i32gather_epi32(zero, km, idx, b + 2 + 4 * c, 1);
+                _mm512_store_si512(p->q[c], _mm512_xor_si512(g, _mm512_set1_epi8((char)0x80)));
+            }
+        } else {
+            const uint8_t *qs = b + (kind == DSA_Q4_1 ? 4 : 2);
+            for (int c = 0; c < 4; c++) { /* bytes 4c..4c+3: elements 4c.. (low nibbles) and 16+4c.. (high) */
+                __m512i g = _mm512_mask_i32gather_epi32(zero, km, idx, qs + 4 * c, 1);
+                _mm512_store_si512(p->q[c], _mm512_and_si512(g, m4));
+                _mm512_store_si512(p->q[c + 4], _mm512_and_si512(_mm512_srli_epi16(g, 4), m4));
+            }
+        }
+    }
+}
+
+void dsa_mm_pack_q4_0_avx512(int n, const void *w, size_t ws, int rows, void *p) {
+    pack16_legacy(n, w, ws, rows, p, DSA_Q4_0);
+}
+void dsa_mm_pack_q4_1_avx512(int n, const void *w, size_t ws, int rows, void *p) {
+    pack16_legacy(n, w, ws, rows, p, DSA_Q4_1);
+}
+void dsa_mm_pack_q8_0_avx512(int n, const void *w, size_t ws, int rows, void *p) {
+    pack16_legacy(n, w, ws, rows, p, DSA_Q8_0);
+}
+
+/* R activation rows (a, as bytes apart; their block sums asum, nb apart) against one panel.  shift: the offset
+ * taken off as Σ a << shift (q4_0: 3, q8_0: 7); has_m: q4_1's minimum. */
+static inline __attribute__((always_inline)) void tile16_legacy_r(int nb, const panel16 *P, const uint8_t *a,
+                                                                  size_t as, const int32_t *asum, float *y,
+                                                                  size_t ldy, __mmask16 km, const int R,
+                                                                  const int has_m, const int shift) {
+    __m512 accd[8];
+    for (int r = 0; r < R; r++) accd[r] = _mm512_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const panel16 *p = &P[i];
+        const uint8_t *ab = a + (size_t)i * sizeof(dsa_block_q8_1);
+        __m512i s0[8], s1[8]; /* two chains: vpdpbusd's latency */
+        for (int k = 0; k < 8; k += 2) {
+            __m512i w0 = _mm512_load_si512(p->q[k]), w1 = _mm512_load_si512(p->q[k + 1]);
+            for (int r = 0; r < R; r++) {
+                const uint8_t *qs = ab + (size_t)r * as + offsetof(dsa_block_q8_1, qs) + 4 * k;
+                __m512i x0 = _mm512_set1_epi32(rd32(qs)), x1 = _mm512_set1_epi32(rd32(qs + 4));
+                s0[r] = _mm512_dpbusd_epi32(k ? s0[r] : _mm512_setzero_si512(), w0, x0);
+                s1[r] = _mm512_dpbusd_epi32(k ? s1[r] : _mm512_setzero_si512(), w1, x1);
+            }
+        }
+        __m512 d = _mm512_load_ps(p->d);
+        for (int r = 0; r < R; r++) {
+            __m512i dot = _mm512_add_epi32(s0[r], s1[r]);
+            if (shift) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(asum[(size_t)r * nb + i] * (1 << shift)));
+            __m512 sc = _mm512_mul_ps(d, _mm512_set1_ps(rdf(ab + (size_t)r * as)));
+            accd[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, accd[r]);
+        }
+    }
+    if (has_m) {
+        __m512 accm[8];
+        for (int r = 0; r < R; r++) accm[r] = _mm512_setzero_ps();
+        for (int i = 0; i < nb; i++) {
+            __m512 m = _mm512_load_ps(P[i].m);
+            const uint8_t *ab = a + (size_t)i * sizeof(dsa_block_q8_1) + offsetof(dsa_block_q8_1, s);
+            for (int r = 0; r < R; r++) accm[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(rdf(ab + (size_t)r * as)), accm[r]);
+        }
+        for (int r = 0; r < R; r++) accd[r] = _mm512_add_ps(accd[r], accm[r]);
+    }
+    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(y + (size_t)r * ldy, km, accd[r]);
+}
+
+#define TILE16_LEGACY(name, has_m, shift)                                                                           \
+    void name(int n, const void *panel, const void *va, size_t as, const int32_t *asum, int nact, float *y,        \
+              size_t ldy, int rows) {                                                                               \
+        const int nb = n / DSA_QK;                                                                                  \
+        const __mmask16 km = lanes(rows);                                                                           \
+        const uint8_t *a = va;                                                                                      \
+        int r = 0;                                                                                                  \
+        for (; r + TR <= nact; r += TR)                                                                             \
+            tile16_legacy_r(nb, panel, a + (size_t)r * as, as, asum ? asum + (size_t)r * nb : NULL,                \
+                            y + (size_t)r * ldy, ldy, km, TR, has_m, shift);                                        \
+        const uint8_t *ar = a + (size_t)r * as;                                                                     \
+        const int32_t *sr = asum ? asum + (size_t)r * nb : NULL;                                                    \
+        float *yr = y + (size_t)r * ldy;                                                                            \
+        switch (nact - r) {                                                                                         \
+        case 7: if (7 < TR) tile16_legacy_r(nb, panel, ar, as, sr, yr, ldy, km, 7, has_m, shift); break;            \
+        case 6: if (6 < TR) tile16_legacy_r(nb, panel, ar, as, sr, yr, ldy, km, 6, has_m, shift); break;            \
+        case 5: if (5 < TR) tile16_legacy_r(nb, panel, ar, as, sr, yr, ldy, km, 5, has_m, shift); break;            \
+        case 4: if (4 < TR) tile16_legacy_r(nb, panel, ar, as, sr, yr, ldy, km, 4, has_m, shift); break;            \
+        case 3: if (3 < TR) tile16_legacy_r(nb, panel, ar, as, sr, yr, ldy, km, 3, has_m, shift); break;            \
+        case 2: if (2 < TR) tile16_legacy_r(nb, panel, ar, as, sr, yr, ldy, km, 2, has_m, shift); break;            \
+        case 1: if (1 < TR) tile16_legacy_r(nb, panel, ar, as, sr, yr, ldy, km, 1, has_m, shift); break;            \
+        default: break;                                                                                             \
+        }                                                                                                           \
+    }
+
+TILE16_LEGACY(dsa_mm_tile_q4_0_avx512, 0, 3)
+TILE16_LEGACY(dsa_mm_tile_q4_1_avx512, 1, 0)
+TILE16_LEGACY(dsa_mm_tile_q8_0_avx512, 0, 7)
+
+/* ---- K-quants -------------------------------------------------------------------------------------------------
+ * Per super-block: the unsigned quants as 64 chunks of 4 elements (q4_K 0..15, q5_K 0..31, q6_K 0..63), and per
+ * lane the integer scales.  A sub-block's (q6_K: group's) vpdpbusd sum is multiplied by its scale with vpmulld and
+ * added up in 32 bits, exactly as the plain-C sumi.  The mins (q4_K, q5_K) and q6_K's -32 offset are Σ of a 16-bit
+ * weight-side value times the activation's 16-bit bsums: vpdpwssd of (mn_j, mn_j) against (bsums[2j], bsums[2j+1])
+ * gives mn_j · (bsums[2j] + bsums[2j+1]); of (sc_2t, sc_2t+1) against (bsums[2t], bsums[2t+1]) gives q6_K's
+ * Σ sc_g · bsums_g two groups at a time. */
+
+typedef struct {
+    uint8_t q[64][NR][4]; /* chunk k: elements 4k..4k+3 of the super-block */
+    int32_t sc[16][NR];   /* q4_K, q5_K: sc_j (j < 8); q6_K: sc_g */
+    int32_t mn[8][NR];    /* q4_K, q5_K: mn_j in both 16-bit halves; q6_K: (sc_2t, sc_2t+1) as 16-bit pairs */
+    float d[NR], dmin[NR];
+} panel16k;
+_Static_assert(sizeof(panel16k) == DSA_MM_PANEL16_K, "panel size in quant_impl.h");
+
+/* 32-bit lane values: byte j of v (unsigned), or sign-extended */
+static inline __m512i byte_u(__m512i v, int j) { return _mm512_and_si512(_mm512_srli_epi32(v, 8 * j), _mm512_set1_epi32(255)); }
+static inline __m512i byte_s(__m512i v, int j) { return _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * j), 24); }
+
+static void pack16_k_scalar(int nb, const uint8_t *w, size_t ws, int rows, panel16k *P, enum dsa_type kind);
+
+static inline __attribute__((always_inline)) void pack16_k(int n, const void *vw, size_t ws, int rows, void *panel,
+                                                           enum dsa_type kind) {
+    const uint8_t *w = vw;
+    panel16k *P = panel;
+    const int nb = n / DSA_QK_K, bs = kind == DSA_Q4_K ? DSA_BS_Q4_K : kind == DSA_Q5_K ? DSA_BS_Q5_K : DSA_BS_Q6_K;
+    if (ws > (size_t)INT32_MAX / NR) {
+        pack16_k_scalar(nb, w, ws, rows, P, kind);
+        return;
+    }
+    const __mmask16 km = lanes(rows);
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)ws));
+    const __m512i zero = _mm512_setzero_si512(), m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(3);
+    const __m512i one = _mm512_set1_epi8(1), lo16 = _mm512_set1_epi32(0xffff);
+    const uint8_t *next = w + NR * ws; /* prefetch the next panel, as pack16_legacy */
+#define G(off) _mm512_mask_i32gather_epi32(zero, km, idx, b + (off), 1)
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * bs;
+        panel16k *p = &P[i];
+        for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)
+            _mm_prefetch((const char *)next + o, _MM_HINT_T0);
+        if (kind == DSA_Q6_K) {
+            __m512i dd = G(206); /* bytes 206..209: the last two scales and d (d at 208 ends the block) */
+            _mm512_store_ps(p->d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dd, 16))));
+            __m512i sc4[4];
+            for (int t = 0; t < 4; t++) sc4[t] = G(192 + 4 * t);
+            for (int g = 0; g < 16; g++) _mm512_store_si512(p->sc[g], byte_s(sc4[g / 4], g % 4));
+            for (int t = 0; t < 8; t++) {
+                __m512i a0 = byte_s(sc4[t / 2], 2 * (t % 2)), a1 = byte_s(sc4[t / 2], 2 * (t % 2) + 1);
+                _mm512_store_si512(p->mn[t], _mm512_or_si512(_mm512_and_si512(a0, lo16), _mm512_slli_epi32(a1, 16)));
+            }
+            for (int h = 0; h < 2; h++)
+                for (int l4 = 0; l4 < 8; l4++) { /* elements 128h + 32k + 4·l4 .. +3, k = 0..3 */
+                    __m512i qa = G(64 * h + 4 * l4), qb = G(64 * h + 32 + 4 * l4), qh = G(128 + 32 * h + 4 * l4);
+                    __m512i lo[4] = {qa, qb, _mm512_srli_epi16(qa, 4), _mm512_srli_epi16(qb, 4)};
+                    for (int k = 0; k < 4; k++) {
+                        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(qh, 2 * k), m2);
+                        __m512i q = _mm512_or_si512(_mm512_and_si512(lo[k], m4), _mm512_slli_epi16(hi, 4));
+                        _mm512_store_si512(p->q[32 * h + 8 * k + l4], q);
+                    }
+                }
+            continue;
+        }
+        __m512i dm = G(0);
+        _mm512_store_ps(p->d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
+        _mm512_store_ps(p->dmin, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
+        /* the 6-bit scales and mins, as dsa_kscales_packed does it, 16 rows at once */
+        __m512i s0 = G(4), s1 = G(8), s2 = G(12);
+        const __m512i m6 = _mm512_set1_epi8(0x3f), m30 = _mm512_set1_epi8(0x30), m0f = _mm512_set1_epi8(0x0f);
+        __m512i sc03 = _mm512_and_si512(s0, m6), mn03 = _mm512_and_si512(s1, m6);
+        __m512i sc47 = _mm512_or_si512(_mm512_and_si512(s2, m0f), _mm512_and_si512(_mm512_srli_epi32(s0, 2), m30));
+        __m512i mn47 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(s2, 4), m0f),
+                                       _mm512_and_si512(_mm512_srli_epi32(s1, 2), m30));
+        for (int j = 0; j < 8; j++) {
+            _mm512_store_si512(p->sc[j], byte_u(j < 4 ? sc03 : sc47, j % 4));
+            __m512i mn = byte_u(j < 4 ? mn03 : mn47, j % 4);
+            _mm512_store_si512(p->mn[j], _mm512_or_si512(mn, _mm512_slli_epi32(mn, 16)));
+        }
+        const int qoff = kind == DSA_Q5_K ? 48 : 16;
+        __m512i qh[8];
+        if (kind == DSA_Q5_K)
+            for (int c = 0; c < 8; c++) qh[c] = G(16 + 4 * c);
+        for (int cc = 0; cc < 4; cc++)    /* 32-byte chunk cc: sub-blocks 2cc (low nibbles) and 2cc+1 (high) */
+            for (int l4 = 0; l4 < 8; l4++) { /* its bytes 4·l4 .. +3 */
+                __m512i g = G(qoff + 32 * cc + 4 * l4);
+                __m512i lo = _mm512_and_si512(g, m4), hi = _mm512_and_si512(_mm512_srli_epi16(g, 4), m4);
+                if (kind == DSA_Q5_K) { /* bit j of qh[l] is bit 4 of element l of sub-block j */
+                    lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh[l4], 2 * cc), one), 4));
+                    hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh[l4], 2 * cc + 1), one), 4));
+                }
+                _mm512_store_si512(p->q[16 * cc + l4], lo);
+                _mm512_store_si512(p->q[16 * cc + 8 + l4], hi);
+            }
+    }
+#undef G
+}
+
+/* The same panel byte by byte (rows too far apart for 32-bit gather offsets). */
+static void pack16_k_scalar(int nb, const uint8_t *w, size_t ws, int rows, panel16k *P, enum dsa_type kind) {
+    const int bs = kind == DSA_Q4_K ? DSA_BS_Q4_K : kind == DSA_Q5_K ? DSA_BS_Q5_K : DSA_BS_Q6_K;
+    memset(P, 0, (size_t)nb * sizeof *P);
+    for (int l = 0; l < rows; l++)
+        for (int i = 0; i < nb; i++) {
+            const uint8_t *b = w + (size_t)l * ws + (size_t)i * bs;
+            panel16k *p = &P[i];
+            int8_t q[DSA_QK_K];
+            if (kind == DSA_Q6_K) {
+                dsa_unpack_q6_k(b, q);
+                for (int e = 0; e < DSA_QK_K; e++) p->q[e / 4][l][e % 4] = (uint8_t)(q[e] + 32);
+                const int8_t *sc = (const int8_t *)(b + 192);
+                for (int g = 0; g < 16; g++) p->sc[g][l] = sc[g];
+                for (int t = 0; t < 8; t++) p->mn[t][l] = (int32_t)((uint32_t)(uint16_t)sc[2 * t] | (uint32_t)(uint16_t)sc[2 * t + 1] << 16);
+                p->d[l] = dsa_f16_to_f32(dsa_rd16(b + 208));
+                continue;
+            }
+            int five = kind == DSA_Q5_K;
+            uint8_t sc[8], mn[8];
+            dsa_kscales(b + 4, sc, mn);
+            for (int j = 0; j < 8; j++) {
+                dsa_unpack_q45_k(b + (five ? 48 : 16), five ? b + 16 : NULL, j, q + 32 * j);
+                p->sc[j][l] = sc[j];
+                p->mn[j][l] = mn[j] | mn[j] << 16;
+            }
+            for (int e = 0; e < DSA_QK_K; e++) p->q[e / 4][l][e % 4] = (uint8_t)q[e];
+            p->d[l] = dsa_f16_to_f32(dsa_rd16(b));
+            p->dmin[l] = dsa_f16_to_f32(dsa_rd16(b + 2));
+        }
+}
+
+void dsa_mm_pack_q4_k_avx512(int n, const void *w, size_t ws, int rows, void *p) { pack16_k(n, w, ws, rows, p, DSA_Q4_K); }
+void dsa_mm_pack_q5_k_avx512(int n, const void *w, size_t ws, int rows, void *p) { pack16_k(n, w, ws, rows, p, DSA_Q5_K); }
+void dsa_mm_pack_q6_k_avx512(int n, const void *w, size_t ws, int rows, void *p) { pack16_k(n, w, ws, rows, p, DSA_Q6_K); }
+
+#define TRK TR
+
+/* R activation rows (q8_K) against one K panel.  six: q6_K (16 groups of 16, -32 offset); else q4_K/q5_K. */
+static inline __attribute__((always_inline)) void tile16_k_r(int nb, const panel16k *P, const uint8_t *a, size_t as,
+                                                             float *y, size_t ldy, __mmask16 km, const int R,
+                                                             const int six) {
+    enum { QS = offsetof(dsa_block_q8_k, qs), BSUMS = offsetof(dsa_block_q8_k, bsums) };
+    __m512 accd[8];
+    for (int r = 0; r < R; r++) accd[r] = _mm512_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const panel16k *p = &P[i];
+        const uint8_t *ab = a + (size_t)i * sizeof(dsa_block_q8_k);
+        __m512i sumi[8];
+        if (six) { /* start from -32 · Σ_g sc_g · bsums_g */
+            for (int r = 0; r < R; r++) {
+                __m512i off = _mm512_setzero_si512();
+                for (int t = 0; t < 8; t++)
+                    off = _mm512_dpwssd_epi32(off, _mm512_load_si512(p->mn[t]),
+                                              _mm512_set1_epi32(rd32(ab + (size_t)r * as + BSUMS + 4 * t)));
+                sumi[r] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(off, 5));
+            }
+        } else {
+            for (int r = 0; r < R; r++) sumi[r] = _mm512_setzero_si512();
+        }
+        const int groups = six ? 16 : 8, per = six ? 4 : 8; /* chunks per scale */
+        for (int g = 0; g < groups; g++) {
+            __m512i s[8];
+            for (int c = 0; c < per; c++) {
+                int k = g * per + c;
+                __m512i wq = _mm512_load_si512(p->q[k]);
+                for (int r = 0; r < R; r++) {
+                    __m512i x = _mm512_set1_epi32(rd32(ab + (size_t)r * as + QS + 4 * k));
+                    s[r] = _mm512_dpbusd_epi32(c ? s[r] : _mm512_setzero_si512(), wq, x);
+                }
+            }
+            __m512i sc = _mm512_load_si512(p->sc[g]);
+            for (int r = 0; r < R; r++) sumi[r] = _mm512_add_epi32(sumi[r], _mm512_mullo_epi32(s[r], sc));
+        }
+        __m512 d = _mm512_load_ps(p->d);
+        for (int r = 0; r < R; r++) {
+            __m512 sc = _mm512_mul_ps(d, _mm512_set1_ps(rdf(ab + (size_t)r * as)));
+            accd[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[r]), sc, accd[r]);
+        }
+    }
+    if (!six) { /* the mins: accm = Σ fma((float)summ, dmin · a.d), then y = accd - accm */
+        __m512 accm[8];
+        for (int r = 0; r < R; r++) accm[r] = _mm512_setzero_ps();
+        for (int i = 0; i < nb; i++) {
+            const panel16k *p = &P[i];
+            const uint8_t *ab = a + (size_t)i * sizeof(dsa_block_q8_k);
+            __m512 dmin = _mm512_load_ps(p->dmin);
+            for (int r = 0; r < R; r++) {
+                __m512i summ = _mm512_setzero_si512();
+                for (int j = 0; j < 8; j++)
+                    summ = _mm512_dpwssd_epi32(summ, _mm512_load_si512(p->mn[j]),
+                                               _mm512_set1_epi32(rd32(ab + (size_t)r * as + BSUMS + 4 * j)));
+                __m512 sc = _mm512_mul_ps(dmin, _mm512_set1_ps(rdf(ab + (size_t)r * as)));
+                accm[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(summ), sc, accm[r]);
+            }
+        }
+        for (int r = 0; r < R; r++) accd[r] = _mm512_sub_ps(accd[r], accm[r]);
+    }
+    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(y + (size_t)r * ldy, km, accd[r]);
+}
+
+#define TILE16_K(name, six)                                                                                         \
+    void name(int n, const void *panel, const void *va, size_t as, const int32_t *asum, int nact, float *y,        \
+              size_t ldy, int rows) {                                                                               \
+        (void)asum;                                                                                                 \
+        const int nb = n / DSA_QK_K;                                                                                \
+        const __mmask16 km = lanes(rows);                                                                           \
+        const uint8_t *a = va;                                                                                      \
+        int r = 0;                                                                                                  \
+        for (; r + TRK <= nact; r += TRK)                                                                           \
+            tile16_k_r(nb, panel, a + (size_t)r * as, as, y + (size_t)r * ldy, ldy, km, TRK, six);                  \
+        const uint8_t *ar = a + (size_t)r * as;                                                                     \
+        float *yr = y + (size_t)r * ldy;                                                                            \
+        switch (nact - r) {                                                                                         \
+        case 7: if (7 < TRK) tile16_k_r(nb, panel, ar, as, yr, ldy, km, 7, six); break;                             \
+        case 6: if (6 < TRK) tile16_k_r(nb, panel, ar, as, yr, ldy, km, 6, six); break;                             \
+        case 5: if (5 < TRK) tile16_k_r(nb, panel, ar, as, yr, ldy, km, 5, six); break;                             \
+        case 4: if (4 < TRK) tile16_k_r(nb, panel, ar, as, yr, ldy, km, 4, six); break;                             \
+        case 3: if (3 < TRK) tile16_k_r(nb, panel, ar, as, yr, ldy, km, 3, six); break;                             \
+        case 2: if (2 < TRK) tile16_k_r(nb, panel, ar, as, yr, ldy, km, 2, six); break;                             \
+        case 1: if (1 < TRK) tile16_k_r(nb, panel, ar, as, yr, ldy, km, 1, six); break;                             \
+        default: break;                                                                                             \
+        }                                                                                                           \
+    }
+
+TILE16_K(dsa_mm_tile_q45_k_avx512, 0)
+TILE16_K(dsa_mm_tile_q6_k_avx512, 1)
+
+#endif

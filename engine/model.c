@@ -410,20 +410,18 @@ static void attention_part(void *arg, int ith, int nth) {
         int t = task / H, h = task % H, kvh = h / group;
         int len = j->pos0 + t + 1;
         const float *q = c->q + (size_t)t * hp->n_embd + h * D;
+        dsa_attn_scores_f16(len, D, K + kvh * D, (size_t)c->kv_dim, q, scale, sc);
         float mx = -INFINITY;
-        for (int s = 0; s < len; s++) {
-            sc[s] = dsa_dot_f16(D, K + (size_t)s * c->kv_dim + kvh * D, q) * scale;
+        for (int s = 0; s < len; s++)
             if (sc[s] > mx) mx = sc[s];
-        }
         float sum = 0;
         for (int s = 0; s < len; s++) {
             sc[s] = expf(sc[s] - mx);
             sum += sc[s];
         }
-        float *o = c->att + (size_t)t * hp->n_embd + h * D;
-        memset(o, 0, (size_t)D * sizeof *o);
         float inv = 1.0f / sum;
-        for (int s = 0; s < len; s++) dsa_axpy_f16(D, sc[s] * inv, V + (size_t)s * c->kv_dim + kvh * D, o);
+        for (int s = 0; s < len; s++) sc[s] *= inv;
+        dsa_attn_sum_f16(len, D, sc, V + kvh * D, (size_t)c->kv_dim, c->att + (size_t)t * hp->n_embd + h * D);
     }
 }
 

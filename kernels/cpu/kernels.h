@@ -130,6 +130,11 @@ void dsa_matmul_n(dsa_pool *p, const dsa_mm_out *outs, int n_outs, int64_t cols,
 void dsa_axpy_f16(int n, float a, const uint16_t *x, float *y);
 /* Σ x[i]*y[i] for f16 x, f32 y */
 float dsa_dot_f16(int n, const uint16_t *x, const float *y);
+/* Attention over an f16 cache, one call per query head: out[s] = scale · K_s·q for s < n, and o = Σ_s w[s]·V_s
+ * (o is overwritten).  Row s of K/V starts at K + s·stride.  Each output is summed in the same order whatever n
+ * is, so a token's attention does not depend on how many tokens were evaluated with it. */
+void dsa_attn_scores_f16(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale, float *out);
+void dsa_attn_sum_f16(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o);
 /* dst[i] = f16(src[i]) */
 void dsa_f32_to_f16_row(int n, const float *src, uint16_t *dst);
 

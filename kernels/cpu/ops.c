@@ -10,16 +10,14 @@
 void dsa_axpy_f16_avx2(int n, float a, const uint16_t *x, float *y);
 float dsa_dot_f16_avx2(int n, const uint16_t *x, const float *y);
 void dsa_f32_to_f16_row_avx2(int n, const float *src, uint16_t *dst);
+void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale,
+                              float *out);
+void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o);
 
-/* The quant dispatcher already decided what this CPU runs (and honours DSA_CPU=generic); every CPU it calls
- * "avx2" or "avx512" has F16C too.  A benign race: every thread computes the same value. */
-static _Atomic int have_avx2 = -1;
-
-static int use_avx2(void) {
-    int v = have_avx2;
-    if (v < 0) have_avx2 = v = strcmp(dsa_cpu_name(), "generic") != 0;
-    return v;
-}
+/* The quant dispatcher decides what this CPU runs (it honours DSA_CPU and dsa_kernels_init, which the tests use to
+ * switch levels); every CPU it calls "avx2" or "avx512" has F16C too.  Asked once per call, not cached, so a
+ * level switch reaches these ops as well. */
+static int use_avx2(void) { return strcmp(dsa_cpu_name(), "generic") != 0; }
 
 void dsa_axpy_f16(int n, float a, const uint16_t *x, float *y) {
 #if defined(__x86_64__)
@@ -48,4 +46,25 @@ void dsa_f32_to_f16_row(int n, const float *src, uint16_t *dst) {
     }
 #endif
     for (int i = 0; i < n; i++) dst[i] = dsa_f32_to_f16(src[i]);
+}
+
+void dsa_attn_scores_f16(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale, float *out) {
+#if defined(__x86_64__)
+    if (use_avx2() && d % 8 == 0) {
+        dsa_attn_scores_f16_avx2(n, d, K, stride, q, scale, out);
+        return;
+    }
+#endif
+    for (int s = 0; s < n; s++) out[s] = dsa_dot_f16(d, K + (size_t)s * stride, q) * scale;
+}
+
+void dsa_attn_sum_f16(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o) {
+#if defined(__x86_64__)
+    if (use_avx2() && d % 8 == 0) {
+        dsa_attn_sum_f16_avx2(n, d, w, V, stride, o);
+        return;
+    }
+#endif
+    memset(o, 0, (size_t)d * sizeof *o);
+    for (int s = 0; s < n; s++) dsa_axpy_f16(d, w[s], V + (size_t)s * stride, o);
 }

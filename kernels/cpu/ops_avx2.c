@@ -7,6 +7,9 @@
 void dsa_axpy_f16_avx2(int n, float a, const uint16_t *x, float *y);
 float dsa_dot_f16_avx2(int n, const uint16_t *x, const float *y);
 void dsa_f32_to_f16_row_avx2(int n, const float *src, uint16_t *dst);
+void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale,
+                              float *out);
+void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o);
 
 void dsa_axpy_f16_avx2(int n, float a, const uint16_t *x, float *y) {
     __m256 va = _mm256_set1_ps(a);
@@ -42,5 +45,75 @@ void dsa_f32_to_f16_row_avx2(int n, const float *src, uint16_t *dst) {
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
     for (; i < n; i++) dst[i] = dsa_f32_to_f16(src[i]);
+}
+
+static inline __m256 ld_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+static inline float hsum(__m256 v) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+/* d is a multiple of 8.  The common head sizes (64, 128) keep q in registers for the whole pass over the keys. */
+void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale,
+                              float *out) {
+    if (d == 64) {
+        __m256 q0 = _mm256_loadu_ps(q), q1 = _mm256_loadu_ps(q + 8), q2 = _mm256_loadu_ps(q + 16),
+               q3 = _mm256_loadu_ps(q + 24), q4 = _mm256_loadu_ps(q + 32), q5 = _mm256_loadu_ps(q + 40),
+               q6 = _mm256_loadu_ps(q + 48), q7 = _mm256_loadu_ps(q + 56);
+        for (int s = 0; s < n; s++) {
+            const uint16_t *k = K + (size_t)s * stride;
+            __m256 a = _mm256_mul_ps(ld_f16(k), q0), b = _mm256_mul_ps(ld_f16(k + 8), q1);
+            a = _mm256_fmadd_ps(ld_f16(k + 16), q2, a);
+            b = _mm256_fmadd_ps(ld_f16(k + 24), q3, b);
+            a = _mm256_fmadd_ps(ld_f16(k + 32), q4, a);
+            b = _mm256_fmadd_ps(ld_f16(k + 40), q5, b);
+            a = _mm256_fmadd_ps(ld_f16(k + 48), q6, a);
+            b = _mm256_fmadd_ps(ld_f16(k + 56), q7, b);
+            out[s] = hsum(_mm256_add_ps(a, b)) * scale;
+        }
+        return;
+    }
+    for (int s = 0; s < n; s++) {
+        const uint16_t *k = K + (size_t)s * stride;
+        __m256 a = _mm256_setzero_ps();
+        for (int i = 0; i < d; i += 8) a = _mm256_fmadd_ps(ld_f16(k + i), _mm256_loadu_ps(q + i), a);
+        out[s] = hsum(a) * scale;
+    }
+}
+
+/* o = Σ_s w[s]·V_s, 64 dims at a time held in registers across all rows. */
+void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o) {
+    int i = 0;
+    for (; i + 64 <= d; i += 64) {
+        __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
+        for (int s = 0; s < n; s++) {
+            const uint16_t *v = V + (size_t)s * stride + i;
+            __m256 a = _mm256_set1_ps(w[s]);
+            o0 = _mm256_fmadd_ps(a, ld_f16(v), o0);
+            o1 = _mm256_fmadd_ps(a, ld_f16(v + 8), o1);
+            o2 = _mm256_fmadd_ps(a, ld_f16(v + 16), o2);
+            o3 = _mm256_fmadd_ps(a, ld_f16(v + 24), o3);
+            o4 = _mm256_fmadd_ps(a, ld_f16(v + 32), o4);
+            o5 = _mm256_fmadd_ps(a, ld_f16(v + 40), o5);
+            o6 = _mm256_fmadd_ps(a, ld_f16(v + 48), o6);
+            o7 = _mm256_fmadd_ps(a, ld_f16(v + 56), o7);
+        }
+        _mm256_storeu_ps(o + i, o0);
+        _mm256_storeu_ps(o + i + 8, o1);
+        _mm256_storeu_ps(o + i + 16, o2);
+        _mm256_storeu_ps(o + i + 24, o3);
+        _mm256_storeu_ps(o + i + 32, o4);
+        _mm256_storeu_ps(o + i + 40, o5);
+        _mm256_storeu_ps(o + i + 48, o6);
+        _mm256_storeu_ps(o + i + 56, o7);
+    }
+    for (; i < d; i += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int s = 0; s < n; s++) acc = _mm256_fmadd_ps(_mm256_set1_ps(w[s]), ld_f16(V + (size_t)s * stride + i), acc);
+        _mm256_storeu_ps(o + i, acc);
+    }
 }
 #endif

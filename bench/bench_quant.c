@@ -25,7 +25,7 @@
 #include <time.h>
 
 static const enum dsa_type WTYPES[] = {DSA_F32, DSA_F16, DSA_BF16, DSA_Q4_0, DSA_Q4_1,
-                                       DSA_Q8_0, DSA_Q4_K, DSA_Q5_K, DSA_Q6_K};
+                                       DSA_Q5_0, DSA_Q5_1, DSA_Q8_0, DSA_Q4_K, DSA_Q5_K, DSA_Q6_K};
 static const char *const LEVELS[4] = {"", "generic", "avx2", "avx512"};
 
 static uint64_t g_rng = 12345;
@@ -55,7 +55,7 @@ static void *make_weights(enum dsa_type t, int n, int rows) {
             memcpy(w + 2 * i, &h, 2);
         }
     if (tt->blck > 1) {
-        int doff = t == DSA_Q6_K ? 208 : 0, moff = t == DSA_Q4_1 || t == DSA_Q4_K || t == DSA_Q5_K ? 2 : -1;
+        int doff = t == DSA_Q6_K ? 208 : 0, moff = t == DSA_Q4_1 || t == DSA_Q5_1 || t == DSA_Q4_K || t == DSA_Q5_K ? 2 : -1;
         for (size_t b = 0; b < size / tt->type_size; b++) {
             uint16_t d = dsa_f32_to_f16(0.01f * (1 + uniform())), m = dsa_f32_to_f16(-0.05f);
             memcpy(w + b * tt->type_size + doff, &d, 2);

@@ -234,7 +234,7 @@ static int parse(gguf_file *f, cursor *c) {
         const dsa_type_traits *tr = t->type < DSA_TYPE_COUNT ? dsa_traits_ref((enum dsa_type)t->type) : NULL;
         if (!tr || !tr->is_weight)
             return fail(c, "tensor '%.*s' has unsupported type %u (%s) (supported: f32, f16, bf16, q8_0, q4_0, "
-                           "q4_1, q4_k, q5_k, q6_k)",
+                           "q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)",
                         (int)t->name.len, t->name.ptr, t->type, dsa_type_name((int)t->type));
         if (t->ne[0] % tr->blck)
             return fail(c, "tensor '%.*s' row of %lld is not a multiple of the %s block size %d", (int)t->name.len,

@@ -195,7 +195,7 @@ static void test_malformed(void) {
     CASE((v32 = 0, memcpy(b.p + find(&b, "a.weight"), &v32, 4)), "0 dimensions");
     CASE((v32 = 5, memcpy(b.p + find(&b, "a.weight"), &v32, 4)), "5 dimensions");
     CASE(memcpy(b.p + find(&b, "a.weight") + 4, &big, 8), "dimension 0");
-    CASE((v32 = 6, memcpy(b.p + find(&b, "b.weight") + 12, &v32, 4)), "unsupported type 6");
+    CASE((v32 = 10, memcpy(b.p + find(&b, "b.weight") + 12, &v32, 4)), "unsupported type 10");
     CASE((v32 = 31337, memcpy(b.p + find(&b, "b.weight") + 12, &v32, 4)), "unsupported type 31337");
     CASE((v32 = 63, memcpy(b.p + find(&b, "b.weight") + 4, &v32, 4)), "not a multiple");
     CASE((big = 65, memcpy(b.p + find(&b, "b.weight") + 16, &big, 8)), "not aligned");

@@ -28,8 +28,8 @@
 #define HAVE_X86 1
 #endif
 
-static const enum dsa_type WTYPES[] = {DSA_F32, DSA_F16, DSA_BF16, DSA_Q4_0, DSA_Q4_1,
-                                       DSA_Q8_0, DSA_Q4_K, DSA_Q5_K, DSA_Q6_K};
+static const enum dsa_type WTYPES[] = {DSA_F32,  DSA_F16,  DSA_BF16, DSA_Q4_0, DSA_Q4_1, DSA_Q5_0,
+                                       DSA_Q5_1, DSA_Q8_0, DSA_Q4_K, DSA_Q5_K, DSA_Q6_K};
 #define NWTYPES (int)(sizeof WTYPES / sizeof WTYPES[0])
 static const char *const LEVELS[4] = {"", "generic", "avx2", "avx512"};
 static int g_max_level; /* highest level this CPU runs */
@@ -50,11 +50,14 @@ static float f16_scale(void) { return uniform(1, 2) * ldexpf(1, (int)(rnd() % 7)
 
 /* Byte offsets of the f16 scale (d) fields and of the signed-or-not minimum fields inside each block. */
 static int d_offset(enum dsa_type t) { return t == DSA_Q6_K ? 208 : 0; }
-static int m_offset(enum dsa_type t) { return t == DSA_Q4_1 || t == DSA_Q4_K || t == DSA_Q5_K ? 2 : -1; }
+static int m_offset(enum dsa_type t) {
+    return t == DSA_Q4_1 || t == DSA_Q5_1 || t == DSA_Q4_K || t == DSA_Q5_K ? 2 : -1;
+}
 /* Bytes [lo, hi) of a block that hold quants (zeroing them leaves only the block's minimum), for bounds. */
 static void quant_bytes(enum dsa_type t, int *lo, int *hi) {
     *lo = *hi = 0;
     if (t == DSA_Q4_1) *lo = 4, *hi = 20;
+    if (t == DSA_Q5_1) *lo = 4, *hi = 24; /* qh and qs */
     if (t == DSA_Q4_K) *lo = 16, *hi = 144;
     if (t == DSA_Q5_K) *lo = 16, *hi = 176;
 }
@@ -77,7 +80,9 @@ static void random_weights(enum dsa_type t, uint8_t *w, int64_t n) {
         uint8_t *blk = w + b * tt->type_size;
         put16(blk + d_offset(t), dsa_f32_to_f16(f16_scale()));
         if (m_offset(t) >= 0)
-            put16(blk + m_offset(t), dsa_f32_to_f16(t == DSA_Q4_1 ? -uniform(0, 1) * f16_scale() * 8 : f16_scale()));
+            put16(blk + m_offset(t), dsa_f32_to_f16(t == DSA_Q4_1   ? -uniform(0, 1) * f16_scale() * 8
+                                                     : t == DSA_Q5_1 ? -uniform(0, 1) * f16_scale() * 16
+                                                                     : f16_scale()));
     }
 }
 
@@ -184,8 +189,9 @@ static void test_dots(void) {
     for (int k = 0; k < NWTYPES; k++) {
         enum dsa_type t = WTYPES[k];
         int blck = dsa_traits_ref(t)->blck, qk = blck == 1 ? 32 : blck;
-        /* one block, odd block counts (the SIMD loops take two at a time), SmolLM2's widths, a long row */
-        int sizes[] = {blck, qk, 3 * qk, 5 * qk, 576, 1536, 4096, 1, 7, 33};
+        /* one block, odd block counts (the SIMD loops take two at a time), SmolLM2's widths, Qwen2.5-0.5B's
+         * (896: where Q4_K_M/Q5_K_M files fall back to q5_0/q5_1), a long row */
+        int sizes[] = {blck, qk, 3 * qk, 5 * qk, 576, 896, 1536, 4096, 1, 7, 33};
         for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
             int n = sizes[s];
             if (n % blck) continue;
@@ -214,7 +220,10 @@ static void test_extremes(void) {
         if (tt->blck == 1) continue;
         uint8_t *w = malloc(dsa_row_size(t, n) + 1) + 1;
         for (int pattern = 0; pattern < 4; pattern++) {
-            int fill = t == DSA_Q8_0 ? (pattern & 1 ? 0x7f : 0x80) : t == DSA_Q4_0 && !(pattern & 1) ? 0x00 : 0xff;
+            /* all-zero q4_0/q5_0 quants are the most negative (-8, -16) */
+            int fill = t == DSA_Q8_0                                        ? (pattern & 1 ? 0x7f : 0x80)
+                       : (t == DSA_Q4_0 || t == DSA_Q5_0) && !(pattern & 1) ? 0x00
+                                                                            : 0xff;
             memset(w, fill, dsa_row_size(t, n));
             if (t == DSA_Q6_K && pattern >= 2) /* scales of -128 */
                 for (int b = 0; b < n / 256; b++) memset(w + b * tt->type_size + 192, 0x80, 16);
@@ -421,12 +430,13 @@ static void test_f16(void) {
 static void test_traits(void) {
     /* dsa_traits works before anybody calls dsa_kernels_init */
     CHECK(dsa_traits(DSA_Q4_1) != NULL && dsa_traits(DSA_Q4_1)->vec_dot != NULL, "lazy init");
-    static const struct { enum dsa_type t; const char *name; int blck, size; enum dsa_type act; } want[] = {
-        {DSA_F32, "f32", 1, 4, DSA_F32},       {DSA_F16, "f16", 1, 2, DSA_F32},
-        {DSA_BF16, "bf16", 1, 2, DSA_F32},     {DSA_Q4_0, "q4_0", 32, 18, DSA_Q8_1},
-        {DSA_Q4_1, "q4_1", 32, 20, DSA_Q8_1},  {DSA_Q8_0, "q8_0", 32, 34, DSA_Q8_1},
-        {DSA_Q4_K, "q4_K", 256, 144, DSA_Q8_K}, {DSA_Q5_K, "q5_K", 256, 176, DSA_Q8_K},
-        {DSA_Q6_K, "q6_K", 256, 210, DSA_Q8_K},
+    static const struct { enum dsa_type t; const char *name; int blck, size; enum dsa_type act; int tiles; } want[] = {
+        {DSA_F32, "f32", 1, 4, DSA_F32, 0},         {DSA_F16, "f16", 1, 2, DSA_F32, 0},
+        {DSA_BF16, "bf16", 1, 2, DSA_F32, 0},       {DSA_Q4_0, "q4_0", 32, 18, DSA_Q8_1, 1},
+        {DSA_Q4_1, "q4_1", 32, 20, DSA_Q8_1, 1},    {DSA_Q5_0, "q5_0", 32, 22, DSA_Q8_1, 0},
+        {DSA_Q5_1, "q5_1", 32, 24, DSA_Q8_1, 0},    {DSA_Q8_0, "q8_0", 32, 34, DSA_Q8_1, 1},
+        {DSA_Q4_K, "q4_K", 256, 144, DSA_Q8_K, 1}, {DSA_Q5_K, "q5_K", 256, 176, DSA_Q8_K, 1},
+        {DSA_Q6_K, "q6_K", 256, 210, DSA_Q8_K, 1},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         const dsa_type_traits *t = dsa_traits_ref(want[i].t);
@@ -434,21 +444,23 @@ static void test_traits(void) {
                   t->is_weight && t->act == want[i].act && t->to_float && t->vec_dot,
               "traits of %s", want[i].name);
         CHECK(!strcmp(dsa_type_name(want[i].t), want[i].name), "name of %s", want[i].name);
-        /* tile kernels (tests/test_matmul.c): a plain-C one for every quantised weight type, none for floats */
-        CHECK(want[i].blck == 1 ? t && !t->mm_tile && !t->mm_pack
+        /* tile kernels (tests/test_matmul.c): a plain-C one for every quantised weight type but q5_0/q5_1 (which
+         * dsa_matmul runs through vec_dot at every batch size), none for floats */
+        CHECK(!want[i].tiles ? t && !t->mm_tile && !t->mm_pack
                                 : t && t->mm_tile && t->mm_pack && t->mm_nr > 0 && t->mm_min_rows >= 1 &&
                                       t->mm_panel_blk > 0,
               "tile traits of %s", want[i].name);
     }
     CHECK(!dsa_traits_ref(DSA_Q8_1)->mm_tile && !dsa_traits_ref(DSA_Q8_K)->mm_tile, "activation types have no tiles");
     CHECK(dsa_row_size(DSA_Q4_1, 576) == 360 && dsa_row_size(DSA_Q8_0, 576) == 612 &&
+              dsa_row_size(DSA_Q5_0, 896) == 616 && dsa_row_size(DSA_Q5_1, 896) == 672 &&
               dsa_row_size(DSA_Q6_K, 512) == 420 && dsa_row_size(DSA_Q8_1, 64) == 2 * sizeof(dsa_block_q8_1),
           "row sizes");
     CHECK(dsa_traits(DSA_Q8_1)->from_float && dsa_traits(DSA_Q8_K)->from_float && dsa_traits(DSA_F32)->from_float &&
               !dsa_traits(DSA_Q8_1)->is_weight && !dsa_traits(DSA_Q8_1)->vec_dot,
           "activation types");
     CHECK(dsa_traits((enum dsa_type)5) == NULL && dsa_traits_ref((enum dsa_type)99) == NULL &&
-              dsa_traits((enum dsa_type)-1) == NULL && !strcmp(dsa_type_name(7), "unknown") &&
+              dsa_traits((enum dsa_type)-1) == NULL && !strcmp(dsa_type_name(10), "unknown") &&
               !strcmp(dsa_type_name(-3), "unknown"),
           "unknown types");
 

@@ -17,8 +17,10 @@ enum dsa_type {
     DSA_F16 = 1,
     DSA_Q4_0 = 2,
     DSA_Q4_1 = 3,
+    DSA_Q5_0 = 6,
+    DSA_Q5_1 = 7,
     DSA_Q8_0 = 8,
-    DSA_Q8_1 = 9,  /* activation type for Q4_0/Q4_1/Q8_0 weights: see dsa_block_q8_1 */
+    DSA_Q8_1 = 9,  /* activation type for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights: see dsa_block_q8_1 */
     DSA_Q4_K = 12,
     DSA_Q5_K = 13,
     DSA_Q6_K = 14,

@@ -113,6 +113,26 @@ static void to_float_q4_1(const void *src, float *dst, int64_t n) {
     }
 }
 
+static void to_float_q5_0(const void *src, float *dst, int64_t n) {
+    const uint8_t *b = src;
+    for (int64_t i = 0; i < n / DSA_QK; i++, b += DSA_BS_Q5_0, dst += DSA_QK) {
+        float d = f16_at(b);
+        int8_t q[DSA_QK];
+        dsa_unpack_q5(b + 2, b + 6, q, 16);
+        for (int j = 0; j < DSA_QK; j++) dst[j] = d * (float)q[j];
+    }
+}
+
+static void to_float_q5_1(const void *src, float *dst, int64_t n) {
+    const uint8_t *b = src;
+    for (int64_t i = 0; i < n / DSA_QK; i++, b += DSA_BS_Q5_1, dst += DSA_QK) {
+        float d = f16_at(b), m = f16_at(b + 2);
+        int8_t q[DSA_QK];
+        dsa_unpack_q5(b + 4, b + 8, q, 0);
+        for (int j = 0; j < DSA_QK; j++) dst[j] = d * (float)q[j] + m;
+    }
+}
+
 static void to_float_q8_0(const void *src, float *dst, int64_t n) {
     const uint8_t *b = src;
     for (int64_t i = 0; i < n / DSA_QK; i++, b += DSA_BS_Q8_0, dst += DSA_QK) {
@@ -258,6 +278,30 @@ static float vec_dot_q4_1(int n, const void *vw, const void *va) {
     return sum;
 }
 
+static float vec_dot_q5_0(int n, const void *vw, const void *va) {
+    const uint8_t *b = vw;
+    const dsa_block_q8_1 *a = va;
+    float sum = 0;
+    for (int i = 0; i < n / DSA_QK; i++, b += DSA_BS_Q5_0) {
+        int8_t q[DSA_QK];
+        dsa_unpack_q5(b + 2, b + 6, q, 16);
+        sum += f16_at(b) * a[i].d * (float)dsa_dot_i8(q, a[i].qs, DSA_QK);
+    }
+    return sum;
+}
+
+static float vec_dot_q5_1(int n, const void *vw, const void *va) {
+    const uint8_t *b = vw;
+    const dsa_block_q8_1 *a = va;
+    float sum = 0;
+    for (int i = 0; i < n / DSA_QK; i++, b += DSA_BS_Q5_1) {
+        int8_t q[DSA_QK];
+        dsa_unpack_q5(b + 4, b + 8, q, 0);
+        sum += f16_at(b) * a[i].d * (float)dsa_dot_i8(q, a[i].qs, DSA_QK) + f16_at(b + 2) * a[i].s;
+    }
+    return sum;
+}
+
 static float vec_dot_q8_0(int n, const void *vw, const void *va) {
     const uint8_t *b = vw;
     const dsa_block_q8_1 *a = va;
@@ -322,6 +366,9 @@ static const dsa_type_traits REF[DSA_TYPE_COUNT] = {
                   TILES(q4_0, DSA_MM_PANEL_LEGACY_REF), .mm_tile = dsa_mm_tile_q4_0_ref},
     [DSA_Q4_1] = {TYPE("q4_1", DSA_QK, DSA_BS_Q4_1, 1, DSA_Q8_1, to_float_q4_1, NULL, vec_dot_q4_1),
                   TILES(q4_1, DSA_MM_PANEL_LEGACY_REF), .mm_tile = dsa_mm_tile_q4_1_ref},
+    /* Q5_0/Q5_1 have no tile kernels: dsa_matmul calls vec_dot for them at every batch size. */
+    [DSA_Q5_0] = {TYPE("q5_0", DSA_QK, DSA_BS_Q5_0, 1, DSA_Q8_1, to_float_q5_0, NULL, vec_dot_q5_0)},
+    [DSA_Q5_1] = {TYPE("q5_1", DSA_QK, DSA_BS_Q5_1, 1, DSA_Q8_1, to_float_q5_1, NULL, vec_dot_q5_1)},
     [DSA_Q8_0] = {TYPE("q8_0", DSA_QK, DSA_BS_Q8_0, 1, DSA_Q8_1, to_float_q8_0, NULL, vec_dot_q8_0),
                   TILES(q8_0, DSA_MM_PANEL_LEGACY_REF), .mm_tile = dsa_mm_tile_q4_0_ref /* same sums, unpacked */},
     [DSA_Q8_1] = {TYPE("q8_1", DSA_QK, sizeof(dsa_block_q8_1), 0, DSA_Q8_1, to_float_q8_1, from_float_q8_1, NULL)},
@@ -402,6 +449,8 @@ static void build_tables(void) {
         t[DSA_BF16].vec_dot = dsa_vec_dot_bf16_avx2;
         t[DSA_Q4_0].vec_dot = dsa_vec_dot_q4_0_avx2;
         t[DSA_Q4_1].vec_dot = dsa_vec_dot_q4_1_avx2;
+        t[DSA_Q5_0].vec_dot = dsa_vec_dot_q5_0_avx2; /* also at the AVX-512 level: no VNNI version yet */
+        t[DSA_Q5_1].vec_dot = dsa_vec_dot_q5_1_avx2;
         t[DSA_Q8_0].vec_dot = dsa_vec_dot_q8_0_avx2;
         t[DSA_Q4_K].vec_dot = dsa_vec_dot_q4_k_avx2;
         t[DSA_Q5_K].vec_dot = dsa_vec_dot_q5_k_avx2;

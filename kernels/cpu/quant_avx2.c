@@ -126,6 +126,66 @@ float dsa_vec_dot_q4_0_avx2(int n, const void *vw, const void *va) {
     return sum;
 }
 
+/* Q5_0/Q5_1: the fifth bits (4 bytes, bit k = element k) as 0 or 16 in byte k.  Byte k takes qh byte k/8 (every
+ * 128-bit half of the broadcast holds all four bytes, so pshufb can reach them) and tests its bit k%8. */
+static inline __m256i q5_high(const uint8_t *qh) {
+    uint32_t h;
+    memcpy(&h, qh, 4);
+    const __m256i which = _mm256_setr_epi64x(0, 0x0101010101010101ll, 0x0202020202020202ll, 0x0303030303030303ll);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    __m256i x = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)h), which), bit);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(x, bit), _mm256_set1_epi8(16));
+}
+
+/* the 32 unsigned 5-bit quants of a block, in element order */
+static inline __m256i unpack_q5(const uint8_t *qh, const uint8_t *qs) {
+    return _mm256_or_si256(unpack_nibbles(qs), q5_high(qh));
+}
+
+/* Σ (q-16)·y as pmaddubsw(q, y) - pmaddubsw(16, y): |pairs| <= 2·31·127, exact in 16 bits. */
+static inline __m256i dot_q5_0(const uint8_t *b, const int8_t *ys) {
+    __m256i y = ld256(ys);
+    __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(unpack_q5(b + 2, b + 6), y),
+                                 _mm256_maddubs_epi16(_mm256_set1_epi8(16), y));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+float dsa_vec_dot_q5_0_avx2(int n, const void *vw, const void *va) {
+    const uint8_t *b = vw;
+    const dsa_block_q8_1 *a = va;
+    const int nb = n / DSA_QK;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 2 <= nb; i += 2, b += 2 * DSA_BS_Q5_0) { /* scales2: the junk half is qh's first two bytes */
+        __m256 sc = scales2(b, DSA_BS_Q5_0, &a[i]);
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q5_0(b, a[i].qs)), lane(sc, 0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q5_0(b + DSA_BS_Q5_0, a[i + 1].qs)), lane(sc, 4), acc1);
+    }
+    float sum = hsum_ps(_mm256_add_ps(acc0, acc1));
+    if (i < nb) sum += dsa_traits_ref(DSA_Q5_0)->vec_dot(DSA_QK, b, &a[i]);
+    return sum;
+}
+
+float dsa_vec_dot_q5_1_avx2(int n, const void *vw, const void *va) {
+    const uint8_t *b = vw;
+    const dsa_block_q8_1 *a = va;
+    const int nb = n / DSA_QK;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 2 <= nb; i += 2, b += 2 * DSA_BS_Q5_1) {
+        __m256 sc = scales2(b, DSA_BS_Q5_1, &a[i]);
+        __m256i p0 = dot_us8(unpack_q5(b + 4, b + 8), ld256(a[i].qs));
+        __m256i p1 = dot_us8(unpack_q5(b + DSA_BS_Q5_1 + 4, b + DSA_BS_Q5_1 + 8), ld256(a[i + 1].qs));
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), lane(sc, 0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), lane(sc, 4), acc1);
+        accm = _mm256_add_ps(accm, sc);
+    }
+    /* as in q4_1: the odd lanes hold every m·s twice */
+    float sum = hsum_ps(_mm256_add_ps(acc0, acc1)) + 0.25f * hsum_ps(_mm256_movehdup_ps(accm));
+    if (i < nb) sum += dsa_traits_ref(DSA_Q5_1)->vec_dot(DSA_QK, b, &a[i]);
+    return sum;
+}
+
 /* Signed times signed: move the weight's sign onto the activation; |w| is then a valid unsigned operand
  * (|-128| = 128 as a byte). */
 static inline __m256i dot_q8_0(const uint8_t *qs, const int8_t *ys) {

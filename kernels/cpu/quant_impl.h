@@ -7,6 +7,9 @@
  *
  *   Q4_0  18 B: f16 d | u8 qs[16]                      x = d * (q - 8); q[j] = qs[j] & 15, q[j+16] = qs[j] >> 4
  *   Q4_1  20 B: f16 d | f16 m | u8 qs[16]              x = d * q + m   (nibbles as Q4_0)
+ *   Q5_0  22 B: f16 d | u8 qh[4] | u8 qs[16]           x = d * (q - 16); q as Q4_0 plus a fifth bit: bit j of
+ *                                                      the little-endian word qh is bit 4 of element j
+ *   Q5_1  24 B: f16 d | f16 m | u8 qh[4] | u8 qs[16]   x = d * q + m   (quants as Q5_0)
  *   Q8_0  34 B: f16 d | i8 qs[32]                      x = d * q
  *   Q4_K 144 B: f16 d | f16 dmin | u8 scales[12] | u8 qs[128]
  *         8 sub-blocks of 32; sub-block j has a 6-bit scale sc[j] and min mn[j] packed in scales[] (see
@@ -32,6 +35,8 @@
 enum {
     DSA_BS_Q4_0 = 18,
     DSA_BS_Q4_1 = 20,
+    DSA_BS_Q5_0 = 22,
+    DSA_BS_Q5_1 = 24,
     DSA_BS_Q8_0 = 34,
     DSA_BS_Q4_K = 144,
     DSA_BS_Q5_K = 176,
@@ -84,6 +89,30 @@ static inline void dsa_unpack_q4(const uint8_t *qs, int8_t q[32], int offset) {
     }
 }
 
+/* The 32 quants of a Q5_0 (offset 16) or Q5_1 (offset 0) block (qh: its 4 bytes of fifth bits, qs: its nibbles),
+ * eight at a time in 64-bit words, as without AVX2 a loop over bits does not vectorise and costs four times this.
+ * Bit i of qh[k] is spread to byte i of a word (multiply, mask; adding 0x7f then sets a byte's top bit iff the
+ * byte is nonzero, never carrying out of it).  A quant is then its nibble | 16 if the bit is set (offset 0), or
+ * (q - 16 as a byte) its nibble | 0xf0 if the bit is clear (offset 16).  Bytes are assembled explicitly, so this
+ * does not depend on the host's byte order. */
+static inline uint64_t dsa_ld64_le(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << 8 * i;
+    return v;
+}
+
+static inline void dsa_unpack_q5(const uint8_t *qh, const uint8_t *qs, int8_t q[32], int offset) {
+    const uint64_t nib = 0x0f0f0f0f0f0f0f0full, top = 0x8080808080808080ull;
+    for (int k = 0; k < 4; k++) {
+        uint64_t bits = ((uint64_t)qh[k] * 0x0101010101010101ull) & 0x8040201008040201ull;
+        uint64_t set = (bits + 0x7f7f7f7f7f7f7f7full) & top;
+        uint64_t hi = offset ? ((set ^ top) >> 3) * 15 : set >> 3;
+        uint64_t w = dsa_ld64_le(qs + 8 * (k & 1));
+        w = (k < 2 ? w & nib : (w >> 4) & nib) | hi;
+        for (int i = 0; i < 8; i++) q[8 * k + i] = (int8_t)(uint8_t)(w >> 8 * i);
+    }
+}
+
 /* The 32 quants of sub-block j (0..7) of a Q4_K (qh == NULL) or Q5_K super-block, unsigned. */
 static inline void dsa_unpack_q45_k(const uint8_t *qs, const uint8_t *qh, int j, int8_t q[32]) {
     const uint8_t *p = qs + 32 * (j / 2);
@@ -129,6 +158,8 @@ float dsa_vec_dot_f16_avx2(int n, const void *w, const void *a);
 float dsa_vec_dot_bf16_avx2(int n, const void *w, const void *a);
 float dsa_vec_dot_q4_0_avx2(int n, const void *w, const void *a);
 float dsa_vec_dot_q4_1_avx2(int n, const void *w, const void *a);
+float dsa_vec_dot_q5_0_avx2(int n, const void *w, const void *a);
+float dsa_vec_dot_q5_1_avx2(int n, const void *w, const void *a);
 float dsa_vec_dot_q8_0_avx2(int n, const void *w, const void *a);
 float dsa_vec_dot_q4_k_avx2(int n, const void *w, const void *a);
 float dsa_vec_dot_q5_k_avx2(int n, const void *w, const void *a);

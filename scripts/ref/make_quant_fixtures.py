@@ -28,11 +28,12 @@ SEED = 20240917
 
 # type -> byte offsets, inside each block, of the f16 fields that act as scales (d) or offsets (m, dmin)
 SCALE_FIELDS = {
-    T.Q4_0: [0], T.Q4_1: [0], T.Q8_0: [0],
+    T.Q4_0: [0], T.Q4_1: [0], T.Q5_0: [0], T.Q5_1: [0], T.Q8_0: [0],
     T.Q4_K: [0], T.Q5_K: [0], T.Q6_K: [208],
 }
-OFFSET_FIELDS = {T.Q4_1: [2], T.Q4_K: [2], T.Q5_K: [2]}
-ORDER = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
+OFFSET_FIELDS = {T.Q4_1: [2], T.Q5_1: [2], T.Q4_K: [2], T.Q5_K: [2]}
+# Types added later go at the end, so that the random stream (and so the files) of the earlier ones stay the same.
+ORDER = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.Q5_0, T.Q5_1]
 
 
 def random_f16(rng, n, lo_exp, hi_exp, signed):
@@ -58,7 +59,7 @@ def make(qtype, rng):
     for off in SCALE_FIELDS[qtype]:
         raw[:, off:off + 2] = random_f16(rng, nblocks, -10, -4, signed=False).view(np.uint8).reshape(-1, 2)
     for off in OFFSET_FIELDS.get(qtype, []):
-        raw[:, off:off + 2] = random_f16(rng, nblocks, -8, -3, signed=qtype == T.Q4_1).view(np.uint8).reshape(-1, 2)
+        raw[:, off:off + 2] = random_f16(rng, nblocks, -8, -3, signed=qtype in (T.Q4_1, T.Q5_1)).view(np.uint8).reshape(-1, 2)
     return raw.reshape(ROWS, -1)
 
 

@@ -24,8 +24,7 @@
 #include <string.h>
 #include <time.h>
 
-static const enum dsa_type WTYPES[] = {DSA_F32, DSA_F16, DSA_BF16, DSA_Q4_0, DSA_Q4_1,
-                                       DSA_Q5_0, DSA_Q5_1, DSA_Q8_0, DSA_Q4_K, DSA_Q5_K, DSA_Q6_K};
+static int is_weight(enum dsa_type t) { return dsa_traits_ref(t) && dsa_traits_ref(t)->is_weight; }
 static const char *const LEVELS[4] = {"", "generic", "avx2", "avx512"};
 
 static uint64_t g_rng = 12345;
@@ -150,8 +149,9 @@ int main(int argc, char **argv) {
     else printf("n = %d, %d rows; ns per row (GB/s of weights)\n%-6s %20s %20s %20s\n", n, rows, "type",
                 LEVELS[1], LEVELS[2], LEVELS[3]);
     int first = 1;
-    for (size_t k = 0; k < sizeof WTYPES / sizeof WTYPES[0]; k++) {
-        enum dsa_type t = WTYPES[k];
+    for (int k = 0; k < DSA_TYPE_COUNT; k++) {
+        enum dsa_type t = (enum dsa_type)k;
+        if (!is_weight(t)) continue;
         const dsa_type_traits *rt = dsa_traits_ref(t);
         if (n % rt->blck) continue;
         size_t rs = dsa_row_size(t, n);
@@ -200,8 +200,9 @@ int main(int argc, char **argv) {
     int32_t *sums = malloc(sizeof(int32_t) * (size_t)(n / 32) * max_act);
     float *y = malloc(sizeof(float) * (size_t)rows * max_act);
     if (!json) printf("tiles: pack + tile, ns per weight row per activation row\n");
-    for (size_t k = 0; k < sizeof WTYPES / sizeof WTYPES[0]; k++) {
-        enum dsa_type t = WTYPES[k];
+    for (int k = 0; k < DSA_TYPE_COUNT; k++) {
+        enum dsa_type t = (enum dsa_type)k;
+        if (!is_weight(t)) continue;
         const dsa_type_traits *rt = dsa_traits_ref(t);
         if (n % rt->blck || !rt->mm_tile) continue;
         size_t rs = dsa_row_size(t, n), as = dsa_row_size(rt->act, n);

@@ -22,9 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const enum dsa_type WTYPES[] = {DSA_F32, DSA_F16, DSA_BF16, DSA_Q4_0, DSA_Q4_1,
-                                       DSA_Q5_0, DSA_Q5_1, DSA_Q8_0, DSA_Q4_K, DSA_Q5_K, DSA_Q6_K};
-#define NWTYPES (int)(sizeof WTYPES / sizeof WTYPES[0])
+/* every weight type the kernels know, so a new type is covered here without editing this file */
+static enum dsa_type WTYPES[DSA_TYPE_COUNT];
+static int NWTYPES;
 static const char *const LEVELS[4] = {"", "generic", "avx2", "avx512"};
 static int g_max_level = 1;
 
@@ -464,6 +464,7 @@ static void test_matmul(void) {
 }
 
 int main(void) {
+    NWTYPES = tu_weight_types(WTYPES);
     for (int l = 2; l <= 3; l++)
         if (level_ok(l)) g_max_level = l;
     printf("SIMD levels tested: generic%s%s\n", g_max_level >= 2 ? " avx2" : "", g_max_level >= 3 ? " avx512" : "");

@@ -487,6 +487,16 @@ static void test_traits(void) {
 }
 
 int main(void) {
+    { /* the list this test was written for is exactly what the traits table marks as weights */
+        enum dsa_type all[DSA_TYPE_COUNT];
+        int n = tu_weight_types(all), same = n == NWTYPES;
+        for (int k = 0; same && k < NWTYPES; k++) {
+            int found = 0;
+            for (int i = 0; i < n; i++) found |= all[i] == WTYPES[k];
+            same = found;
+        }
+        CHECK(same, "the traits table has %d weight types, this test covers %d: update WTYPES", n, NWTYPES);
+    }
     test_traits();
     test_f16();
     test_fixtures();

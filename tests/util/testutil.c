@@ -112,3 +112,12 @@ double tu_top_gap(const float *x, int n) {
         if (i != a && x[i] > second) second = x[i];
     return (double)x[a] - second;
 }
+
+int tu_weight_types(enum dsa_type out[DSA_TYPE_COUNT]) {
+    int n = 0;
+    for (int t = 0; t < DSA_TYPE_COUNT; t++) {
+        const dsa_type_traits *tr = dsa_traits_ref((enum dsa_type)t);
+        if (tr && tr->is_weight) out[n++] = (enum dsa_type)t;
+    }
+    return n;
+}

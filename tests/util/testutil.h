@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <jansson.h>
 
+#include "kernels.h"
+
 extern int tu_failures;
 extern int tu_checks;
 
@@ -34,6 +36,9 @@ int32_t *tu_json_ids(const json_t *arr, int *n);
 /* Index of the largest of x[0..n) (the first on ties), and top1 - top2. */
 int tu_argmax(const float *x, int n);
 double tu_top_gap(const float *x, int n);
+
+/* Every type the kernels accept as a weight (traits is_weight), in type-id order; returns the count. */
+int tu_weight_types(enum dsa_type out[DSA_TYPE_COUNT]);
 
 /* Print a summary and return the process exit code (0 when no check failed). */
 int tu_finish(const char *name);

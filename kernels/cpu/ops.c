@@ -3,16 +3,9 @@
  * ones (ops_avx2.c) are chosen at run time.
  */
 #include "kernels.h"
+#include "ops_impl.h"
 
 #include <string.h>
-
-
-void dsa_axpy_f16_avx2(int n, float a, const uint16_t *x, float *y);
-float dsa_dot_f16_avx2(int n, const uint16_t *x, const float *y);
-void dsa_f32_to_f16_row_avx2(int n, const float *src, uint16_t *dst);
-void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale,
-                              float *out);
-void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o);
 
 /* The quant dispatcher decides what this CPU runs (it honours DSA_CPU and dsa_kernels_init, which the tests use to
  * switch levels); every CPU it calls "avx2" or "avx512" has F16C too.  Asked once per call, not cached, so a

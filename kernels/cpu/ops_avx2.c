@@ -1,15 +1,9 @@
 /* AVX2 + F16C versions of ops.c (this file is compiled with -mavx2 -mfma -mf16c). */
 #include "kernels.h"
+#include "ops_impl.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-
-void dsa_axpy_f16_avx2(int n, float a, const uint16_t *x, float *y);
-float dsa_dot_f16_avx2(int n, const uint16_t *x, const float *y);
-void dsa_f32_to_f16_row_avx2(int n, const float *src, uint16_t *dst);
-void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale,
-                              float *out);
-void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o);
 
 void dsa_axpy_f16_avx2(int n, float a, const uint16_t *x, float *y) {
     __m256 va = _mm256_set1_ps(a);

@@ -62,21 +62,7 @@ static inline __m256i dot_q4_0(const uint8_t *qs, const int8_t *ys) {
     return _mm256_sub_epi32(dpbusd(q4_x16(qs), y), dpbusd(eight, y));
 }
 
-float dsa_vec_dot_q4_0_avx512(int n, const void *vw, const void *va) {
-    const uint8_t *b = vw;
-    const dsa_block_q8_1 *a = va;
-    const int nb = n / DSA_QK;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 2 <= nb; i += 2, b += 2 * DSA_BS_Q4_0) {
-        __m256 sc = scales2(b, DSA_BS_Q4_0, &a[i]);
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q4_0(b + 2, a[i].qs)), lane(sc, 0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q4_0(b + DSA_BS_Q4_0 + 2, a[i + 1].qs)), lane(sc, 4), acc1);
-    }
-    float sum = hsum_x16(_mm256_add_ps(acc0, acc1));
-    if (i < nb) sum += dsa_traits_ref(DSA_Q4_0)->vec_dot(DSA_QK, b, &a[i]);
-    return sum;
-}
+DSA_VEC_DOT_SCALED(dsa_vec_dot_q4_0_avx512, DSA_Q4_0, DSA_BS_Q4_0, dot_q4_0, hsum_x16)
 
 /* signed × signed: |x| (|-128| = 128 as a byte) times y with x's sign */
 static inline __m256i dot_q8_0(const uint8_t *qs, const int8_t *ys) {
@@ -84,21 +70,7 @@ static inline __m256i dot_q8_0(const uint8_t *qs, const int8_t *ys) {
     return dpbusd(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
 }
 
-float dsa_vec_dot_q8_0_avx512(int n, const void *vw, const void *va) {
-    const uint8_t *b = vw;
-    const dsa_block_q8_1 *a = va;
-    const int nb = n / DSA_QK;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 2 <= nb; i += 2, b += 2 * DSA_BS_Q8_0) {
-        __m256 sc = scales2(b, DSA_BS_Q8_0, &a[i]);
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q8_0(b + 2, a[i].qs)), lane(sc, 0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q8_0(b + DSA_BS_Q8_0 + 2, a[i + 1].qs)), lane(sc, 4), acc1);
-    }
-    float sum = hsum_ps(_mm256_add_ps(acc0, acc1));
-    if (i < nb) sum += dsa_traits_ref(DSA_Q8_0)->vec_dot(DSA_QK, b, &a[i]);
-    return sum;
-}
+DSA_VEC_DOT_SCALED(dsa_vec_dot_q8_0_avx512, DSA_Q8_0, DSA_BS_Q8_0, dot_q8_0, hsum_ps)
 
 /* ---- K-quants against q8_K -----------------------------------------------------------------------------------
  * As in quant_avx2.c, but vpdpwssd applies each sub-block's scale and accumulates in one instruction.  It has a

@@ -226,6 +226,27 @@ static inline __m256 scales2(const uint8_t *b, int bs, const dsa_block_q8_1 *a) 
     return _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_castsi256_ps(ds));
 }
 
+/* The vec_dot of a legacy type whose blocks are an f16 scale then the quants at byte 2 (Q4_0, Q8_0), shared by the
+ * AVX2 and AVX-512 files, which differ only in DOT (8 int32 lane sums of one block's quants times an activation
+ * block's) and HSUM (the AVX-512 Q4_0 DOT weighs its high half ×16).  Two blocks per step into two accumulators; an
+ * odd last block goes to the plain-C reference. */
+#define DSA_VEC_DOT_SCALED(fname, T, BS, DOT, HSUM)                                                              \
+    float fname(int n, const void *vw, const void *va) {                                                         \
+        const uint8_t *b = vw;                                                                                   \
+        const dsa_block_q8_1 *a = va;                                                                            \
+        const int nb = n / DSA_QK;                                                                               \
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                           \
+        int i = 0;                                                                                               \
+        for (; i + 2 <= nb; i += 2, b += 2 * (BS)) {                                                             \
+            __m256 sc = scales2(b, (BS), &a[i]);                                                                 \
+            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT(b + 2, a[i].qs)), lane(sc, 0), acc0);                  \
+            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT(b + (BS) + 2, a[i + 1].qs)), lane(sc, 4), acc1);       \
+        }                                                                                                        \
+        float sum = HSUM(_mm256_add_ps(acc0, acc1));                                                             \
+        if (i < nb) sum += dsa_traits_ref(T)->vec_dot(DSA_QK, b, &a[i]);                                         \
+        return sum;                                                                                              \
+    }
+
 /* pshufb control: 16-bit word w0 of a 128-bit half to every word of the low half, word w1 to the high half */
 static inline __m256i pick_words(int w0, int w1) {
     long long lo = 0x0100010001000100ll + 0x0202020202020202ll * w0;

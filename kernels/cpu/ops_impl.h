@@ -1,0 +1,15 @@
+/* Private to kernels/cpu: the AVX2+F16C attention ops (ops_avx2.c) that ops.c dispatches to. */
+#ifndef DSA_OPS_IMPL_H
+#define DSA_OPS_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+void dsa_axpy_f16_avx2(int n, float a, const uint16_t *x, float *y);
+float dsa_dot_f16_avx2(int n, const uint16_t *x, const float *y);
+void dsa_f32_to_f16_row_avx2(int n, const float *src, uint16_t *dst);
+void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale,
+                              float *out);
+void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o);
+
+#endif

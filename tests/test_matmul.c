@@ -30,12 +30,7 @@ static int g_max_level = 1;
 
 /* ---- random data (splitmix64) ------------------------------------------------------------------------------- */
 static uint64_t g_rng = 0x2545f4914f6cdd1dull;
-static uint64_t rnd(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static uint64_t rnd(void) { return tu_splitmix(&g_rng); }
 static float uniform(float lo, float hi) { return lo + (hi - lo) * (float)(rnd() >> 40) * 0x1p-24f; }
 static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
 static float f16_scale(void) { return uniform(1, 2) * ldexpf(1, (int)(rnd() % 7) - 10); }

@@ -37,12 +37,7 @@ static double g_worst[DSA_TYPE_COUNT][2]; /* largest error/bound seen: [0] plain
 
 /* ---- random numbers (splitmix64: small, and the same on every platform) --------------------------------- */
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
-static uint64_t rnd(void) {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static uint64_t rnd(void) { return tu_splitmix(&g_rng); }
 static float uniform(float lo, float hi) { return lo + (hi - lo) * (float)(rnd() >> 40) * 0x1p-24f; }
 
 static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }

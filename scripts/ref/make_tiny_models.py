@@ -51,6 +51,7 @@ from gguf.quants import dequantize, quantize  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from forward_ref import RefModel  # noqa: E402
+from gpt2bytes import bytes_to_unicode  # noqa: E402
 
 SEED = 20250611
 MAX_BATCH = 256  # the engine's prefill batch: the long sequence must be longer
@@ -154,21 +155,6 @@ def quantise(w, qtype):
 
 # ---- tokenizer ----------------------------------------------------------------------------------------------
 
-
-def byte_to_unicode():
-    """GPT-2's byte -> printable character map: printable Latin-1 bytes stand for themselves, the other 68 take
-    U+0100.. in byte order."""
-    keep = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    out, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(0x100 + extra)
-            extra += 1
-    return out
-
-
 RE_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
             r"\s+(?!\S)|\s+")
 RE_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
@@ -192,7 +178,7 @@ TOKENIZE_TEXTS = [
 
 
 def make_vocab(controls):
-    b2u = byte_to_unicode()
+    b2u = bytes_to_unicode()
     tokens = [b2u[b] for b in range(256)]
     for m in MERGES:
         a, b = m.split(" ")

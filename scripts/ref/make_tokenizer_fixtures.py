@@ -42,6 +42,9 @@ import sys
 import tempfile
 
 import gguf
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpt2bytes import bytes_to_unicode  # noqa: E402
 import jinja2
 import jinja2.sandbox
 import tokenizers
@@ -87,26 +90,13 @@ def read_gguf(path):
     }
 
 
-def byte_map():
-    """GPT-2's bytes_to_unicode: byte -> printable character."""
-    keep = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    out, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(0x100 + extra)
-            extra += 1
-    return out
-
-
 def missing_bytes(g):
     vocab = set(g["tokens"])
-    return {b for b, c in byte_map().items() if c not in vocab}
+    return {b for b, c in bytes_to_unicode().items() if c not in vocab}
 
 
 def decode_bytes(g, ids):
-    inv = {c: b for b, c in byte_map().items()}
+    inv = {c: b for b, c in bytes_to_unicode().items()}
     out = bytearray()
     for i in ids:
         t = g["tokens"][i]

@@ -121,3 +121,10 @@ int tu_weight_types(enum dsa_type out[DSA_TYPE_COUNT]) {
     }
     return n;
 }
+
+uint64_t tu_splitmix(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}

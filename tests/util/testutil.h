@@ -37,6 +37,9 @@ int32_t *tu_json_ids(const json_t *arr, int *n);
 int tu_argmax(const float *x, int n);
 double tu_top_gap(const float *x, int n);
 
+/* splitmix64: the tests' random numbers, the same on every platform; advances *state. */
+uint64_t tu_splitmix(uint64_t *state);
+
 /* Every type the kernels accept as a weight (traits is_weight), in type-id order; returns the count. */
 int tu_weight_types(enum dsa_type out[DSA_TYPE_COUNT]);
 

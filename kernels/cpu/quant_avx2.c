@@ -82,35 +82,21 @@ static inline __m256i dot_us8(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 
-float dsa_vec_dot_q4_1_avx2(int n, const void *vw, const void *va) {
-    const uint8_t *b = vw;
-    const dsa_block_q8_1 *a = va;
-    const int nb = n / DSA_QK;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 2 <= nb; i += 2, b += 2 * DSA_BS_Q4_1) {
-        __m256 sc = scales2(b, DSA_BS_Q4_1, &a[i]);
-        __m256i p0 = dot_us8(unpack_nibbles(b + 4), ld256(a[i].qs));
-        __m256i p1 = dot_us8(unpack_nibbles(b + DSA_BS_Q4_1 + 4), ld256(a[i + 1].qs));
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), lane(sc, 0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), lane(sc, 4), acc1);
-        accm = _mm256_add_ps(accm, sc);
-    }
-    /* movehdup doubles the odd lanes, which hold every m·s twice */
-    float sum = hsum_ps(_mm256_add_ps(acc0, acc1)) + 0.25f * hsum_ps(_mm256_movehdup_ps(accm));
-    if (i < nb) sum += dsa_traits_ref(DSA_Q4_1)->vec_dot(DSA_QK, b, &a[i]);
-    return sum;
+static inline __m256i dot_q4_1(const uint8_t *blk, const int8_t *ys) {
+    return dot_us8(unpack_nibbles(blk + 4), ld256(ys));
 }
+DSA_VEC_DOT_LEGACY(dsa_vec_dot_q4_1_avx2, DSA_Q4_1, DSA_BS_Q4_1, dot_q4_1, hsum_ps, 1)
 
 /* Σ (q-8)·y as pmaddubsw(q, y) - pmaddubsw(8, y): both halves stay exact in 16 bits. */
-static inline __m256i dot_q4_0(const uint8_t *qs, const int8_t *ys) {
+static inline __m256i dot_q4_0(const uint8_t *blk, const int8_t *ys) { /* quants after the f16 d */
+    const uint8_t *qs = blk + 2;
     __m256i y = ld256(ys);
     __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(unpack_nibbles(qs), y),
                                  _mm256_maddubs_epi16(_mm256_set1_epi8(8), y));
     return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
-DSA_VEC_DOT_SCALED(dsa_vec_dot_q4_0_avx2, DSA_Q4_0, DSA_BS_Q4_0, dot_q4_0, hsum_ps)
+DSA_VEC_DOT_LEGACY(dsa_vec_dot_q4_0_avx2, DSA_Q4_0, DSA_BS_Q4_0, dot_q4_0, hsum_ps, 0)
 
 /* Q5_0/Q5_1: the fifth bits (4 bytes, bit k = element k) as 0 or 16 in byte k.  Byte k takes qh byte k/8 (every
  * 128-bit half of the broadcast holds all four bytes, so pshufb can reach them) and tests its bit k%8. */
@@ -136,50 +122,22 @@ static inline __m256i dot_q5_0(const uint8_t *b, const int8_t *ys) {
     return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
-float dsa_vec_dot_q5_0_avx2(int n, const void *vw, const void *va) {
-    const uint8_t *b = vw;
-    const dsa_block_q8_1 *a = va;
-    const int nb = n / DSA_QK;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 2 <= nb; i += 2, b += 2 * DSA_BS_Q5_0) { /* scales2: the junk half is qh's first two bytes */
-        __m256 sc = scales2(b, DSA_BS_Q5_0, &a[i]);
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q5_0(b, a[i].qs)), lane(sc, 0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q5_0(b + DSA_BS_Q5_0, a[i + 1].qs)), lane(sc, 4), acc1);
-    }
-    float sum = hsum_ps(_mm256_add_ps(acc0, acc1));
-    if (i < nb) sum += dsa_traits_ref(DSA_Q5_0)->vec_dot(DSA_QK, b, &a[i]);
-    return sum;
-}
+/* scales2: the junk half is qh's first two bytes */
+DSA_VEC_DOT_LEGACY(dsa_vec_dot_q5_0_avx2, DSA_Q5_0, DSA_BS_Q5_0, dot_q5_0, hsum_ps, 0)
 
-float dsa_vec_dot_q5_1_avx2(int n, const void *vw, const void *va) {
-    const uint8_t *b = vw;
-    const dsa_block_q8_1 *a = va;
-    const int nb = n / DSA_QK;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 2 <= nb; i += 2, b += 2 * DSA_BS_Q5_1) {
-        __m256 sc = scales2(b, DSA_BS_Q5_1, &a[i]);
-        __m256i p0 = dot_us8(unpack_q5(b + 4, b + 8), ld256(a[i].qs));
-        __m256i p1 = dot_us8(unpack_q5(b + DSA_BS_Q5_1 + 4, b + DSA_BS_Q5_1 + 8), ld256(a[i + 1].qs));
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), lane(sc, 0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), lane(sc, 4), acc1);
-        accm = _mm256_add_ps(accm, sc);
-    }
-    /* as in q4_1: the odd lanes hold every m·s twice */
-    float sum = hsum_ps(_mm256_add_ps(acc0, acc1)) + 0.25f * hsum_ps(_mm256_movehdup_ps(accm));
-    if (i < nb) sum += dsa_traits_ref(DSA_Q5_1)->vec_dot(DSA_QK, b, &a[i]);
-    return sum;
+static inline __m256i dot_q5_1(const uint8_t *blk, const int8_t *ys) {
+    return dot_us8(unpack_q5(blk + 4, blk + 8), ld256(ys));
 }
+DSA_VEC_DOT_LEGACY(dsa_vec_dot_q5_1_avx2, DSA_Q5_1, DSA_BS_Q5_1, dot_q5_1, hsum_ps, 1)
 
 /* Signed times signed: move the weight's sign onto the activation; |w| is then a valid unsigned operand
  * (|-128| = 128 as a byte). */
-static inline __m256i dot_q8_0(const uint8_t *qs, const int8_t *ys) {
-    __m256i x = ld256(qs), y = ld256(ys);
+static inline __m256i dot_q8_0(const uint8_t *blk, const int8_t *ys) {
+    __m256i x = ld256(blk + 2), y = ld256(ys);
     return dot_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
 }
 
-DSA_VEC_DOT_SCALED(dsa_vec_dot_q8_0_avx2, DSA_Q8_0, DSA_BS_Q8_0, dot_q8_0, hsum_ps)
+DSA_VEC_DOT_LEGACY(dsa_vec_dot_q8_0_avx2, DSA_Q8_0, DSA_BS_Q8_0, dot_q8_0, hsum_ps, 0)
 
 /* ---- K-quants against q8_K ---------------------------------------------------------------------------------
  * Per super-block the integer sum Σ_j sc[j]·Σ q·y is built in 32-bit lanes (pmaddubsw, then pmaddwd by the

@@ -34,43 +34,27 @@ static inline float hsum_x16(__m256 acc) {
     return hsum_ps(_mm256_mul_ps(acc, _mm256_setr_ps(1, 1, 1, 1, 1.0f / 16, 1.0f / 16, 1.0f / 16, 1.0f / 16)));
 }
 
-float dsa_vec_dot_q4_1_avx512(int n, const void *vw, const void *va) {
-    const uint8_t *b = vw;
-    const dsa_block_q8_1 *a = va;
-    const int nb = n / DSA_QK;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 2 <= nb; i += 2, b += 2 * DSA_BS_Q4_1) {
-        __m256 sc = scales2(b, DSA_BS_Q4_1, &a[i]);
-        __m256i p0 = dpbusd(q4_x16(b + 4), ld256(a[i].qs));
-        __m256i p1 = dpbusd(q4_x16(b + DSA_BS_Q4_1 + 4), ld256(a[i + 1].qs));
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), lane(sc, 0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), lane(sc, 4), acc1);
-        accm = _mm256_add_ps(accm, sc);
-    }
-    /* movehdup doubles the odd lanes, which hold every m·s twice */
-    float sum = hsum_x16(_mm256_add_ps(acc0, acc1)) + 0.25f * hsum_ps(_mm256_movehdup_ps(accm));
-    if (i < nb) sum += dsa_traits_ref(DSA_Q4_1)->vec_dot(DSA_QK, b, &a[i]);
-    return sum;
-}
+static inline __m256i dot_q4_1(const uint8_t *blk, const int8_t *ys) { return dpbusd(q4_x16(blk + 4), ld256(ys)); }
+DSA_VEC_DOT_LEGACY(dsa_vec_dot_q4_1_avx512, DSA_Q4_1, DSA_BS_Q4_1, dot_q4_1, hsum_x16, 1)
 
 /* Σ (q-8)·y = Σ q·y - Σ 8·y, the 8 also ×16 in the high half */
-static inline __m256i dot_q4_0(const uint8_t *qs, const int8_t *ys) {
+static inline __m256i dot_q4_0(const uint8_t *blk, const int8_t *ys) { /* quants after the f16 d */
+    const uint8_t *qs = blk + 2;
     const __m256i eight = _mm256_setr_epi64x(0x0808080808080808ll, 0x0808080808080808ll,
                                              (long long)0x8080808080808080ull, (long long)0x8080808080808080ull);
     __m256i y = ld256(ys);
     return _mm256_sub_epi32(dpbusd(q4_x16(qs), y), dpbusd(eight, y));
 }
 
-DSA_VEC_DOT_SCALED(dsa_vec_dot_q4_0_avx512, DSA_Q4_0, DSA_BS_Q4_0, dot_q4_0, hsum_x16)
+DSA_VEC_DOT_LEGACY(dsa_vec_dot_q4_0_avx512, DSA_Q4_0, DSA_BS_Q4_0, dot_q4_0, hsum_x16, 0)
 
 /* signed × signed: |x| (|-128| = 128 as a byte) times y with x's sign */
-static inline __m256i dot_q8_0(const uint8_t *qs, const int8_t *ys) {
-    __m256i x = ld256(qs), y = ld256(ys);
+static inline __m256i dot_q8_0(const uint8_t *blk, const int8_t *ys) {
+    __m256i x = ld256(blk + 2), y = ld256(ys);
     return dpbusd(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
 }
 
-DSA_VEC_DOT_SCALED(dsa_vec_dot_q8_0_avx512, DSA_Q8_0, DSA_BS_Q8_0, dot_q8_0, hsum_ps)
+DSA_VEC_DOT_LEGACY(dsa_vec_dot_q8_0_avx512, DSA_Q8_0, DSA_BS_Q8_0, dot_q8_0, hsum_ps, 0)
 
 /* ---- K-quants against q8_K -----------------------------------------------------------------------------------
  * As in quant_avx2.c, but vpdpwssd applies each sub-block's scale and accumulates in one instruction.  It has a

@@ -226,23 +226,26 @@ static inline __m256 scales2(const uint8_t *b, int bs, const dsa_block_q8_1 *a) 
     return _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_castsi256_ps(ds));
 }
 
-/* The vec_dot of a legacy type whose blocks are an f16 scale then the quants at byte 2 (Q4_0, Q8_0), shared by the
- * AVX2 and AVX-512 files, which differ only in DOT (8 int32 lane sums of one block's quants times an activation
- * block's) and HSUM (the AVX-512 Q4_0 DOT weighs its high half ×16).  Two blocks per step into two accumulators; an
- * odd last block goes to the plain-C reference. */
-#define DSA_VEC_DOT_SCALED(fname, T, BS, DOT, HSUM)                                                              \
+/* The vec_dot of the legacy types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), shared by the AVX2 and AVX-512 files, which
+ * differ only in DOT (8 int32 lane sums of one block's quants times an activation block's, given the block's
+ * start) and HSUM (the AVX-512 Q4 DOTs weigh their high half ×16).  Two blocks per step into two accumulators;
+ * an odd last block goes to the plain-C reference.  MIN (Q4_1, Q5_1) adds Σ m·s: scales2's odd lanes hold every
+ * m·s twice, which movehdup doubles again, hence the 0.25. */
+#define DSA_VEC_DOT_LEGACY(fname, T, BS, DOT, HSUM, MIN)                                                          \
     float fname(int n, const void *vw, const void *va) {                                                         \
         const uint8_t *b = vw;                                                                                   \
         const dsa_block_q8_1 *a = va;                                                                            \
         const int nb = n / DSA_QK;                                                                               \
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                           \
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), accm = _mm256_setzero_ps();               \
         int i = 0;                                                                                               \
         for (; i + 2 <= nb; i += 2, b += 2 * (BS)) {                                                             \
             __m256 sc = scales2(b, (BS), &a[i]);                                                                 \
-            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT(b + 2, a[i].qs)), lane(sc, 0), acc0);                  \
-            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT(b + (BS) + 2, a[i + 1].qs)), lane(sc, 4), acc1);       \
+            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT(b, a[i].qs)), lane(sc, 0), acc0);                      \
+            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(DOT(b + (BS), a[i + 1].qs)), lane(sc, 4), acc1);           \
+            if (MIN) accm = _mm256_add_ps(accm, sc);                                                             \
         }                                                                                                        \
         float sum = HSUM(_mm256_add_ps(acc0, acc1));                                                             \
+        if (MIN) sum += 0.25f * hsum_ps(_mm256_movehdup_ps(accm));                                               \
         if (i < nb) sum += dsa_traits_ref(T)->vec_dot(DSA_QK, b, &a[i]);                                         \
         return sum;                                                                                              \
     }

@@ -79,6 +79,22 @@ int gguf_arr_strs(const gguf_kv *kv, dsa_str *out);
 int64_t gguf_arr_int(const gguf_kv *kv, uint64_t i);
 double gguf_arr_float(const gguf_kv *kv, uint64_t i);
 
+/* ---- writer (gguf_write.c): the small files we produce ourselves (indexer sidecars, trainer checkpoints) ----
+ * Values and tensor data are copied in; gguf_writer_save writes version 3 to path.tmp, fsyncs it and renames it
+ * over path, so a crash leaves either the old file or the new one.  Every call returns 0 or -1 (out of memory,
+ * or for save an I/O error in err). */
+typedef struct gguf_writer gguf_writer;
+gguf_writer *gguf_writer_new(void);
+void gguf_writer_free(gguf_writer *w);
+int gguf_w_str(gguf_writer *w, const char *key, const char *val);
+int gguf_w_u32(gguf_writer *w, const char *key, uint32_t val);
+int gguf_w_u64(gguf_writer *w, const char *key, uint64_t val);
+int gguf_w_f32(gguf_writer *w, const char *key, float val);
+/* ne[0] is the row length; type is a ggml type id (F32 and F16 are what we write) */
+int gguf_w_tensor(gguf_writer *w, const char *name, uint32_t type, int n_dims, const int64_t *ne, const void *data,
+                  size_t nbytes);
+int gguf_writer_save(const gguf_writer *w, const char *path, char *err, size_t errlen);
+
 /* Compare a dsa_str with a C string. */
 int dsa_str_eq(dsa_str s, const char *c);
 

@@ -13,6 +13,7 @@
  * A batch of tokens (prefill) goes through the same code as one token (decode): the matmuls take n rows.
  */
 #include "model.h"
+#include "dsa.h"
 
 #include <errno.h>
 #include <math.h>
@@ -21,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
+#include <xxhash.h>
 
 #define MAX_BATCH 256
 
@@ -47,6 +50,7 @@ struct dsa_model {
     float *output_norm;
     float *rope_freq; /* rope_dim/2 inverse frequencies, double-derived */
     layer *layers;
+    char fingerprint[40]; /* xxh3-64 of the file: what an indexer sidecar names as its base */
 };
 
 struct dsa_ctx {
@@ -61,6 +65,21 @@ struct dsa_ctx {
     float *scores;     /* [threads][n_ctx] */
     void *mmscratch;
     size_t mmscratch_size;
+    /* DeepSeek Sparse Attention (dsa_ctx_set_sparse) */
+    const dsa_indexer *ix;
+    dsa_select_mode mode;
+    int topk;
+    uint8_t *ik;       /* [layer][n_ctx][d] FP8 e4m3 indexer keys */
+    float *iks;        /* [layer][n_ctx] their scales */
+    float *iproj;      /* [batch][rows] W·h */
+    float *iq, *iw;    /* [batch][H·d], [batch][H] */
+    int32_t *sel;      /* [batch][topk] selected positions, ascending */
+    int *sel_n;        /* [batch]: how many, or -1 for dense (the context is not longer than k) */
+    uint64_t *tkscratch; /* [threads][n_ctx] */
+    float *scores2;    /* [threads][n_ctx] */
+    dsa_layer_hook hook;
+    void *hook_ud;
+    double idx_sec;
 };
 
 __attribute__((format(printf, 3, 4))) static int errf(char *err, size_t errlen, const char *fmt, ...) {
@@ -255,6 +274,8 @@ int dsa_model_load(const char *path, dsa_model **out, void (*progress)(float, vo
     }
     /* Touch the weights now so the first token does not pay for page faults one by one. */
     madvise((void *)m->g->base, m->g->size, MADV_WILLNEED);
+    snprintf(m->fingerprint, sizeof m->fingerprint, "xxh3-64:%016llx",
+             (unsigned long long)XXH3_64bits(m->g->base, m->g->size));
     if (progress) progress(1.0f, ud);
     *out = m;
     return 0;
@@ -288,6 +309,7 @@ const dsa_hparams *dsa_model_hparams(const dsa_model *m) { return &m->hp; }
 const dsa_tokenizer *dsa_model_tok(const dsa_model *m) { return m->tok; }
 const gguf_file *dsa_model_gguf(const dsa_model *m) { return m->g; }
 const char *dsa_model_path(const dsa_model *m) { return m->path; }
+const char *dsa_model_fingerprint(dsa_model *m) { return m->fingerprint; }
 const dsa_chat_template *dsa_model_chat(const dsa_model *m, const char **chat_err) {
     if (chat_err) *chat_err = m->chat.kind ? NULL : m->chat_err;
     return &m->chat;
@@ -326,8 +348,10 @@ int dsa_ctx_new(dsa_model *m, int n_ctx, int n_threads, dsa_ctx **out, char *err
     c->scores = malloc((size_t)nth * n_ctx * sizeof(float));
     /* one scratch serves every matmul: big enough for the widest input in either activation type */
     int64_t wide = (int64_t)((F > E ? F : E) + DSA_QK_K - 1) / DSA_QK_K * DSA_QK_K;
-    size_t s1 = dsa_matmul_scratch(DSA_Q4_0, wide, MAX_BATCH), s2 = dsa_matmul_scratch(DSA_Q4_K, wide, MAX_BATCH);
+    size_t s1 = dsa_matmul_scratch(DSA_Q4_0, wide, MAX_BATCH), s2 = dsa_matmul_scratch(DSA_Q4_K, wide, MAX_BATCH),
+           s3 = dsa_matmul_scratch(DSA_F32, E, MAX_BATCH); /* the indexer's f32 projection */
     c->mmscratch_size = s1 > s2 ? s1 : s2;
+    if (s3 > c->mmscratch_size) c->mmscratch_size = s3;
     c->mmscratch = malloc(c->mmscratch_size);
     if (!c->pool || !c->kc || !c->vc || !c->x || !c->xb || !c->xb2 || !c->q || !c->k || !c->v || !c->att || !c->hb ||
         !c->hb2 || !c->cos || !c->sin || !c->scores || !c->mmscratch) {
@@ -356,14 +380,98 @@ void dsa_ctx_free(dsa_ctx *c) {
     free(c->sin);
     free(c->scores);
     free(c->mmscratch);
+    free(c->ik);
+    free(c->iks);
+    free(c->iproj);
+    free(c->iq);
+    free(c->iw);
+    free(c->sel);
+    free(c->sel_n);
+    free(c->tkscratch);
+    free(c->scores2);
     free(c);
 }
 
 int dsa_ctx_n_ctx(const dsa_ctx *c) { return c->n_ctx; }
 int dsa_ctx_pos(const dsa_ctx *c) { return c->pos; }
 dsa_pool *dsa_ctx_pool(dsa_ctx *c) { return c->pool; }
+dsa_model *dsa_ctx_model(const dsa_ctx *c) { return c->m; }
 void dsa_ctx_truncate(dsa_ctx *c, int n_pos) {
     if (n_pos >= 0 && n_pos < c->pos) c->pos = n_pos;
+}
+
+/* ---- sparse attention: switches and state ------------------------------------------------------------------ */
+
+int dsa_ctx_set_sparse(dsa_ctx *c, const dsa_indexer *ix, dsa_select_mode mode, int k, char *err, size_t errlen) {
+    const dsa_hparams *hp = &c->m->hp;
+    if (mode < DSA_SEL_DENSE || mode > DSA_SEL_RANDOM) return errf(err, errlen, "unknown selection mode %d", mode);
+    if (mode == DSA_SEL_INDEXER && !ix) return errf(err, errlen, "sparse attention by the indexer needs an indexer");
+    if (ix && (ix->n_layer != hp->n_layer || ix->n_embd != hp->n_embd))
+        return errf(err, errlen, "the indexer does not fit this model (%d layers of %d, model %d of %d)", ix->n_layer,
+                    ix->n_embd, hp->n_layer, hp->n_embd);
+    if (ix != c->ix && c->pos > 0)
+        return errf(err, errlen, "attach the indexer before the first token (%d already evaluated)", c->pos);
+    if (k <= 0) k = ix ? ix->hp.top_k : 0;
+    if (mode != DSA_SEL_DENSE && k <= 0) return errf(err, errlen, "top-k must be positive");
+    if (k > c->n_ctx) k = c->n_ctx;
+    int nth = dsa_pool_size(c->pool);
+    size_t B = MAX_BATCH;
+    if (ix != c->ix) {
+        free(c->ik), free(c->iks), free(c->iproj), free(c->iq), free(c->iw);
+        c->ik = NULL, c->iks = NULL, c->iproj = NULL, c->iq = NULL, c->iw = NULL;
+        c->ix = NULL;
+        if (ix) {
+            size_t d = (size_t)ix->hp.head_dim, H = (size_t)ix->hp.n_head;
+            c->ik = calloc((size_t)hp->n_layer * c->n_ctx, d);
+            c->iks = calloc((size_t)hp->n_layer * c->n_ctx, sizeof(float));
+            c->iproj = malloc(B * ix->rows * sizeof(float));
+            c->iq = malloc(B * H * d * sizeof(float));
+            c->iw = malloc(B * H * sizeof(float));
+            if (!c->ik || !c->iks || !c->iproj || !c->iq || !c->iw) return errf(err, errlen, "out of memory");
+            c->ix = ix;
+        }
+    }
+    free(c->sel), free(c->sel_n), free(c->tkscratch), free(c->scores2);
+    c->sel = NULL, c->sel_n = NULL, c->tkscratch = NULL, c->scores2 = NULL;
+    c->mode = DSA_SEL_DENSE;
+    c->topk = k;
+    if (mode != DSA_SEL_DENSE) {
+        c->sel = malloc(B * (size_t)k * sizeof *c->sel);
+        c->sel_n = malloc(B * sizeof *c->sel_n);
+        c->tkscratch = malloc((size_t)nth * c->n_ctx * sizeof *c->tkscratch);
+        c->scores2 = malloc((size_t)nth * c->n_ctx * sizeof *c->scores2);
+        if (!c->sel || !c->sel_n || !c->tkscratch || !c->scores2) return errf(err, errlen, "out of memory");
+    }
+    c->mode = mode;
+    return 0;
+}
+
+dsa_select_mode dsa_ctx_select_mode(const dsa_ctx *c) { return c->mode; }
+int dsa_ctx_topk(const dsa_ctx *c) { return c->topk; }
+int dsa_ctx_kv_dim(const dsa_ctx *c) { return c->kv_dim; }
+void dsa_ctx_kv(const dsa_ctx *c, int l, const uint16_t **K, const uint16_t **V) {
+    *K = c->kc + (size_t)l * c->n_ctx * c->kv_dim;
+    *V = c->vc + (size_t)l * c->n_ctx * c->kv_dim;
+}
+void dsa_ctx_index_keys(const dsa_ctx *c, int l, const uint8_t **k8, const float **scale) {
+    if (!c->ix) {
+        *k8 = NULL, *scale = NULL;
+        return;
+    }
+    *k8 = c->ik + (size_t)l * c->n_ctx * c->ix->hp.head_dim;
+    *scale = c->iks + (size_t)l * c->n_ctx;
+}
+void dsa_ctx_set_layer_hook(dsa_ctx *c, dsa_layer_hook fn, void *ud) {
+    c->hook = fn;
+    c->hook_ud = ud;
+}
+double dsa_ctx_indexer_seconds(const dsa_ctx *c) { return c->idx_sec; }
+void dsa_ctx_reset_timers(dsa_ctx *c) { c->idx_sec = 0; }
+
+static double now_sec(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* ---- the forward pass ---------------------------------------------------------------------------------- */
@@ -396,7 +504,88 @@ typedef struct {
     int layer, n, pos0;
 } att_job;
 
-/* One (token, head) pair per task: scores over the token's causal prefix, softmax, weighted sum of V. */
+static void softmax(float *x, int n) {
+    float mx = -INFINITY;
+    for (int s = 0; s < n; s++)
+        if (x[s] > mx) mx = x[s];
+    float sum = 0;
+    for (int s = 0; s < n; s++) {
+        x[s] = expf(x[s] - mx);
+        sum += x[s];
+    }
+    float inv = 1.0f / sum;
+    for (int s = 0; s < n; s++) x[s] *= inv;
+}
+
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* One token per task: which positions its attention reads.  The set is shared by all heads (DeepSeek's choice;
+ * with GQA it is also what keeps the gathered KV rows few).  While the causal prefix is no longer than k the
+ * token attends densely, bit for bit the dense path. */
+static void select_part(void *arg, int ith, int nth) {
+    att_job *j = arg;
+    dsa_ctx *c = j->c;
+    const dsa_hparams *hp = &c->m->hp;
+    int k = c->topk;
+    float *sc = c->scores2 + (size_t)ith * c->n_ctx;
+    for (int t = ith; t < j->n; t += nth) {
+        int len = j->pos0 + t + 1;
+        int32_t *idx = c->sel + (size_t)t * k;
+        if (len <= k) {
+            c->sel_n[t] = -1;
+            continue;
+        }
+        switch (c->mode) {
+        case DSA_SEL_INDEXER: {
+            const dsa_indexer_hp *ih = &c->ix->hp;
+            const uint8_t *k8;
+            const float *ks;
+            dsa_ctx_index_keys(c, j->layer, &k8, &ks);
+            dsa_indexer_scores(len, ih->n_head, ih->head_dim, k8, ks, c->iq + (size_t)t * ih->n_head * ih->head_dim,
+                               c->iw + (size_t)t * ih->n_head, sc);
+            c->sel_n[t] = dsa_topk(len, sc, k, idx, c->tkscratch + (size_t)ith * c->n_ctx);
+            break;
+        }
+        case DSA_SEL_ORACLE: {
+            /* the true attention probability summed over heads, which is what the indexer is trained towards */
+            int D = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+            float *p = c->scores + (size_t)ith * c->n_ctx;
+            const uint16_t *K = c->kc + (size_t)j->layer * c->n_ctx * c->kv_dim;
+            memset(sc, 0, (size_t)len * sizeof *sc);
+            for (int h = 0; h < hp->n_head; h++) {
+                dsa_attn_scores_f16(len, D, K + (h / group) * D, (size_t)c->kv_dim,
+                                    c->q + (size_t)t * hp->n_embd + h * D, 1.0f / sqrtf((float)D), p);
+                softmax(p, len);
+                for (int s = 0; s < len; s++) sc[s] += p[s];
+            }
+            c->sel_n[t] = dsa_topk(len, sc, k, idx, c->tkscratch + (size_t)ith * c->n_ctx);
+            break;
+        }
+        case DSA_SEL_WINDOW: {
+            int sinks = k < 4 ? k : 4, m = 0;
+            for (int s = 0; s < sinks; s++) idx[m++] = s;
+            for (int s = len - (k - sinks); s < len; s++) idx[m++] = s;
+            c->sel_n[t] = m;
+            break;
+        }
+        case DSA_SEL_RANDOM: {
+            uint64_t seed = mix64(((uint64_t)(j->pos0 + t) << 16) ^ (uint64_t)j->layer ^ 0x5DEECE66Dull);
+            for (int s = 0; s < len; s++) sc[s] = (float)(mix64(seed + (uint64_t)s) >> 40);
+            c->sel_n[t] = dsa_topk(len, sc, k, idx, c->tkscratch + (size_t)ith * c->n_ctx);
+            break;
+        }
+        default:
+            c->sel_n[t] = -1;
+        }
+    }
+}
+
+/* One (token, head) pair per task: scores over the token's causal prefix (or its selected positions), softmax,
+ * weighted sum of V. */
 static void attention_part(void *arg, int ith, int nth) {
     att_job *j = arg;
     dsa_ctx *c = j->c;
@@ -410,17 +599,17 @@ static void attention_part(void *arg, int ith, int nth) {
         int t = task / H, h = task % H, kvh = h / group;
         int len = j->pos0 + t + 1;
         const float *q = c->q + (size_t)t * hp->n_embd + h * D;
-        dsa_attn_scores_f16(len, D, K + kvh * D, (size_t)c->kv_dim, q, scale, sc);
-        float mx = -INFINITY;
-        for (int s = 0; s < len; s++)
-            if (sc[s] > mx) mx = sc[s];
-        float sum = 0;
-        for (int s = 0; s < len; s++) {
-            sc[s] = expf(sc[s] - mx);
-            sum += sc[s];
+        if (c->sel && c->sel_n[t] >= 0) {
+            const int32_t *idx = c->sel + (size_t)t * c->topk;
+            int ns = c->sel_n[t];
+            dsa_attn_scores_f16_idx(ns, D, K + kvh * D, (size_t)c->kv_dim, idx, q, scale, sc);
+            softmax(sc, ns);
+            dsa_attn_sum_f16_idx(ns, D, sc, V + kvh * D, (size_t)c->kv_dim, idx,
+                                 c->att + (size_t)t * hp->n_embd + h * D);
+            continue;
         }
-        float inv = 1.0f / sum;
-        for (int s = 0; s < len; s++) sc[s] *= inv;
+        dsa_attn_scores_f16(len, D, K + kvh * D, (size_t)c->kv_dim, q, scale, sc);
+        softmax(sc, len);
         dsa_attn_sum_f16(len, D, sc, V + kvh * D, (size_t)c->kv_dim, c->att + (size_t)t * hp->n_embd + h * D);
     }
 }
@@ -465,7 +654,25 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
             dsa_f32_to_f16_row(KV, v, vc + (size_t)t * KV);
         }
         att_job aj = {c, l, n, c->pos};
+        if (c->ix) {
+            /* the lightning indexer: its keys join the cache for every token, whatever the mode */
+            double t0 = now_sec();
+            const dsa_indexer *ix = c->ix;
+            int R = ix->rows, Hd = ix->hp.n_head * ix->hp.head_dim, d = ix->hp.head_dim;
+            dsa_matmul(c->pool, DSA_F32, ix->W + (size_t)l * R * E, R, E, c->xb, n, c->iproj, R, c->mmscratch);
+            float kbuf[256];
+            for (int t = 0; t < n; t++) {
+                size_t slot = (size_t)l * c->n_ctx + c->pos + t;
+                dsa_indexer_project(ix, l, c->iproj + (size_t)t * R, c->pos + t, c->iq + (size_t)t * Hd, kbuf,
+                                    c->iw + (size_t)t * ix->hp.n_head);
+                dsa_fp8_quant_row(d, kbuf, c->ik + slot * d, c->iks + slot);
+            }
+            if (c->mode == DSA_SEL_INDEXER) dsa_pool_run(c->pool, select_part, &aj);
+            c->idx_sec += now_sec() - t0;
+        }
+        if (c->sel && c->mode != DSA_SEL_INDEXER) dsa_pool_run(c->pool, select_part, &aj);
         dsa_pool_run(c->pool, attention_part, &aj);
+        if (c->hook) c->hook(c->hook_ud, l, c->pos, n, c->xb, c->q);
         matmul(c, &L->wo, c->att, n, c->xb2);
         for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb2[i];
 

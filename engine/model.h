@@ -44,6 +44,7 @@ int dsa_ctx_n_ctx(const dsa_ctx *c);
 int dsa_ctx_pos(const dsa_ctx *c);           /* tokens in the cache */
 void dsa_ctx_truncate(dsa_ctx *c, int n_pos); /* forget positions >= n_pos */
 dsa_pool *dsa_ctx_pool(dsa_ctx *c);
+dsa_model *dsa_ctx_model(const dsa_ctx *c);
 
 /* Run ids[0..n) at positions pos..pos+n-1, appending to the KV cache.  Prefill is processed in batches.
  * logits: NULL, or n_vocab floats for the last token (all_logits = 0) or n*n_vocab floats (all_logits = 1).

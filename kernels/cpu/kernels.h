@@ -140,4 +140,34 @@ void dsa_attn_sum_f16(int n, int d, const float *w, const uint16_t *V, size_t st
 /* dst[i] = f16(src[i]) */
 void dsa_f32_to_f16_row(int n, const float *src, uint16_t *dst);
 
+/* Sparse attention: the same two ops over the rows idx[0..n) of the cache (row s at K + idx[s]·stride).  With the
+ * indices 0..n-1 they give exactly the bits of the contiguous versions. */
+void dsa_attn_scores_f16_idx(int n, int d, const uint16_t *K, size_t stride, const int32_t *idx, const float *q,
+                             float scale, float *out);
+void dsa_attn_sum_f16_idx(int n, int d, const float *w, const uint16_t *V, size_t stride, const int32_t *idx,
+                          float *o);
+
+/* ---- DeepSeek Sparse Attention: the lightning indexer's kernels (dsa_ops.c) --------------------------- */
+/* FP8 e4m3 (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; no infinities; largest finite 448).
+ * A row is stored as bytes plus one f32 scale: x[i] ≈ scale · e4m3(q[i]), scale = max|x| / 448 (0 for an all-zero
+ * row).  Rounding is to nearest, ties to even, so the relative error of each element is at most 2^-4. */
+#define DSA_FP8_MAX 448.0f
+float dsa_fp8_to_f32(uint8_t v);
+uint8_t dsa_f32_to_fp8(float x); /* saturates at ±448 */
+void dsa_fp8_quant_row(int n, const float *x, uint8_t *q, float *scale);
+
+/* In-place fast Walsh–Hadamard transform scaled by n^-1/2 (orthonormal, its own inverse); n a power of two. */
+void dsa_hadamard(int n, float *x);
+
+/* The lightning indexer's score of query t against keys s < n:
+ *   out[s] = kscale[s] · Σ_j w[j] · ReLU(q[j]·k8[s])      (j < H heads of dim d; k8 row s at K8 + s·d bytes)
+ * which is Σ_j w[j]·ReLU(q[j]·k(s)) for the dequantised key k(s) = kscale[s]·e4m3(k8[s]), since kscale ≥ 0. */
+void dsa_indexer_scores(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q, const float *w,
+                        float *out);
+
+/* Top-k selection in O(n): writes the indices of the k highest scores to idx in ascending order and returns how
+ * many (min(k, n)).  Ties go to the later index, NaN ranks lowest, so the set is one fixed function of the
+ * scores.  scratch holds n uint64_t. */
+int dsa_topk(int n, const float *score, int k, int32_t *idx, uint64_t *scratch);
+
 #endif

@@ -41,23 +41,42 @@ void dsa_f32_to_f16_row(int n, const float *src, uint16_t *dst) {
     for (int i = 0; i < n; i++) dst[i] = dsa_f32_to_f16(src[i]);
 }
 
-void dsa_attn_scores_f16(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale, float *out) {
+static void scores(int n, int d, const uint16_t *K, size_t stride, const int32_t *idx, const float *q, float scale,
+                   float *out) {
 #if defined(__x86_64__)
     if (use_avx2() && d % 8 == 0) {
-        dsa_attn_scores_f16_avx2(n, d, K, stride, q, scale, out);
+        dsa_attn_scores_f16_avx2(n, d, K, stride, idx, q, scale, out);
         return;
     }
 #endif
-    for (int s = 0; s < n; s++) out[s] = dsa_dot_f16(d, K + (size_t)s * stride, q) * scale;
+    for (int s = 0; s < n; s++) out[s] = dsa_dot_f16(d, K + (size_t)(idx ? idx[s] : s) * stride, q) * scale;
 }
 
-void dsa_attn_sum_f16(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o) {
+static void wsum(int n, int d, const float *w, const uint16_t *V, size_t stride, const int32_t *idx, float *o) {
 #if defined(__x86_64__)
     if (use_avx2() && d % 8 == 0) {
-        dsa_attn_sum_f16_avx2(n, d, w, V, stride, o);
+        dsa_attn_sum_f16_avx2(n, d, w, V, stride, idx, o);
         return;
     }
 #endif
     memset(o, 0, (size_t)d * sizeof *o);
-    for (int s = 0; s < n; s++) dsa_axpy_f16(d, w[s], V + (size_t)s * stride, o);
+    for (int s = 0; s < n; s++) dsa_axpy_f16(d, w[s], V + (size_t)(idx ? idx[s] : s) * stride, o);
+}
+
+void dsa_attn_scores_f16(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale, float *out) {
+    scores(n, d, K, stride, NULL, q, scale, out);
+}
+
+void dsa_attn_sum_f16(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o) {
+    wsum(n, d, w, V, stride, NULL, o);
+}
+
+void dsa_attn_scores_f16_idx(int n, int d, const uint16_t *K, size_t stride, const int32_t *idx, const float *q,
+                             float scale, float *out) {
+    scores(n, d, K, stride, idx, q, scale, out);
+}
+
+void dsa_attn_sum_f16_idx(int n, int d, const float *w, const uint16_t *V, size_t stride, const int32_t *idx,
+                          float *o) {
+    wsum(n, d, w, V, stride, idx, o);
 }

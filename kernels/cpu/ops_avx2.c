@@ -51,14 +51,17 @@ static inline float hsum(__m256 v) {
 }
 
 /* d is a multiple of 8.  The common head sizes (64, 128) keep q in registers for the whole pass over the keys. */
-void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale,
-                              float *out) {
+/* ROW(s): row s of the cache, or row idx[s] when the caller gave an index list (sparse attention). */
+#define ROW(base, s) ((base) + (size_t)(idx ? idx[s] : (s)) * stride)
+
+void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, const int32_t *idx, const float *q,
+                              float scale, float *out) {
     if (d == 64) {
         __m256 q0 = _mm256_loadu_ps(q), q1 = _mm256_loadu_ps(q + 8), q2 = _mm256_loadu_ps(q + 16),
                q3 = _mm256_loadu_ps(q + 24), q4 = _mm256_loadu_ps(q + 32), q5 = _mm256_loadu_ps(q + 40),
                q6 = _mm256_loadu_ps(q + 48), q7 = _mm256_loadu_ps(q + 56);
         for (int s = 0; s < n; s++) {
-            const uint16_t *k = K + (size_t)s * stride;
+            const uint16_t *k = ROW(K, s);
             __m256 a = _mm256_mul_ps(ld_f16(k), q0), b = _mm256_mul_ps(ld_f16(k + 8), q1);
             a = _mm256_fmadd_ps(ld_f16(k + 16), q2, a);
             b = _mm256_fmadd_ps(ld_f16(k + 24), q3, b);
@@ -71,7 +74,7 @@ void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, co
         return;
     }
     for (int s = 0; s < n; s++) {
-        const uint16_t *k = K + (size_t)s * stride;
+        const uint16_t *k = ROW(K, s);
         __m256 a = _mm256_setzero_ps();
         for (int i = 0; i < d; i += 8) a = _mm256_fmadd_ps(ld_f16(k + i), _mm256_loadu_ps(q + i), a);
         out[s] = hsum(a) * scale;
@@ -79,12 +82,13 @@ void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, co
 }
 
 /* o = Σ_s w[s]·V_s, 64 dims at a time held in registers across all rows. */
-void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o) {
+void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size_t stride, const int32_t *idx,
+                           float *o) {
     int i = 0;
     for (; i + 64 <= d; i += 64) {
         __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
         for (int s = 0; s < n; s++) {
-            const uint16_t *v = V + (size_t)s * stride + i;
+            const uint16_t *v = ROW(V, s) + i;
             __m256 a = _mm256_set1_ps(w[s]);
             o0 = _mm256_fmadd_ps(a, ld_f16(v), o0);
             o1 = _mm256_fmadd_ps(a, ld_f16(v + 8), o1);
@@ -106,7 +110,7 @@ void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size
     }
     for (; i < d; i += 8) {
         __m256 acc = _mm256_setzero_ps();
-        for (int s = 0; s < n; s++) acc = _mm256_fmadd_ps(_mm256_set1_ps(w[s]), ld_f16(V + (size_t)s * stride + i), acc);
+        for (int s = 0; s < n; s++) acc = _mm256_fmadd_ps(_mm256_set1_ps(w[s]), ld_f16(ROW(V, s) + i), acc);
         _mm256_storeu_ps(o + i, acc);
     }
 }

@@ -8,8 +8,12 @@
 void dsa_axpy_f16_avx2(int n, float a, const uint16_t *x, float *y);
 float dsa_dot_f16_avx2(int n, const uint16_t *x, const float *y);
 void dsa_f32_to_f16_row_avx2(int n, const float *src, uint16_t *dst);
-void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale,
-                              float *out);
-void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o);
+/* idx: NULL for rows 0..n-1, else the rows to read */
+void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, const int32_t *idx, const float *q,
+                              float scale, float *out);
+void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size_t stride, const int32_t *idx,
+                           float *o);
+void dsa_indexer_scores_avx2(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q,
+                             const float *w, float *out);
 
 #endif

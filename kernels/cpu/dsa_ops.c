@@ -1,0 +1,153 @@
+/*
+ * The lightning indexer's kernels: FP8 e4m3 keys, the Hadamard rotation, the index score and top-k selection.
+ * Plain C here; dsa_ops_avx2.c has the SIMD index score that dsa_indexer_scores picks when the CPU has it.
+ */
+#include "kernels.h"
+#include "ops_impl.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---- FP8 e4m3 ------------------------------------------------------------------------------------------ */
+
+float dsa_fp8_to_f32(uint8_t v) {
+    int e = (v >> 3) & 15, m = v & 7;
+    float a = e ? ldexpf(1.0f + m / 8.0f, e - 7) : ldexpf((float)m, -9);
+    return v & 0x80 ? -a : a;
+}
+
+uint8_t dsa_f32_to_fp8(float x) {
+    uint8_t sign = signbit(x) ? 0x80 : 0;
+    float a = fabsf(x);
+    if (!(a == a)) return 0; /* NaN: never produced by our rows; map to zero rather than to e4m3's NaN code */
+    if (a >= DSA_FP8_MAX) return sign | 0x7E;
+    if (a < 0x1p-6f) {
+        /* subnormal range: steps of 2^-9; a round up to 8 steps lands on the smallest normal, code 0x08 */
+        return sign | (uint8_t)nearbyintf(a * 512.0f);
+    }
+    int E;
+    float m = frexpf(a, &E);                    /* a = m·2^E, m in [0.5, 1) */
+    int ex = E - 1;                             /* a = (2m)·2^ex, ex in [-6, 8] */
+    int mant = (int)nearbyintf((2.0f * m - 1.0f) * 8.0f); /* ties to even under the default rounding mode */
+    if (mant == 8) mant = 0, ex++;
+    int code = ((ex + 7) << 3) | mant;
+    if (code > 0x7E) code = 0x7E;
+    return sign | (uint8_t)code;
+}
+
+void dsa_fp8_quant_row(int n, const float *x, uint8_t *q, float *scale) {
+    float amax = 0;
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        if (a > amax) amax = a;
+    }
+    if (!(amax > 0) || !isfinite(amax)) {
+        memset(q, 0, (size_t)n);
+        *scale = 0;
+        return;
+    }
+    float s = amax / DSA_FP8_MAX, inv = DSA_FP8_MAX / amax;
+    for (int i = 0; i < n; i++) q[i] = dsa_f32_to_fp8(x[i] * inv);
+    *scale = s;
+}
+
+/* ---- Hadamard -------------------------------------------------------------------------------------------- */
+
+void dsa_hadamard(int n, float *x) {
+    for (int h = 1; h < n; h <<= 1)
+        for (int i = 0; i < n; i += 2 * h)
+            for (int j = i; j < i + h; j++) {
+                float a = x[j], b = x[j + h];
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+    float s = 1.0f / sqrtf((float)n);
+    for (int i = 0; i < n; i++) x[i] *= s;
+}
+
+/* ---- index scores ---------------------------------------------------------------------------------------- */
+
+static int use_avx2(void) { return strcmp(dsa_cpu_name(), "generic") != 0; }
+
+void dsa_indexer_scores(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q, const float *w,
+                        float *out) {
+#if defined(__x86_64__)
+    if (use_avx2() && d % 8 == 0 && d <= 256) {
+        dsa_indexer_scores_avx2(n, H, d, K8, kscale, q, w, out);
+        return;
+    }
+#endif
+    float k[256 * 2];
+    float *kf = d <= 512 ? k : NULL;
+    for (int s = 0; s < n; s++) {
+        const uint8_t *ks = K8 + (size_t)s * d;
+        float acc = 0;
+        if (kf) {
+            for (int i = 0; i < d; i++) kf[i] = dsa_fp8_to_f32(ks[i]);
+            for (int j = 0; j < H; j++) {
+                float dot = 0;
+                for (int i = 0; i < d; i++) dot += q[j * d + i] * kf[i];
+                if (dot > 0) acc += w[j] * dot;
+            }
+        } else {
+            for (int j = 0; j < H; j++) {
+                float dot = 0;
+                for (int i = 0; i < d; i++) dot += q[j * d + i] * dsa_fp8_to_f32(ks[i]);
+                if (dot > 0) acc += w[j] * dot;
+            }
+        }
+        out[s] = kscale[s] * acc;
+    }
+}
+
+/* ---- top-k ------------------------------------------------------------------------------------------------- */
+
+/* A key whose unsigned order is (score, index): scores map to integers that sort like the floats (NaN lowest),
+ * and the index in the low half makes every key distinct, so "the k largest keys" is one fixed set. */
+static inline uint64_t rank_key(float f, uint32_t i) {
+    uint32_t u;
+    if (f == 0) f = 0.0f; /* -0 ties with +0 */
+    memcpy(&u, &f, 4);
+    if (f != f) u = 0;
+    else u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return (uint64_t)u << 32 | i;
+}
+
+/* After the call a[m] is the element a full ascending sort would put there (Hoare selection, median of three). */
+static void nth_element(uint64_t *a, int n, int m) {
+    int lo = 0, hi = n - 1;
+    while (hi > lo) {
+        int mid = lo + (hi - lo) / 2;
+        uint64_t x = a[lo], y = a[mid], z = a[hi], p;
+        p = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < p) i++;
+            while (a[j] > p) j--;
+            if (i <= j) {
+                uint64_t t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++, j--;
+            }
+        }
+        if (m <= j) hi = j;
+        else if (m >= i) lo = i;
+        else return;
+    }
+}
+
+int dsa_topk(int n, const float *score, int k, int32_t *idx, uint64_t *scratch) {
+    if (k <= 0 || n <= 0) return 0;
+    if (k >= n) {
+        for (int i = 0; i < n; i++) idx[i] = i;
+        return n;
+    }
+    for (int i = 0; i < n; i++) scratch[i] = rank_key(score[i], (uint32_t)i);
+    nth_element(scratch, n, n - k);
+    uint64_t thr = scratch[n - k];
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (rank_key(score[i], (uint32_t)i) >= thr) idx[m++] = i;
+    return m;
+}

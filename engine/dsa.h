@@ -43,6 +43,9 @@ typedef struct {
 /* A fresh indexer with small random weights (the trainer's start). 0 or -1 with err. */
 int dsa_indexer_new(const dsa_indexer_hp *hp, const dsa_model *m, uint64_t seed, dsa_indexer **out, char *err,
                     size_t errlen);
+/* The same for any shape, with no base model recorded (tests). */
+int dsa_indexer_alloc(const dsa_indexer_hp *hp, int n_layer, int n_embd, uint64_t seed, dsa_indexer **out,
+                      char *err, size_t errlen);
 /* Load a sidecar; refuses one made for another base model (fingerprint) or with shapes that do not fit. */
 int dsa_indexer_load(const char *path, const dsa_model *m, dsa_indexer **out, char *err, size_t errlen);
 /* Write a sidecar (F16 weights unless f32 is set) atomically. */

@@ -81,25 +81,32 @@ static uint64_t splitmix(uint64_t *s) {
     return z ^ (z >> 31);
 }
 
-int dsa_indexer_new(const dsa_indexer_hp *hp, const dsa_model *m, uint64_t seed, dsa_indexer **out, char *err,
-                    size_t errlen) {
+int dsa_indexer_alloc(const dsa_indexer_hp *hp, int n_layer, int n_embd, uint64_t seed, dsa_indexer **out,
+                      char *err, size_t errlen) {
     *out = NULL;
     if (dsa_indexer_hp_check(hp, err, errlen)) return -1;
-    const dsa_hparams *mh = dsa_model_hparams(m);
-    dsa_indexer *ix = alloc_indexer(hp, mh->n_layer, mh->n_embd);
+    if (n_layer < 1 || n_embd < 1) return errf(err, errlen, "indexer shape %d × %d out of range", n_layer, n_embd);
+    dsa_indexer *ix = alloc_indexer(hp, n_layer, n_embd);
     if (!ix) return errf(err, errlen, "out of memory");
     /* Uniform in ±sqrt(3/n_embd): unit-variance outputs for unit-variance inputs (LeCun); the LayerNorm starts as
      * the identity. */
     uint64_t s = seed;
-    float a = sqrtf(3.0f / mh->n_embd);
+    float a = sqrtf(3.0f / n_embd);
     size_t nw = (size_t)ix->n_layer * ix->rows * ix->n_embd;
     for (size_t i = 0; i < nw; i++) ix->W[i] = a * (float)((double)(splitmix(&s) >> 11) * 0x1p-53 * 2.0 - 1.0);
     int d = hp->head_dim;
     for (int l = 0; l < ix->n_layer; l++)
         for (int i = 0; i < d; i++) ix->ln[(size_t)l * 2 * d + i] = 1.0f;
-    snprintf(ix->base_fingerprint, sizeof ix->base_fingerprint, "%s", dsa_model_fingerprint((dsa_model *)m));
-    set_base_name(ix, dsa_model_path(m));
     *out = ix;
+    return 0;
+}
+
+int dsa_indexer_new(const dsa_indexer_hp *hp, const dsa_model *m, uint64_t seed, dsa_indexer **out, char *err,
+                    size_t errlen) {
+    const dsa_hparams *mh = dsa_model_hparams(m);
+    if (dsa_indexer_alloc(hp, mh->n_layer, mh->n_embd, seed, out, err, errlen)) return -1;
+    snprintf((*out)->base_fingerprint, sizeof (*out)->base_fingerprint, "%s", dsa_model_fingerprint((dsa_model *)m));
+    set_base_name(*out, dsa_model_path(m));
     return 0;
 }
 

@@ -16,8 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "model.h"
-#include "sampler.h"
+#include "dsa_tool.h"
 #ifdef DSA_HAVE_CUDA
 #include "../kernels/cuda/cuda.h"
 #endif
@@ -25,18 +24,9 @@
 #ifndef DSA_VERSION
 #define DSA_VERSION "dev"
 #endif
-#define DEFAULT_MODEL_FILE "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-typedef struct {
-    const char *model;
-    const char *indexer;
-    const char *system;
-    int dense, topk_dsa, n_predict, chat, threads, json, top, n_ctx, no_special, truncate;
-    int prompt_tokens, gen_tokens, reps;
-    dsa_sampler_params sp;
-} opts;
 
-__attribute__((format(printf, 2, 3), noreturn)) static void die(int code, const char *fmt, ...) {
+__attribute__((format(printf, 2, 3), noreturn)) void die(int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fputs("dsa: ", stderr);
@@ -46,7 +36,7 @@ __attribute__((format(printf, 2, 3), noreturn)) static void die(int code, const 
     exit(code);
 }
 
-static double now_s(void) {
+double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
@@ -54,12 +44,8 @@ static double now_s(void) {
 
 /* ---- text helpers ---------------------------------------------------------------------------------------- */
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-} buf;
 
-static void buf_put(buf *b, const char *s, size_t n) {
+void buf_put(buf *b, const char *s, size_t n) {
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->n + n + 1) cap *= 2;
@@ -74,7 +60,7 @@ static void buf_put(buf *b, const char *s, size_t n) {
 }
 
 /* JSON strings must be valid UTF-8: invalid bytes (a token that is half a character) become U+FFFD. */
-static json_t *json_text(const char *s, size_t n) {
+json_t *json_text(const char *s, size_t n) {
     buf b = {0};
     buf_put(&b, "", 0);
     size_t i = 0;
@@ -104,7 +90,7 @@ static json_t *json_text(const char *s, size_t n) {
     return j;
 }
 
-static void print_json(json_t *j) {
+void print_json(json_t *j) {
     char *s = json_dumps(j, JSON_COMPACT);
     if (!s) die(1, "cannot encode JSON output");
     puts(s);
@@ -134,16 +120,21 @@ static char *prompt_arg(int argc, char **argv, int i, const char *cmd) {
 
 /* ---- model loading --------------------------------------------------------------------------------------- */
 
-static const char *default_model(void) {
+const char *cache_dir(void) {
     static char path[4096];
     const char *c = getenv("XDG_CACHE_HOME");
-    if (c && *c) snprintf(path, sizeof path, "%s/dsachat/models/%s", c, DEFAULT_MODEL_FILE);
-    else snprintf(path, sizeof path, "%s/.cache/dsachat/models/%s", getenv("HOME") ? getenv("HOME") : ".",
-                  DEFAULT_MODEL_FILE);
+    if (c && *c) snprintf(path, sizeof path, "%s/dsachat", c);
+    else snprintf(path, sizeof path, "%s/.cache/dsachat", getenv("HOME") ? getenv("HOME") : ".");
     return path;
 }
 
-static int tty_progress;
+const char *default_model(void) {
+    static char path[4096 + 64];
+    snprintf(path, sizeof path, "%s/models/%s", cache_dir(), DEFAULT_MODEL_FILE);
+    return path;
+}
+
+int tty_progress;
 
 static void load_progress(float f, void *ud) {
     if (tty_progress) fprintf(stderr, "\rloading %s … %3d%%%s", (const char *)ud, (int)(f * 100), f >= 1 ? "\r\033[K" : "");
@@ -157,25 +148,41 @@ static void prefill_progress(int done, int total, void *ud) {
             done == total ? "\r\033[K" : "");
 }
 
-static dsa_model *load_model(const opts *o) {
+static dsa_indexer *g_ix;
+const dsa_indexer *tool_indexer(void) { return g_ix; }
+
+/* The model, and unless --dense its DSA indexer: --indexer FILE, else the sidecar beside the model or the one
+ * shipped for it.  Without one the tool says so once and attends densely. */
+dsa_model *load_model(const opts *o) {
     const char *path = o->model ? o->model : default_model();
     if (access(path, R_OK) != 0) {
         if (o->model) die(1, "cannot read model %s: %s", path, strerror(errno));
         die(1, "default model not found at %s: run scripts/fetch-model.sh (or pass -m FILE)", path);
     }
-    if (o->indexer || o->topk_dsa)
-        die(1, "DeepSeek Sparse Attention is not available in this build yet (--indexer/--topk); use --dense");
+    if (o->dense && (o->indexer || o->topk_dsa)) die(2, "--dense turns DSA off: it does not go with --indexer or --topk");
     const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
     char err[1024];
     dsa_model *m;
     if (dsa_model_load(path, &m, load_progress, (void *)base, err, sizeof err)) die(1, "%s", err);
+    if (!o->dense) {
+        char *ip = o->indexer ? strdup(o->indexer) : dsa_indexer_default_path(path);
+        if (ip && dsa_indexer_load(ip, m, &g_ix, err, sizeof err)) {
+            if (o->indexer) die(1, "%s", err);
+            fprintf(stderr, "dsa: ignoring the default indexer: %s\n", err);
+        } else if (!ip) {
+            if (o->topk_dsa) die(1, "--topk: no DSA indexer for %s (pass --indexer FILE or train one with 'dsa train-indexer')", base);
+            fprintf(stderr, "dsa: no DSA indexer for %s: attending densely (train one with 'dsa train-indexer')\n", base);
+        }
+        free(ip);
+    }
     return m;
 }
 
-static dsa_ctx *new_ctx(dsa_model *m, const opts *o) {
+dsa_ctx *new_ctx(dsa_model *m, const opts *o) {
     char err[512];
     dsa_ctx *c;
     if (dsa_ctx_new(m, o->n_ctx, o->threads, &c, err, sizeof err)) die(1, "%s", err);
+    if (g_ix && dsa_ctx_set_sparse(c, g_ix, DSA_SEL_INDEXER, o->topk_dsa, err, sizeof err)) die(1, "%s", err);
     return c;
 }
 
@@ -636,7 +643,7 @@ static void usage(FILE *f) {
           f);
 }
 
-static int parse_int(const char *s, const char *what, int lo, int hi) {
+int parse_int(const char *s, const char *what, int lo, int hi) {
     char *e;
     errno = 0;
     long v = strtol(s, &e, 10);
@@ -644,7 +651,7 @@ static int parse_int(const char *s, const char *what, int lo, int hi) {
     return (int)v;
 }
 
-static float parse_float(const char *s, const char *what, float lo, float hi) {
+float parse_float(const char *s, const char *what, float lo, float hi) {
     char *e;
     errno = 0;
     float v = strtof(s, &e);
@@ -660,7 +667,9 @@ int main(int argc, char **argv) {
     o.reps = 1;
     dsa_sampler_defaults(&o.sp);
     enum { O_INDEXER = 256, O_DENSE, O_TOPK, O_TEMP, O_SEED, O_CHAT, O_SYSTEM, O_JSON, O_TOP, O_CTX, O_TOPK_S, O_TOPP,
-           O_MINP, O_REP, O_NOSPECIAL, O_TRUNC, O_PTOK, O_GTOK, O_REPS };
+           O_MINP, O_REP, O_NOSPECIAL, O_TRUNC, O_PTOK, O_GTOK, O_REPS, O_CORPUS, O_HELDOUT, O_CKPT, O_INIT, O_LOG,
+           O_PLOT, O_HEADS, O_DIM, O_ROPED, O_SEQLEN, O_ROWS, O_SPARSE, O_CKEVERY, O_HEVERY, O_TOKENS, O_MINUTES,
+           O_LR, O_CONTEXTS, O_KS, O_TEXTS, O_NTEXTS, O_PASSKEY, O_REPORT };
     static const struct option lo[] = {
         {"model", required_argument, 0, 'm'},    {"indexer", required_argument, 0, O_INDEXER},
         {"dense", no_argument, 0, O_DENSE},       {"topk", required_argument, 0, O_TOPK},
@@ -673,12 +682,52 @@ int main(int argc, char **argv) {
         {"no-special", no_argument, 0, O_NOSPECIAL}, {"truncate", no_argument, 0, O_TRUNC},
         {"prompt-tokens", required_argument, 0, O_PTOK}, {"gen-tokens", required_argument, 0, O_GTOK},
         {"reps", required_argument, 0, O_REPS},  {"help", no_argument, 0, 'h'},
+        {"corpus", required_argument, 0, O_CORPUS}, {"heldout", required_argument, 0, O_HELDOUT},
+        {"out", required_argument, 0, 'o'},      {"checkpoint", required_argument, 0, O_CKPT},
+        {"init", required_argument, 0, O_INIT},  {"log", required_argument, 0, O_LOG},
+        {"plot", required_argument, 0, O_PLOT},  {"heads", required_argument, 0, O_HEADS},
+        {"dim", required_argument, 0, O_DIM},    {"rope-dims", required_argument, 0, O_ROPED},
+        {"seq-len", required_argument, 0, O_SEQLEN}, {"rows", required_argument, 0, O_ROWS},
+        {"sparse-stage", no_argument, 0, O_SPARSE}, {"checkpoint-every", required_argument, 0, O_CKEVERY},
+        {"heldout-every", required_argument, 0, O_HEVERY}, {"tokens", required_argument, 0, O_TOKENS},
+        {"minutes", required_argument, 0, O_MINUTES}, {"lr", required_argument, 0, O_LR},
+        {"contexts", required_argument, 0, O_CONTEXTS}, {"ks", required_argument, 0, O_KS},
+        {"texts", required_argument, 0, O_TEXTS}, {"n-texts", required_argument, 0, O_NTEXTS},
+        {"passkey-trials", required_argument, 0, O_PASSKEY}, {"report", required_argument, 0, O_REPORT},
         {"version", no_argument, 0, 'V'},        {0, 0, 0, 0}};
     /* options may come before or after the command (GNU getopt permutes) */
     int ch;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "m:n:t:hV", lo, NULL)) != -1) {
+    o.argc = argc;
+    o.argv = argv;
+    o.heads = 4, o.dim = 32, o.rope_dims = 16, o.seq_len = 2048, o.rows = 512, o.lr = 1e-3;
+    o.ckpt_every = 10, o.heldout_every = 25, o.n_texts = 4, o.passkey_trials = 5;
+    while ((ch = getopt_long(argc, argv, "m:n:t:o:hV", lo, NULL)) != -1) {
         switch (ch) {
+        case 'o': o.out = optarg; break;
+        case O_CORPUS: o.corpus = optarg; break;
+        case O_HELDOUT: o.heldout = optarg; break;
+        case O_CKPT: o.checkpoint = optarg; break;
+        case O_INIT: o.init = optarg; break;
+        case O_LOG: o.log = optarg; break;
+        case O_PLOT: o.plot = optarg; break;
+        case O_HEADS: o.heads = parse_int(optarg, "--heads", 1, 64); break;
+        case O_DIM: o.dim = parse_int(optarg, "--dim", 8, 256); break;
+        case O_ROPED: o.rope_dims = parse_int(optarg, "--rope-dims", 0, 256); break;
+        case O_SEQLEN: o.seq_len = parse_int(optarg, "--seq-len", 16, 65536); break;
+        case O_ROWS: o.rows = parse_int(optarg, "--rows", 1, 65536); break;
+        case O_SPARSE: o.sparse_stage = 1; break;
+        case O_CKEVERY: o.ckpt_every = parse_int(optarg, "--checkpoint-every", 0, 1 << 30); break;
+        case O_HEVERY: o.heldout_every = parse_int(optarg, "--heldout-every", 0, 1 << 30); break;
+        case O_TOKENS: o.max_tokens = parse_int(optarg, "--tokens", 0, 2000000000); break;
+        case O_MINUTES: o.minutes = parse_float(optarg, "--minutes", 0, 1e6f); break;
+        case O_LR: o.lr = parse_float(optarg, "--lr", 0, 1); break;
+        case O_CONTEXTS: o.contexts = optarg; break;
+        case O_KS: o.ks = optarg; break;
+        case O_TEXTS: o.texts = optarg; break;
+        case O_NTEXTS: o.n_texts = parse_int(optarg, "--n-texts", 1, 10000); break;
+        case O_PASSKEY: o.passkey_trials = parse_int(optarg, "--passkey-trials", 0, 1000); break;
+        case O_REPORT: o.report = optarg; break;
         case 'm': o.model = optarg; break;
         case 'n': o.n_predict = parse_int(optarg, "-n", 0, 1 << 22); break;
         case 't': o.threads = parse_int(optarg, "--threads", 1, 256); break;
@@ -734,6 +783,8 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "chat")) return cmd_chat(&o);
     if (!strcmp(cmd, "bench")) return cmd_bench(&o);
-    die(2, "unknown command '%s' (commands: info, tokenize, generate, logits, chat, bench)", cmd);
+    if (!strcmp(cmd, "train-indexer")) return cmd_train(&o, argc, argv);
+    if (!strcmp(cmd, "eval")) return cmd_eval(&o, argc, argv);
+    die(2, "unknown command '%s' (commands: info, tokenize, generate, logits, chat, bench, train-indexer, eval)", cmd);
     return 2;
 }

@@ -94,11 +94,12 @@ POD_SKIP = re.compile(r"^(perl\d*delta|perl5\d+delta|perltoc|perlartistic|perlgp
 # byte caps on the training documents of a family (the documents are ranked by their hash, so the cap
 # keeps a deterministic pseudo-random subset); families not listed are uncapped.
 TRAIN_CAPS = {
-    "python": 7_000_000,
-    "postgres": 5_000_000,
-    "man": 5_000_000,
-    "perl": 4_000_000,
-    "info": 9_000_000,
+    "info": 13_000_000,
+    "python": 5_000_000,
+    "postgres": 4_000_000,
+    "man": 3_500_000,
+    "perl": 3_500_000,
+    "git": 2_000_000,
 }
 
 ENV = dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8", MANWIDTH="80", GROFF_SGR="")
@@ -247,7 +248,7 @@ SKIP_CLASSES = {"related", "sphinxsidebar", "sphinxsidebarwrapper", "footer", "h
                 "mobile-nav", "menu-wrapper", "docnav", "navigation", "nav", "copyright", "legalnotice",
                 "titlepage-footer", "footnotes-nav", "nav-content", "highlight-none-nav", "searchbox",
                 "toc-backref", "sidebar-nav"}
-SKIP_IDS = {"sidebar", "header", "footer", "banner", "title", "navigation", "breadcrumbs", "toc", "site-footer"}
+SKIP_IDS = {"sidebar", "footer", "banner", "title", "navigation", "breadcrumbs", "toc", "site-footer"}
 BLOCK_TAGS = {"p", "div", "section", "article", "main", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol",
               "li", "dl", "dt", "dd", "table", "tr", "blockquote", "hr", "figure", "figcaption",
               "caption", "address", "center", "body", "html", "tbody", "thead", "tfoot", "aside"}

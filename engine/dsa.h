@@ -90,6 +90,8 @@ void dsa_ctx_index_keys(const dsa_ctx *c, int layer, const uint8_t **k8, const f
 
 /* Called after each layer's attention for each batch: h is the n × n_embd attention-normed input, q the n × n_embd
  * queries after RoPE, for positions pos0 .. pos0+n-1 (the KV cache already holds them). */
+/* Inside a layer hook: the indexer's queries (n × H·d) and weights (n × H) of the batch, NULL without an indexer. */
+void dsa_ctx_index_queries(const dsa_ctx *c, const float **q, const float **w);
 typedef void (*dsa_layer_hook)(void *ud, int layer, int pos0, int n, const float *h, const float *q);
 void dsa_ctx_set_layer_hook(dsa_ctx *c, dsa_layer_hook fn, void *ud);
 

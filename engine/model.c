@@ -461,6 +461,10 @@ void dsa_ctx_index_keys(const dsa_ctx *c, int l, const uint8_t **k8, const float
     *k8 = c->ik + (size_t)l * c->n_ctx * c->ix->hp.head_dim;
     *scale = c->iks + (size_t)l * c->n_ctx;
 }
+void dsa_ctx_index_queries(const dsa_ctx *c, const float **q, const float **w) {
+    *q = c->ix ? c->iq : NULL;
+    *w = c->ix ? c->iw : NULL;
+}
 void dsa_ctx_set_layer_hook(dsa_ctx *c, dsa_layer_hook fn, void *ud) {
     c->hook = fn;
     c->hook_ud = ud;

@@ -53,6 +53,7 @@ struct dsa_train_ws {
 };
 
 dsa_train_ws *dsa_train_ws_new(const dsa_indexer *ix, int max_len, int max_rows, dsa_pool *pool) {
+    openblas_set_num_threads(1);
     dsa_train_ws *ws = calloc(1, sizeof *ws);
     if (!ws) return NULL;
     size_t L = (size_t)max_len, M = (size_t)max_rows, R = (size_t)ix->rows, d = (size_t)ix->hp.head_dim,
@@ -104,6 +105,31 @@ static void rope_dir(float *x, const dsa_indexer *ix, int pos, int dir) {
         x[i] = x0 * c - x1 * s;
         x[i + half] = x0 * s + x1 * c;
     }
+}
+
+/* C (M×N, row-major) = alpha·op(A)·op(B) + beta·C, with the M rows split across the engine's pool and BLAS itself
+ * single-threaded: two thread pools spinning on two cores cost more than they give. */
+typedef struct {
+    int ta, tb, M, N, K, lda, ldb, ldc;
+    float alpha, beta;
+    const float *A, *B;
+    float *C;
+} sgemm_job;
+
+static void sgemm_part(void *arg, int ith, int nth) {
+    sgemm_job *j = arg;
+    int per = (j->M + nth - 1) / nth, m0 = ith * per, m1 = m0 + per > j->M ? j->M : m0 + per;
+    if (m1 <= m0) return;
+    /* rows m0..m1 of op(A): A itself when not transposed, else columns m0..m1 of A */
+    const float *A = j->ta ? j->A + m0 : j->A + (size_t)m0 * j->lda;
+    cblas_sgemm(CblasRowMajor, j->ta ? CblasTrans : CblasNoTrans, j->tb ? CblasTrans : CblasNoTrans, m1 - m0, j->N,
+                j->K, j->alpha, A, j->lda, j->B, j->ldb, j->beta, j->C + (size_t)m0 * j->ldc, j->ldc);
+}
+
+static void par_sgemm(dsa_pool *pool, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc) {
+    sgemm_job j = {ta, tb, M, N, K, lda, ldb, ldc, alpha, beta, A, B, C};
+    dsa_pool_run(pool, sgemm_part, &j);
 }
 
 typedef struct {
@@ -282,21 +308,19 @@ double dsa_indexer_loss_grad(const dsa_indexer *ix, int layer, const float *h, i
     const float *W = ix->W + (size_t)layer * R * E;
     step_job j = {ws, layer, t0, t1, sparse_k, p, p_stride, gln};
     /* forward */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t1, R, E, 1.0f, h, E, W, E, 0.0f, ws->P, R);
+    dsa_pool *pl = ws->pool;
+    par_sgemm(pl, 0, 1, t1, R, E, 1.0f, h, E, W, E, 0.0f, ws->P, R);
     dsa_pool_run(ws->pool, keys_fwd, &j);
     dsa_pool_run(ws->pool, queries_fwd, &j);
     for (int hh = 0; hh < H; hh++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, t1, d, 1.0f, ws->Q + (size_t)hh * m * d, d, ws->K, d,
-                    0.0f, ws->A + (size_t)hh * m * t1, t1);
+        par_sgemm(pl, 0, 1, m, t1, d, 1.0f, ws->Q + (size_t)hh * m * d, d, ws->K, d, 0.0f, ws->A + (size_t)hh * m * t1, t1);
     dsa_pool_run(ws->pool, rows_part, &j);
     /* backward */
     memset(ws->dK, 0, (size_t)t1 * d * sizeof(float));
     for (int hh = 0; hh < H; hh++) {
         const float *G = ws->A + (size_t)hh * m * t1;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, d, t1, 1.0f, G, t1, ws->K, d, 0.0f,
-                    ws->dQ + (size_t)hh * m * d, d);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t1, d, m, 1.0f, G, t1, ws->Q + (size_t)hh * m * d, d,
-                    1.0f, ws->dK, d);
+        par_sgemm(pl, 0, 0, m, d, t1, 1.0f, G, t1, ws->K, d, 0.0f, ws->dQ + (size_t)hh * m * d, d);
+        par_sgemm(pl, 1, 0, t1, d, m, 1.0f, G, t1, ws->Q + (size_t)hh * m * d, d, 1.0f, ws->dK, d);
     }
     memset(ws->dP, 0, (size_t)t1 * R * sizeof(float));
     dsa_pool_run(ws->pool, queries_bwd, &j);
@@ -304,7 +328,7 @@ double dsa_indexer_loss_grad(const dsa_indexer *ix, int layer, const float *h, i
     int nth = dsa_pool_size(ws->pool);
     for (int t = 0; t < nth; t++)
         for (int i = 0; i < 2 * d; i++) gln[i] += ws->gln_part[(size_t)t * 2 * d + i];
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, E, t1, 1.0f, ws->dP, R, h, E, 1.0f, gW, E);
+    par_sgemm(pl, 1, 0, R, E, t1, 1.0f, ws->dP, R, h, E, 1.0f, gW, E);
     double loss = 0;
     for (int r = 0; r < m; r++) loss += ws->row_loss[r];
     return loss / m;
@@ -587,7 +611,6 @@ int dsa_train_indexer(dsa_model *m, const dsa_train_opts *o, void (*report)(cons
     char e[512];
     size_t nW = (size_t)ix->rows * E, nl = 2 * (size_t)ix->hp.head_dim;
     if (dsa_ctx_new(m, L, o->n_threads, &c, err, errlen)) goto done;
-    openblas_set_num_threads(dsa_pool_size(dsa_ctx_pool(c)));
     ws = dsa_train_ws_new(ix, L, rows, dsa_ctx_pool(c));
     cp.h = malloc((size_t)NL * L * E * sizeof(float));
     cp.q = malloc((size_t)NL * L * E * sizeof(float));

@@ -94,12 +94,12 @@ POD_SKIP = re.compile(r"^(perl\d*delta|perl5\d+delta|perltoc|perlartistic|perlgp
 # byte caps on the training documents of a family (the documents are ranked by their hash, so the cap
 # keeps a deterministic pseudo-random subset); families not listed are uncapped.
 TRAIN_CAPS = {
-    "info": 13_000_000,
-    "python": 5_000_000,
-    "postgres": 4_000_000,
-    "man": 3_500_000,
-    "perl": 3_500_000,
-    "git": 2_000_000,
+    "info": 18_000_000,
+    "python": 4_500_000,
+    "postgres": 3_500_000,
+    "man": 3_000_000,
+    "perl": 3_000_000,
+    "git": 1_500_000,
 }
 
 ENV = dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8", MANWIDTH="80", GROFF_SGR="")
@@ -507,12 +507,15 @@ def find_sources(lists):
             name = "txt-" + re.sub(r"\.(txt|text)(\.gz)?$", "", bn)
             srcs.append(Source(family, f"text:{pkg}:{path}", pkg, name, lambda p=real: text_file(p)))
 
-    # Perl pods
+    # Perl pods (/usr/share/perl/5.36 is a link to 5.36.0)
+    seen = set()
     for d in POD_DIRS:
         for path in sorted(glob.glob(os.path.join(d, "*.pod"))):
             bn = os.path.basename(path)
-            if POD_SKIP.match(bn):
+            real = os.path.realpath(path)
+            if POD_SKIP.match(bn) or real in seen or bn in seen:
                 continue
+            seen.update((real, bn))
             srcs.append(Source("perl", "pod:" + bn, "perl-doc", "perl-" + bn[:-4], lambda p=path: pod_to_text(p)))
 
     # man pages of the packages in MAN_PACKAGES
@@ -649,6 +652,7 @@ def main():
     ap.add_argument("--manifest-only", action="store_true", help="only rewrite MANIFEST.tsv (e.g. after chats)")
     ap.add_argument("--list-packages", action="store_true", help="print the Debian packages used and exit")
     ap.add_argument("-q", "--quiet", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="name the duplicates dropped")
     a = ap.parse_args()
 
     if a.list_packages:
@@ -683,6 +687,8 @@ def main():
         h = hashlib.sha256(text.encode("utf-8")).hexdigest()
         if h in seen_hash:
             dropped_dup += 1
+            if a.verbose:
+                log(f"  duplicate: {s.key} = {seen_hash[h]}")
             continue
         seen_hash[h] = s.key
         docs.append((s, cut_parts(text, a.max_part)))

@@ -547,8 +547,84 @@ static int cmd_chat(const opts *o) {
     return 0;
 }
 
+/* Decode speed at long contexts, dense vs DSA in one run: the cache is filled once (random tokens, DSA prefill),
+ * then the same gen_tokens are decoded after it twice, attending densely and sparsely.  The indexer's share is the
+ * time its projection, scores and top-k take out of the DSA decode. */
+static int bench_contexts(const opts *o) {
+    int ctxs[16], nc = 0;
+    for (const char *p = o->contexts; *p && nc < 16;) {
+        char *e;
+        long v = strtol(p, &e, 10);
+        if (e == p || v < 16 || v > (1 << 22)) die(2, "--contexts: '%s' is not a list of sizes", o->contexts);
+        ctxs[nc++] = (int)v;
+        p = *e == ',' ? e + 1 : e;
+        if (*e && *e != ',') die(2, "--contexts: '%s' is not a comma-separated list", o->contexts);
+    }
+    dsa_model *m = load_model(o);
+    const dsa_indexer *ix = tool_indexer();
+    if (!ix) die(1, "bench --contexts compares dense with DSA and needs an indexer (--indexer FILE)");
+    const dsa_hparams *hp = dsa_model_hparams(m);
+    float *lg = malloc((size_t)hp->n_vocab * sizeof *lg);
+    if (!lg) die(1, "out of memory");
+    json_t *rows = json_array();
+    char err[512];
+    for (int ci = 0; ci < nc; ci++) {
+        int C = ctxs[ci];
+        opts o2 = *o;
+        o2.n_ctx = C + o->gen_tokens + 1;
+        dsa_ctx *c = new_ctx(m, &o2);
+        int k = dsa_ctx_topk(c);
+        int32_t *ids = malloc((size_t)C * sizeof *ids);
+        if (!ids) die(1, "out of memory");
+        uint64_t x = 42;
+        for (int i = 0; i < C; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            ids[i] = (int32_t)((x >> 33) % (uint64_t)hp->n_vocab);
+        }
+        if (dsa_ctx_eval(c, ids, C, lg, 0, NULL, NULL, err, sizeof err)) die(1, "%s", err);
+        double tok_s[2] = {0, 0}, share = 0;
+        for (int r = 0; r < o->reps; r++)
+            for (int mode = 0; mode < 2; mode++) {
+                if (dsa_ctx_set_sparse(c, ix, mode ? DSA_SEL_INDEXER : DSA_SEL_DENSE, k, err, sizeof err)) die(1, "%s", err);
+                dsa_ctx_truncate(c, C);
+                dsa_ctx_reset_timers(c);
+                int32_t id = ids[C - 1];
+                double t0 = now_s();
+                for (int i = 0; i < o->gen_tokens; i++) {
+                    if (dsa_ctx_eval(c, &id, 1, lg, 0, NULL, NULL, err, sizeof err)) die(1, "%s", err);
+                    int best = 0;
+                    for (int v = 1; v < hp->n_vocab; v++) best = lg[v] > lg[best] ? v : best;
+                    id = best;
+                }
+                double el = now_s() - t0, ts = o->gen_tokens / el;
+                if (ts > tok_s[mode]) tok_s[mode] = ts; /* best of reps: the machine is shared */
+                if (mode) share = dsa_ctx_indexer_seconds(c) / el;
+            }
+        json_array_append_new(rows, json_pack("{s:i,s:i,s:f,s:f,s:f,s:f}", "context", C, "k", k, "dense_tok_s", tok_s[0],
+                                              "dsa_tok_s", tok_s[1], "speedup", tok_s[1] / tok_s[0], "indexer_share", share));
+        if (!o->json)
+            printf("context %5d: decode dense %.1f tok/s, DSA (k %d) %.1f tok/s, %.2fx; indexer %.0f%% of DSA decode\n", C,
+                   tok_s[0], k, tok_s[1], tok_s[1] / tok_s[0], share * 100);
+        free(ids);
+        dsa_ctx_free(c);
+    }
+    if (o->json) {
+        json_t *j = json_pack("{s:i,s:i,s:s,s:o}", "threads", o->threads, "gen_tokens", o->gen_tokens, "cpu", dsa_cpu_name(),
+                              "contexts", rows);
+        json_object_set_new(j, "indexer", json_pack("{s:i,s:i,s:i}", "heads", ix->hp.n_head, "dim", ix->hp.head_dim,
+                                                   "rope_dims", ix->hp.rope_dim));
+        print_json(j);
+    } else {
+        json_decref(rows);
+    }
+    free(lg);
+    dsa_model_free(m);
+    return 0;
+}
+
 /* Prefill a prompt of random tokens and decode greedily: the numbers bench/vs_llamacpp.py compares. */
 static int cmd_bench(const opts *o) {
+    if (o->contexts) return bench_contexts(o);
     dsa_model *m = load_model(o);
     const dsa_hparams *hp = dsa_model_hparams(m);
     opts o2 = *o;

@@ -483,7 +483,7 @@ def find_sources(lists):
         rel = os.path.relpath(gkey, "/usr/share/info")
 
         def load(parts=parts):
-            return normalise(info_to_text("\n".join(decode(read_bytes(p)) for p in parts)))
+            return normalise(info_to_text("\n\x1f\n".join(decode(read_bytes(p)) for p in parts)))
         srcs.append(Source("info", "info:" + rel, d["pkg"], "info-" + rel.replace("/", "-"), load))
 
     # HTML manuals and books

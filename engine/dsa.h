@@ -92,6 +92,11 @@ void dsa_ctx_index_keys(const dsa_ctx *c, int layer, const uint8_t **k8, const f
  * queries after RoPE, for positions pos0 .. pos0+n-1 (the KV cache already holds them). */
 /* Inside a layer hook: the indexer's queries (n × H·d) and weights (n × H) of the batch, NULL without an indexer. */
 void dsa_ctx_index_queries(const dsa_ctx *c, const float **q, const float **w);
+/* Capture the attention probabilities (mean over heads) of each batch, for the trainer's targets and the recall
+ * measurement: inside a layer hook dsa_ctx_batch_probs gives n rows of n_ctx floats, row r valid for positions
+ * 0 .. pos0+r (zero where a sparse selection left a position out).  0, or -1 out of memory. */
+int dsa_ctx_capture_probs(dsa_ctx *c, int on);
+const float *dsa_ctx_batch_probs(const dsa_ctx *c);
 typedef void (*dsa_layer_hook)(void *ud, int layer, int pos0, int n, const float *h, const float *q);
 void dsa_ctx_set_layer_hook(dsa_ctx *c, dsa_layer_hook fn, void *ud);
 

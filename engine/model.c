@@ -79,6 +79,7 @@ struct dsa_ctx {
     float *scores2;    /* [threads][n_ctx] */
     dsa_layer_hook hook;
     void *hook_ud;
+    float *pcap;       /* [batch][n_ctx] attention probabilities summed over heads / heads (capture on) */
     double idx_sec;
 };
 
@@ -389,6 +390,7 @@ void dsa_ctx_free(dsa_ctx *c) {
     free(c->sel_n);
     free(c->tkscratch);
     free(c->scores2);
+    free(c->pcap);
     free(c);
 }
 
@@ -465,6 +467,13 @@ void dsa_ctx_index_queries(const dsa_ctx *c, const float **q, const float **w) {
     *q = c->ix ? c->iq : NULL;
     *w = c->ix ? c->iw : NULL;
 }
+int dsa_ctx_capture_probs(dsa_ctx *c, int on) {
+    free(c->pcap);
+    c->pcap = NULL;
+    if (on && !(c->pcap = malloc((size_t)MAX_BATCH * c->n_ctx * sizeof *c->pcap))) return -1;
+    return 0;
+}
+const float *dsa_ctx_batch_probs(const dsa_ctx *c) { return c->pcap; }
 void dsa_ctx_set_layer_hook(dsa_ctx *c, dsa_layer_hook fn, void *ud) {
     c->hook = fn;
     c->hook_ud = ud;
@@ -595,26 +604,38 @@ static void attention_part(void *arg, int ith, int nth) {
     dsa_ctx *c = j->c;
     const dsa_hparams *hp = &c->m->hp;
     int H = hp->n_head, D = hp->head_dim, group = hp->n_head / hp->n_head_kv;
-    float scale = 1.0f / sqrtf((float)D);
+    float scale = 1.0f / sqrtf((float)D), inv_h = 1.0f / H;
     float *sc = c->scores + (size_t)ith * c->n_ctx;
     const uint16_t *K = c->kc + (size_t)j->layer * c->n_ctx * c->kv_dim;
     const uint16_t *V = c->vc + (size_t)j->layer * c->n_ctx * c->kv_dim;
-    for (int task = ith; task < j->n * H; task += nth) {
-        int t = task / H, h = task % H, kvh = h / group;
+    /* With the probabilities captured (dsa_ctx_capture_probs) a task is a whole token, so that one thread sums its
+     * heads; otherwise a (token, head) pair.  The arithmetic of each pair is the same either way. */
+    int per_token = c->pcap != NULL, tasks = per_token ? j->n : j->n * H;
+    for (int task = ith; task < tasks; task += nth) {
+        int t = per_token ? task : task / H, h0 = per_token ? 0 : task % H, h1 = per_token ? H : h0 + 1;
         int len = j->pos0 + t + 1;
-        const float *q = c->q + (size_t)t * hp->n_embd + h * D;
-        if (c->sel && c->sel_n[t] >= 0) {
-            const int32_t *idx = c->sel + (size_t)t * c->topk;
-            int ns = c->sel_n[t];
-            dsa_attn_scores_f16_idx(ns, D, K + kvh * D, (size_t)c->kv_dim, idx, q, scale, sc);
-            softmax(sc, ns);
-            dsa_attn_sum_f16_idx(ns, D, sc, V + kvh * D, (size_t)c->kv_dim, idx,
-                                 c->att + (size_t)t * hp->n_embd + h * D);
-            continue;
+        float *pc = per_token ? c->pcap + (size_t)t * c->n_ctx : NULL;
+        if (pc) memset(pc, 0, (size_t)len * sizeof *pc);
+        for (int h = h0; h < h1; h++) {
+            int kvh = h / group;
+            const float *q = c->q + (size_t)t * hp->n_embd + h * D;
+            float *o = c->att + (size_t)t * hp->n_embd + h * D;
+            if (c->sel && c->sel_n[t] >= 0) {
+                const int32_t *idx = c->sel + (size_t)t * c->topk;
+                int ns = c->sel_n[t];
+                dsa_attn_scores_f16_idx(ns, D, K + kvh * D, (size_t)c->kv_dim, idx, q, scale, sc);
+                softmax(sc, ns);
+                dsa_attn_sum_f16_idx(ns, D, sc, V + kvh * D, (size_t)c->kv_dim, idx, o);
+                if (pc)
+                    for (int i = 0; i < ns; i++) pc[idx[i]] += sc[i] * inv_h;
+                continue;
+            }
+            dsa_attn_scores_f16(len, D, K + kvh * D, (size_t)c->kv_dim, q, scale, sc);
+            softmax(sc, len);
+            dsa_attn_sum_f16(len, D, sc, V + kvh * D, (size_t)c->kv_dim, o);
+            if (pc)
+                for (int s = 0; s < len; s++) pc[s] += sc[s] * inv_h;
         }
-        dsa_attn_scores_f16(len, D, K + kvh * D, (size_t)c->kv_dim, q, scale, sc);
-        softmax(sc, len);
-        dsa_attn_sum_f16(len, D, sc, V + kvh * D, (size_t)c->kv_dim, c->att + (size_t)t * hp->n_embd + h * D);
     }
 }
 

@@ -487,14 +487,19 @@ static int corpus_fill(corpus *c, int32_t *ids, int n, char *err, size_t errlen)
 
 typedef struct {
     int n_layer, L, E;
-    float *h, *q; /* [layer][L][E] */
+    dsa_ctx *c;
+    float *h; /* [layer][L][E] the attention-normed inputs */
+    float *p; /* [layer][L][L] the targets: the forward pass's own attention probabilities, mean over heads */
 } capture;
 
 static void capture_hook(void *ud, int layer, int pos0, int n, const float *h, const float *q) {
+    (void)q;
     capture *cp = ud;
-    size_t off = ((size_t)layer * cp->L + pos0) * cp->E;
-    memcpy(cp->h + off, h, (size_t)n * cp->E * sizeof(float));
-    memcpy(cp->q + off, q, (size_t)n * cp->E * sizeof(float));
+    memcpy(cp->h + ((size_t)layer * cp->L + pos0) * cp->E, h, (size_t)n * cp->E * sizeof(float));
+    const float *pr = dsa_ctx_batch_probs(cp->c);
+    for (int r = 0; r < n; r++)
+        memcpy(cp->p + ((size_t)layer * cp->L + pos0 + r) * cp->L, pr + (size_t)r * dsa_ctx_n_ctx(cp->c),
+               (size_t)(pos0 + r + 1) * sizeof(float));
 }
 
 static double now_s(void) {
@@ -602,9 +607,9 @@ int dsa_train_indexer(dsa_model *m, const dsa_train_opts *o, void (*report)(cons
     dsa_ctx *c = NULL;
     dsa_train_ws *ws = NULL;
     corpus cor = {0}, held = {0};
-    capture cp = {NL, L, E, NULL, NULL};
+    capture cp = {NL, L, E, NULL, NULL, NULL};
     adam_state st = {0};
-    float *p = NULL, *gW = NULL, *gln = NULL;
+    float *gW = NULL, *gln = NULL;
     int32_t *ids = NULL, *hids = NULL;
     double *layer_loss = NULL;
     int rc = -1;
@@ -613,8 +618,7 @@ int dsa_train_indexer(dsa_model *m, const dsa_train_opts *o, void (*report)(cons
     if (dsa_ctx_new(m, L, o->n_threads, &c, err, errlen)) goto done;
     ws = dsa_train_ws_new(ix, L, rows, dsa_ctx_pool(c));
     cp.h = malloc((size_t)NL * L * E * sizeof(float));
-    cp.q = malloc((size_t)NL * L * E * sizeof(float));
-    p = malloc((size_t)rows * L * sizeof(float));
+    cp.p = malloc((size_t)NL * L * L * sizeof(float));
     gW = malloc(nW * sizeof(float));
     gln = malloc(nl * sizeof(float));
     ids = malloc((size_t)L * sizeof *ids);
@@ -624,7 +628,7 @@ int dsa_train_indexer(dsa_model *m, const dsa_train_opts *o, void (*report)(cons
     st.vW = calloc(nW * NL, sizeof(float));
     st.mln = calloc(nl * NL, sizeof(float));
     st.vln = calloc(nl * NL, sizeof(float));
-    if (!ws || !cp.h || !cp.q || !p || !gW || !gln || !ids || !hids || !layer_loss || !st.mW || !st.vW || !st.mln ||
+    if (!ws || !cp.h || !cp.p || !gW || !gln || !ids || !hids || !layer_loss || !st.mW || !st.vW || !st.mln ||
         !st.vln) {
         errf(err, errlen, "out of memory for training sequences of %d tokens", L);
         goto done;
@@ -642,6 +646,11 @@ int dsa_train_indexer(dsa_model *m, const dsa_train_opts *o, void (*report)(cons
         if (corpus_open(&held, o->heldout, dsa_model_tok(m), 1, err, errlen)) goto done;
         if (corpus_fill(&held, hids, L, err, errlen)) goto done;
         have_held = 1;
+    }
+    cp.c = c;
+    if (dsa_ctx_capture_probs(c, 1)) {
+        errf(err, errlen, "out of memory");
+        goto done;
     }
     dsa_ctx_set_layer_hook(c, capture_hook, &cp);
     double t_start = now_s() - st.elapsed;
@@ -661,15 +670,15 @@ int dsa_train_indexer(dsa_model *m, const dsa_train_opts *o, void (*report)(cons
         for (int l = 0; l < NL; l++) {
             double ll = 0;
             int steps = 0;
-            const float *hl = cp.h + (size_t)l * L * E, *ql = cp.q + (size_t)l * L * E;
+            const float *hl = cp.h + (size_t)l * L * E, *pl = cp.p + (size_t)l * L * L;
             /* the first query rows see only a handful of keys: the chunks start at the end so each one is a
              * full step, and one Adam step per chunk (per layer, all chunks taken in the same order) */
             for (int t1 = L; t1 > 0; t1 -= rows) {
                 int t0 = t1 - rows < 0 ? 0 : t1 - rows;
-                dsa_train_target(c, l, ql + (size_t)t0 * E, t0, t1, p, (size_t)L);
                 memset(gW, 0, nW * sizeof *gW);
                 memset(gln, 0, nl * sizeof *gln);
-                ll += dsa_indexer_loss_grad(ix, l, hl, t0, t1, p, (size_t)L, o->sparse_k, gW, gln, ws) * (t1 - t0);
+                ll += dsa_indexer_loss_grad(ix, l, hl, t0, t1, pl + (size_t)t0 * L, (size_t)L, o->sparse_k, gW, gln, ws) *
+                      (t1 - t0);
                 steps += t1 - t0;
                 long t = (st.step - 1) * ((L + rows - 1) / rows) + (L - t1) / rows + 1;
                 adam_update(ix->W + (size_t)l * nW, gW, st.mW + (size_t)l * nW, st.vW + (size_t)l * nW, nW, o->lr, t);
@@ -694,8 +703,8 @@ int dsa_train_indexer(dsa_model *m, const dsa_train_opts *o, void (*report)(cons
             double hs = 0;
             for (int l = 0; l < NL; l++) {
                 int t0 = L - rows;
-                dsa_train_target(c, l, cp.q + ((size_t)l * L + t0) * E, t0, L, p, (size_t)L);
-                hs += dsa_indexer_loss_grad(ix, l, cp.h + (size_t)l * L * E, t0, L, p, (size_t)L, o->sparse_k, gW, gln, ws);
+                hs += dsa_indexer_loss_grad(ix, l, cp.h + (size_t)l * L * E, t0, L, cp.p + ((size_t)l * L + t0) * L,
+                                            (size_t)L, o->sparse_k, gW, gln, ws);
             }
             hl_loss = hs / NL;
             st.elapsed = now_s() - t_start;
@@ -732,8 +741,8 @@ done:
     corpus_free(&held);
     dsa_train_ws_free(ws);
     dsa_ctx_free(c);
-    plural_free(cp.h, cp.q, p, gW);
-    plural_free(gln, ids, hids, layer_loss);
+    plural_free(cp.h, cp.p, gW, gln);
+    plural_free(ids, hids, layer_loss, NULL);
     plural_free(st.mW, st.vW, st.mln, st.vln);
     dsa_indexer_free(ix);
     return rc;

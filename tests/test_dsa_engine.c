@@ -16,6 +16,7 @@
 
 #include "dsa.h"
 #include "testutil.h"
+#include "train.h"
 
 static dsa_model *m;
 static dsa_indexer *ix;
@@ -120,6 +121,49 @@ static void test_sidecar(void) {
     free(dp);
 }
 
+/* The probabilities the forward pass captures equal the trainer's own recomputation of the targets. */
+typedef struct {
+    dsa_ctx *c;
+    double worst;
+    int rows;
+} cap_state;
+
+static void cap_hook(void *ud, int layer, int pos0, int n, const float *h, const float *q) {
+    (void)h;
+    cap_state *st = ud;
+    if (layer % 7) return;
+    int nc = dsa_ctx_n_ctx(st->c);
+    float *p = malloc((size_t)n * nc * sizeof *p);
+    dsa_train_target(st->c, layer, q, pos0, pos0 + n, p, (size_t)nc);
+    const float *pr = dsa_ctx_batch_probs(st->c);
+    for (int r = 0; r < n; r++) {
+        double sum = 0;
+        for (int s = 0; s <= pos0 + r; s++) {
+            st->worst = fmax(st->worst, fabs(p[(size_t)r * nc + s] - pr[(size_t)r * nc + s]));
+            sum += pr[(size_t)r * nc + s];
+        }
+        st->worst = fmax(st->worst, fabs(sum - 1));
+        st->rows++;
+    }
+    free(p);
+}
+
+static void test_capture(void) {
+    char err[512];
+    dsa_ctx *c;
+    CHECK(dsa_ctx_new(m, 400, 2, &c, err, sizeof err) == 0, "%s", err);
+    CHECK(dsa_ctx_capture_probs(c, 1) == 0, "capture");
+    cap_state st = {c, 0, 0};
+    dsa_ctx_set_layer_hook(c, cap_hook, &st);
+    int32_t ids[300];
+    uint64_t s = 17;
+    for (int i = 0; i < 300; i++) ids[i] = (int32_t)(tu_splitmix(&s) % 49152);
+    CHECK(dsa_ctx_eval(c, ids, 300, NULL, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(st.rows == 300 * 5 && st.worst < 1e-5, "captured probabilities vs recomputed targets: %d rows, worst %g",
+          st.rows, st.worst);
+    dsa_ctx_free(c);
+}
+
 int main(void) {
     char err[512];
     if (dsa_model_load(tu_model_path(), &m, NULL, NULL, err, sizeof err)) {
@@ -129,6 +173,7 @@ int main(void) {
     dsa_indexer_hp hp = {4, 32, 16, 100000.0f, 64, 1e-6f};
     CHECK(dsa_indexer_new(&hp, m, 9, &ix, err, sizeof err) == 0, "%s", err);
     test_forward();
+    test_capture();
     test_sidecar();
     dsa_indexer_free(ix);
     dsa_model_free(m);

@@ -114,7 +114,7 @@ typedef struct {
     int nc, nk, stride;
     const int *ctxs, *ks;
     int layer, pos0, n;
-    const float *q;
+    const float *q, *probs;
     /* sums[layer][ctx][k][method], rows[ctx][k] (counted on layer 0) */
     double *sums;
     long *rows;
@@ -129,14 +129,13 @@ static void recall_rows(void *arg, int ith, int nth) {
     recall_state *rs = arg;
     dsa_ctx *c = rs->c;
     const dsa_hparams *hp = dsa_model_hparams(dsa_ctx_model(c));
-    int n_ctx = dsa_ctx_n_ctx(c), D = hp->head_dim, group = hp->n_head / hp->n_head_kv, kvd = dsa_ctx_kv_dim(c);
-    float *p = rs->scratch + (size_t)ith * 3 * n_ctx, *sc = p + n_ctx, *isc = sc + n_ctx;
+    int n_ctx = dsa_ctx_n_ctx(c);
+    (void)hp;
+    float *isc = rs->scratch + (size_t)ith * n_ctx;
     int32_t *idx = rs->idx + (size_t)ith * n_ctx;
     uint64_t *tk = rs->tk + (size_t)ith * n_ctx;
     double *part = rs->part + (size_t)ith * rs->nc * rs->nk * NMETH;
     long *prow = rs->part_rows + (size_t)ith * rs->nc * rs->nk;
-    const uint16_t *K, *V;
-    dsa_ctx_kv(c, rs->layer, &K, &V);
     const uint8_t *k8;
     const float *ks8, *iq, *iw;
     dsa_ctx_index_keys(c, rs->layer, &k8, &ks8);
@@ -148,15 +147,8 @@ static void recall_rows(void *arg, int ith, int nth) {
         int t = rs->pos0 + r, len = t + 1;
         if (t % rs->stride || len <= rs->ks[0]) continue;
         if (cnt++ % nth != ith) continue;
-        memset(p, 0, (size_t)len * sizeof *p);
-        for (int h = 0; h < hp->n_head; h++) {
-            dsa_attn_scores_f16(len, D, K + (h / group) * D, (size_t)kvd, rs->q + (size_t)r * hp->n_embd + h * D,
-                                1.0f / sqrtf((float)D), sc);
-            float mx = -INFINITY, z = 0;
-            for (int s = 0; s < len; s++) mx = sc[s] > mx ? sc[s] : mx;
-            for (int s = 0; s < len; s++) z += sc[s] = expf(sc[s] - mx);
-            for (int s = 0; s < len; s++) p[s] += sc[s] / z / hp->n_head;
-        }
+        /* the dense run's own probabilities, captured by the forward pass */
+        const float *p = rs->probs + (size_t)r * n_ctx;
         dsa_indexer_scores(len, H_I, d_I, k8, ks8, iq + (size_t)r * H_I * d_I, iw + (size_t)r * H_I, isc);
         for (int ki = 0; ki < rs->nk; ki++) {
             int k = rs->ks[ki];
@@ -181,7 +173,7 @@ static void recall_rows(void *arg, int ith, int nth) {
 static void recall_hook(void *ud, int layer, int pos0, int n, const float *h, const float *q) {
     (void)h;
     recall_state *rs = ud;
-    rs->layer = layer, rs->pos0 = pos0, rs->n = n, rs->q = q;
+    rs->layer = layer, rs->pos0 = pos0, rs->n = n, rs->q = q, rs->probs = dsa_ctx_batch_probs(rs->c);
     dsa_pool *pool = dsa_ctx_pool(rs->c);
     int nth = dsa_pool_size(pool), cells = rs->nc * rs->nk;
     memset(rs->part, 0, (size_t)nth * cells * NMETH * sizeof *rs->part);
@@ -206,6 +198,7 @@ static void run_nll(dsa_model *m, const opts *o, const dsa_indexer *ix, dsa_sele
     if (dsa_ctx_set_sparse(c, ix, mode, k, err, sizeof err)) die(1, "%s", err);
     if (rs) {
         rs->c = c;
+        if (dsa_ctx_capture_probs(c, 1)) die(1, "out of memory");
         dsa_ctx_set_layer_hook(c, recall_hook, rs);
     }
     int V = dsa_model_hparams(m)->n_vocab, B = 256;
@@ -336,10 +329,10 @@ int cmd_eval(const opts *o_, int argc, char **argv) {
         nth = dsa_pool_size(probe);
         dsa_pool_free(probe);
     }
-    rs.ix = ix, rs.nc = nc, rs.nk = nk, rs.ctxs = ctxs, rs.ks = ks, rs.stride = 8;
+    rs.ix = ix, rs.nc = nc, rs.nk = nk, rs.ctxs = ctxs, rs.ks = ks, rs.stride = 4;
     rs.sums = calloc((size_t)hp->n_layer * cells * NMETH, sizeof *rs.sums);
     rs.rows = calloc((size_t)cells, sizeof *rs.rows);
-    rs.scratch = malloc((size_t)nth * 3 * C * sizeof *rs.scratch);
+    rs.scratch = malloc((size_t)nth * C * sizeof *rs.scratch);
     rs.idx = malloc((size_t)nth * C * sizeof *rs.idx);
     rs.tk = malloc((size_t)nth * C * sizeof *rs.tk);
     rs.part = malloc((size_t)nth * cells * NMETH * sizeof *rs.part);

@@ -109,7 +109,8 @@ expect_fail 1 "unsupported architecture 'mamba' \(supported: llama, qwen2\)" "$D
 expect_fail 1 "does not fit the context" "$DSA" -m "$MODEL" --ctx 16 generate "$(printf 'word %.0s' {1..40})"
 run "$DSA" -m "$MODEL" --ctx 32 --truncate -n 4 --temp 0 --json generate "$(printf 'word %.0s' {1..40})"
 [ $rc -eq 0 ] && json 'assert d["stats"]["prompt_tokens"] == 28, d' && ok || bad "--truncate: $out $err"
-expect_fail 1 "not available in this build" "$DSA" -m "$MODEL" --topk 64 generate hi
+expect_fail 2 "does not go with" "$DSA" -m "$MODEL" --dense --topk 64 generate hi
+expect_fail 1 "not an indexer" "$DSA" -m "$MODEL" --indexer "$MODEL" generate hi
 
 echo "cli_dsa: $pass passed, $fail failed"
 [ $fail -eq 0 ]

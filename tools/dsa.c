@@ -149,6 +149,7 @@ static void prefill_progress(int done, int total, void *ud) {
 }
 
 static dsa_indexer *g_ix;
+static char g_ix_path[4096];
 const dsa_indexer *tool_indexer(void) { return g_ix; }
 
 /* The model, and unless --dense its DSA indexer: --indexer FILE, else the sidecar beside the model or the one
@@ -166,12 +167,14 @@ dsa_model *load_model(const opts *o) {
     if (dsa_model_load(path, &m, load_progress, (void *)base, err, sizeof err)) die(1, "%s", err);
     if (!o->dense) {
         char *ip = o->indexer ? strdup(o->indexer) : dsa_indexer_default_path(path);
+        if (ip) snprintf(g_ix_path, sizeof g_ix_path, "%s", ip);
         if (ip && dsa_indexer_load(ip, m, &g_ix, err, sizeof err)) {
             if (o->indexer) die(1, "%s", err);
             fprintf(stderr, "dsa: ignoring the default indexer: %s\n", err);
         } else if (!ip) {
             if (o->topk_dsa) die(1, "--topk: no DSA indexer for %s (pass --indexer FILE or train one with 'dsa train-indexer')", base);
-            fprintf(stderr, "dsa: no DSA indexer for %s: attending densely (train one with 'dsa train-indexer')\n", base);
+            if (tty_progress)
+                fprintf(stderr, "dsa: no DSA indexer for %s: attending densely (train one with 'dsa train-indexer')\n", base);
         }
         free(ip);
     }
@@ -435,6 +438,20 @@ static int cmd_info(const opts *o) {
     }
 #endif
     json_object_set_new(j, "cuda", json_string(cuda));
+    char dsa_line[4600];
+    if (g_ix) {
+        json_object_set_new(j, "dsa", json_pack("{s:s,s:i,s:i,s:i,s:i,s:s,s:s}", "indexer", g_ix_path, "heads",
+                                                g_ix->hp.n_head, "dim", g_ix->hp.head_dim, "rope_dims", g_ix->hp.rope_dim,
+                                                "top_k", o->topk_dsa > 0 ? o->topk_dsa : g_ix->hp.top_k, "fingerprint",
+                                                dsa_model_fingerprint(m), "provenance",
+                                                g_ix->provenance ? g_ix->provenance : ""));
+        snprintf(dsa_line, sizeof dsa_line, "on, k %d: %s (%d heads × %d dims, RoPE on %d)",
+                 o->topk_dsa > 0 ? o->topk_dsa : g_ix->hp.top_k, g_ix_path, g_ix->hp.n_head, g_ix->hp.head_dim,
+                 g_ix->hp.rope_dim);
+    } else {
+        json_object_set_new(j, "dsa", json_null());
+        snprintf(dsa_line, sizeof dsa_line, "%s", o->dense ? "off (--dense)" : "off: no indexer for this model");
+    }
     if (o->json) {
         print_json(j);
     } else {
@@ -457,6 +474,8 @@ static int cmd_info(const opts *o) {
             if (counts[t]) printf(" %s×%llu", dsa_type_name(t), (unsigned long long)counts[t]);
         printf("\ncpu        %s\n", dsa_cpu_name());
         printf("cuda       %s\n", cuda);
+        printf("dsa        %s\n", dsa_line);
+        printf("fingerprint %s\n", dsa_model_fingerprint(m));
         json_decref(j);
     }
     dsa_model_free(m);

@@ -515,6 +515,7 @@ static void matmul(dsa_ctx *c, const wmat *w, const float *X, int n, float *Y) {
 typedef struct {
     dsa_ctx *c;
     int layer, n, pos0;
+    const float *pre; /* one-token decode: the index scores, already computed by all threads (index_scores_split) */
 } att_job;
 
 static void softmax(float *x, int n) {
@@ -534,6 +535,21 @@ static uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
+}
+
+/* One-token decode: the index scores of the token against all keys, a slice of keys per thread.  Every score is
+ * computed exactly as select_part would, so decode and prefill still select the same sets. */
+static void index_scores_split(void *arg, int ith, int nth) {
+    att_job *j = arg;
+    dsa_ctx *c = j->c;
+    const dsa_indexer_hp *ih = &c->ix->hp;
+    int len = j->pos0 + 1, per = (len + nth - 1) / nth, s0 = ith * per, s1 = s0 + per < len ? s0 + per : len;
+    if (s1 <= s0) return;
+    const uint8_t *k8;
+    const float *ks;
+    dsa_ctx_index_keys(c, j->layer, &k8, &ks);
+    dsa_indexer_scores(s1 - s0, ih->n_head, ih->head_dim, k8 + (size_t)s0 * ih->head_dim, ks + s0, c->iq, c->iw,
+                       c->scores2 + s0);
 }
 
 /* One token per task: which positions its attention reads.  The set is shared by all heads (DeepSeek's choice;
@@ -558,9 +574,10 @@ static void select_part(void *arg, int ith, int nth) {
             const uint8_t *k8;
             const float *ks;
             dsa_ctx_index_keys(c, j->layer, &k8, &ks);
-            dsa_indexer_scores(len, ih->n_head, ih->head_dim, k8, ks, c->iq + (size_t)t * ih->n_head * ih->head_dim,
-                               c->iw + (size_t)t * ih->n_head, sc);
-            c->sel_n[t] = dsa_topk(len, sc, k, idx, c->tkscratch + (size_t)ith * c->n_ctx);
+            if (!j->pre)
+                dsa_indexer_scores(len, ih->n_head, ih->head_dim, k8, ks, c->iq + (size_t)t * ih->n_head * ih->head_dim,
+                                   c->iw + (size_t)t * ih->n_head, sc);
+            c->sel_n[t] = dsa_topk(len, j->pre ? j->pre : sc, k, idx, c->tkscratch + (size_t)ith * c->n_ctx);
             break;
         }
         case DSA_SEL_ORACLE: {
@@ -678,7 +695,7 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
             dsa_f32_to_f16_row(KV, k, kc + (size_t)t * KV);
             dsa_f32_to_f16_row(KV, v, vc + (size_t)t * KV);
         }
-        att_job aj = {c, l, n, c->pos};
+        att_job aj = {c, l, n, c->pos, NULL};
         if (c->ix) {
             /* the lightning indexer: its keys join the cache for every token, whatever the mode */
             double t0 = now_sec();
@@ -692,7 +709,15 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
                                     c->iw + (size_t)t * ix->hp.n_head);
                 dsa_fp8_quant_row(d, kbuf, c->ik + slot * d, c->iks + slot);
             }
-            if (c->mode == DSA_SEL_INDEXER) dsa_pool_run(c->pool, select_part, &aj);
+            if (c->mode == DSA_SEL_INDEXER) {
+                if (n == 1 && c->pos + 1 > c->topk) {
+                    /* scores into the first thread's row of scores2, which select_part then only ranks */
+                    dsa_pool_run(c->pool, index_scores_split, &aj);
+                    aj.pre = c->scores2;
+                }
+                dsa_pool_run(c->pool, select_part, &aj);
+                aj.pre = NULL;
+            }
             c->idx_sec += now_sec() - t0;
         }
         if (c->sel && c->mode != DSA_SEL_INDEXER) dsa_pool_run(c->pool, select_part, &aj);

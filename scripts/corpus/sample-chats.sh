@@ -206,6 +206,6 @@ for f in "$out"/train/chat-*.txt "$out"/heldout/chat-*.txt; do
   rel="${f#"$out"/}"
   case " ${keep[*]} " in *" $rel "*) ;; *) rm -f "$f" ;; esac
 done
-mv "$tsv" "$out/chats.tsv"
+if cmp -s "$tsv" "$out/chats.tsv"; then rm -f "$tsv"; else mv "$tsv" "$out/chats.tsv"; fi
 echo "sample-chats: $made sampled, $kept kept, in $(( $(date +%s) - t0 )) s ($out)" >&2
 python3 "$root/scripts/corpus/make-corpus.py" --out "$out" --manifest-only >/dev/null

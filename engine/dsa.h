@@ -23,6 +23,8 @@ typedef struct {
     float rope_base;
     int top_k;       /* default k */
     float norm_eps;  /* of the key's LayerNorm */
+    int dense_layers; /* the first dense_layers layers keep dense attention (their attention is too diffuse for any
+                         k-subset: see docs/dsa-report.md); 0 = DSA everywhere */
 } dsa_indexer_hp;
 
 /* The weights of all layers.  Row layout of a layer's projection W (rows × n_embd, f32):
@@ -80,6 +82,8 @@ typedef enum {
  * token.  k <= 0 takes the indexer's default.  0 or -1 with err. */
 int dsa_ctx_set_sparse(dsa_ctx *c, const dsa_indexer *ix, dsa_select_mode mode, int k, char *err, size_t errlen);
 dsa_select_mode dsa_ctx_select_mode(const dsa_ctx *c);
+/* Override the indexer's dense_layers (n >= 0) or go back to it (n < 0). */
+void dsa_ctx_set_dense_layers(dsa_ctx *c, int n);
 int dsa_ctx_topk(const dsa_ctx *c);
 
 /* Caches, for the trainer, the evaluator and the session store: K/V rows of a layer (kv_dim halfs apart) and the

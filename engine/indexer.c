@@ -3,7 +3,7 @@
  *
  * Sidecar layout (GGUF v3, general.architecture = "dsa-indexer"):
  *   dsa.indexer.{head_count, key_length, rope.dimension_count, rope.freq_base, top_k, layer_norm_epsilon,
- *                block_count, embedding_length}
+ *                block_count, embedding_length, dense_layers (optional, default 0)}
  *   dsa.base.fingerprint   "xxh3-64:…" of the base model file; dsa.base.name its file name
  *   dsa.provenance         how it was trained (free text)
  *   blk.N.idx_proj.weight   [n_embd, H·d + d + H]  Wq, Wk, Ww stacked (see dsa.h), F16 or F32
@@ -37,6 +37,8 @@ int dsa_indexer_hp_check(const dsa_indexer_hp *hp, char *err, size_t errlen) {
     if (hp->rope_dim && !(hp->rope_base > 1.0f))
         return errf(err, errlen, "indexer RoPE base %g must be > 1", hp->rope_base);
     if (hp->top_k < 1) return errf(err, errlen, "indexer top-k %d must be positive", hp->top_k);
+    if (hp->dense_layers < 0 || hp->dense_layers > 4096)
+        return errf(err, errlen, "indexer dense layers %d out of range", hp->dense_layers);
     if (!(hp->norm_eps > 0 && hp->norm_eps < 1)) return errf(err, errlen, "indexer norm epsilon %g out of range", hp->norm_eps);
     return 0;
 }
@@ -160,8 +162,11 @@ int dsa_indexer_load(const char *path, const dsa_model *m_, dsa_indexer **out, c
         get_u(g, "dsa.indexer.top_k", &hp.top_k, e, sizeof e) ||
         get_f(g, "dsa.indexer.layer_norm_epsilon", &hp.norm_eps, e, sizeof e) ||
         get_u(g, "dsa.indexer.block_count", &n_layer, e, sizeof e) ||
-        get_u(g, "dsa.indexer.embedding_length", &n_embd, e, sizeof e) || dsa_indexer_hp_check(&hp, e, sizeof e))
+        get_u(g, "dsa.indexer.embedding_length", &n_embd, e, sizeof e))
         goto fail;
+    if (gguf_find(g, "dsa.indexer.dense_layers") && get_u(g, "dsa.indexer.dense_layers", &hp.dense_layers, e, sizeof e))
+        goto fail;
+    if (dsa_indexer_hp_check(&hp, e, sizeof e)) goto fail;
     dsa_str fp;
     if (gguf_get_str(g, "dsa.base.fingerprint", &fp)) {
         errf(e, sizeof e, "missing dsa.base.fingerprint");
@@ -227,6 +232,7 @@ int dsa_indexer_save(const dsa_indexer *ix, const char *path, int f32, char *err
               gguf_w_f32(w, "dsa.indexer.layer_norm_epsilon", hp->norm_eps) ||
               gguf_w_u32(w, "dsa.indexer.block_count", (uint32_t)ix->n_layer) ||
               gguf_w_u32(w, "dsa.indexer.embedding_length", (uint32_t)ix->n_embd) ||
+              gguf_w_u32(w, "dsa.indexer.dense_layers", (uint32_t)hp->dense_layers) ||
               gguf_w_str(w, "dsa.base.fingerprint", ix->base_fingerprint) ||
               gguf_w_str(w, "dsa.base.name", ix->base_name) ||
               gguf_w_str(w, "dsa.provenance", ix->provenance ? ix->provenance : "");

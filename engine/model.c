@@ -69,6 +69,7 @@ struct dsa_ctx {
     const dsa_indexer *ix;
     dsa_select_mode mode;
     int topk;
+    int dense_layers;  /* leading layers that attend densely; -1: the indexer's */
     uint8_t *ik;       /* [layer][n_ctx][d] FP8 e4m3 indexer keys */
     float *iks;        /* [layer][n_ctx] their scales */
     float *iproj;      /* [batch][rows] W·h */
@@ -327,6 +328,7 @@ int dsa_ctx_new(dsa_model *m, int n_ctx, int n_threads, dsa_ctx **out, char *err
     if (!c) return errf(err, errlen, "out of memory");
     c->m = m;
     c->n_ctx = n_ctx;
+    c->dense_layers = -1;
     c->kv_dim = hp->n_head_kv * hp->head_dim;
     c->pool = dsa_pool_new(n_threads);
     int nth = dsa_pool_size(c->pool);
@@ -449,6 +451,7 @@ int dsa_ctx_set_sparse(dsa_ctx *c, const dsa_indexer *ix, dsa_select_mode mode, 
 }
 
 dsa_select_mode dsa_ctx_select_mode(const dsa_ctx *c) { return c->mode; }
+void dsa_ctx_set_dense_layers(dsa_ctx *c, int n) { c->dense_layers = n < 0 ? -1 : n; }
 int dsa_ctx_topk(const dsa_ctx *c) { return c->topk; }
 int dsa_ctx_kv_dim(const dsa_ctx *c) { return c->kv_dim; }
 void dsa_ctx_kv(const dsa_ctx *c, int l, const uint16_t **K, const uint16_t **V) {
@@ -515,6 +518,7 @@ static void matmul(dsa_ctx *c, const wmat *w, const float *X, int n, float *Y) {
 typedef struct {
     dsa_ctx *c;
     int layer, n, pos0;
+    int sparse;       /* this layer selects (c->sel is set and the layer is not one of the dense ones) */
     const float *pre; /* one-token decode: the index scores, already computed by all threads (index_scores_split) */
 } att_job;
 
@@ -637,7 +641,7 @@ static void attention_part(void *arg, int ith, int nth) {
             int kvh = h / group;
             const float *q = c->q + (size_t)t * hp->n_embd + h * D;
             float *o = c->att + (size_t)t * hp->n_embd + h * D;
-            if (c->sel && c->sel_n[t] >= 0) {
+            if (j->sparse && c->sel_n[t] >= 0) {
                 const int32_t *idx = c->sel + (size_t)t * c->topk;
                 int ns = c->sel_n[t];
                 dsa_attn_scores_f16_idx(ns, D, K + kvh * D, (size_t)c->kv_dim, idx, q, scale, sc);
@@ -695,7 +699,8 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
             dsa_f32_to_f16_row(KV, k, kc + (size_t)t * KV);
             dsa_f32_to_f16_row(KV, v, vc + (size_t)t * KV);
         }
-        att_job aj = {c, l, n, c->pos, NULL};
+        int dl = c->dense_layers >= 0 ? c->dense_layers : c->ix ? c->ix->hp.dense_layers : 0;
+        att_job aj = {c, l, n, c->pos, c->sel != NULL && l >= dl, NULL};
         if (c->ix) {
             /* the lightning indexer: its keys join the cache for every token, whatever the mode */
             double t0 = now_sec();
@@ -709,7 +714,7 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
                                     c->iw + (size_t)t * ix->hp.n_head);
                 dsa_fp8_quant_row(d, kbuf, c->ik + slot * d, c->iks + slot);
             }
-            if (c->mode == DSA_SEL_INDEXER) {
+            if (c->mode == DSA_SEL_INDEXER && aj.sparse) {
                 if (n == 1 && c->pos + 1 > c->topk) {
                     /* scores into the first thread's row of scores2, which select_part then only ranks */
                     dsa_pool_run(c->pool, index_scores_split, &aj);
@@ -720,7 +725,7 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
             }
             c->idx_sec += now_sec() - t0;
         }
-        if (c->sel && c->mode != DSA_SEL_INDEXER) dsa_pool_run(c->pool, select_part, &aj);
+        if (aj.sparse && c->mode != DSA_SEL_INDEXER) dsa_pool_run(c->pool, select_part, &aj);
         dsa_pool_run(c->pool, attention_part, &aj);
         if (c->hook) c->hook(c->hook_ud, l, c->pos, n, c->xb, c->q);
         matmul(c, &L->wo, c->att, n, c->xb2);

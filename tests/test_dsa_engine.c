@@ -170,7 +170,7 @@ int main(void) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    dsa_indexer_hp hp = {4, 32, 16, 100000.0f, 64, 1e-6f};
+    dsa_indexer_hp hp = {4, 32, 16, 100000.0f, 64, 1e-6f, 0};
     CHECK(dsa_indexer_new(&hp, m, 9, &ix, err, sizeof err) == 0, "%s", err);
     test_forward();
     test_capture();

@@ -63,7 +63,7 @@ static void ref_project(const dsa_indexer *ix, int l, const float *h, int pos, d
 }
 
 static void test_forward_vs_ref(void) {
-    dsa_indexer_hp hp = {4, 32, 16, 10000.0f, 8, 1e-6f};
+    dsa_indexer_hp hp = {4, 32, 16, 10000.0f, 8, 1e-6f, 0};
     dsa_indexer *ix;
     char err[256];
     int E = 96, n = 300, l = 1;
@@ -135,7 +135,7 @@ static void random_targets(float *p, int t0, int t1, int L) {
 }
 
 static void test_gradients(int sparse_k) {
-    dsa_indexer_hp hp = {2, 16, 8, 10000.0f, 8, 1e-6f};
+    dsa_indexer_hp hp = {2, 16, 8, 10000.0f, 8, 1e-6f, 0};
     int E = 24, L = 48;
     setup s = {0};
     char err[256];
@@ -194,7 +194,7 @@ static void test_gradients(int sparse_k) {
 
 /* Targets from a teacher indexer's own softmax: a student trained by Adam on them must get much closer. */
 static void test_training_lowers_loss(void) {
-    dsa_indexer_hp hp = {2, 16, 8, 10000.0f, 8, 1e-6f};
+    dsa_indexer_hp hp = {2, 16, 8, 10000.0f, 8, 1e-6f, 0};
     int E = 32, L = 64;
     char err[256];
     dsa_indexer *teacher, *student;

@@ -186,6 +186,7 @@ dsa_ctx *new_ctx(dsa_model *m, const opts *o) {
     dsa_ctx *c;
     if (dsa_ctx_new(m, o->n_ctx, o->threads, &c, err, sizeof err)) die(1, "%s", err);
     if (g_ix && dsa_ctx_set_sparse(c, g_ix, DSA_SEL_INDEXER, o->topk_dsa, err, sizeof err)) die(1, "%s", err);
+    dsa_ctx_set_dense_layers(c, o->dense_layers);
     return c;
 }
 
@@ -764,7 +765,7 @@ int main(int argc, char **argv) {
     enum { O_INDEXER = 256, O_DENSE, O_TOPK, O_TEMP, O_SEED, O_CHAT, O_SYSTEM, O_JSON, O_TOP, O_CTX, O_TOPK_S, O_TOPP,
            O_MINP, O_REP, O_NOSPECIAL, O_TRUNC, O_PTOK, O_GTOK, O_REPS, O_CORPUS, O_HELDOUT, O_CKPT, O_INIT, O_LOG,
            O_PLOT, O_HEADS, O_DIM, O_ROPED, O_SEQLEN, O_ROWS, O_SPARSE, O_CKEVERY, O_HEVERY, O_TOKENS, O_MINUTES,
-           O_LR, O_CONTEXTS, O_KS, O_TEXTS, O_NTEXTS, O_PASSKEY, O_REPORT };
+           O_LR, O_DLAYERS, O_CONTEXTS, O_KS, O_TEXTS, O_NTEXTS, O_PASSKEY, O_REPORT };
     static const struct option lo[] = {
         {"model", required_argument, 0, 'm'},    {"indexer", required_argument, 0, O_INDEXER},
         {"dense", no_argument, 0, O_DENSE},       {"topk", required_argument, 0, O_TOPK},
@@ -786,6 +787,7 @@ int main(int argc, char **argv) {
         {"sparse-stage", no_argument, 0, O_SPARSE}, {"checkpoint-every", required_argument, 0, O_CKEVERY},
         {"heldout-every", required_argument, 0, O_HEVERY}, {"tokens", required_argument, 0, O_TOKENS},
         {"minutes", required_argument, 0, O_MINUTES}, {"lr", required_argument, 0, O_LR},
+        {"dense-layers", required_argument, 0, O_DLAYERS},
         {"contexts", required_argument, 0, O_CONTEXTS}, {"ks", required_argument, 0, O_KS},
         {"texts", required_argument, 0, O_TEXTS}, {"n-texts", required_argument, 0, O_NTEXTS},
         {"passkey-trials", required_argument, 0, O_PASSKEY}, {"report", required_argument, 0, O_REPORT},
@@ -795,7 +797,8 @@ int main(int argc, char **argv) {
     opterr = 0;
     o.argc = argc;
     o.argv = argv;
-    o.heads = 4, o.dim = 32, o.rope_dims = 16, o.seq_len = 2048, o.rows = 512, o.lr = 1e-3;
+    o.heads = 4, o.dim = 64, o.rope_dims = 32, o.seq_len = 2048, o.rows = 512, o.lr = 1e-3;
+    o.dense_layers = -1;
     o.ckpt_every = 10, o.heldout_every = 25, o.n_texts = 4, o.passkey_trials = 5;
     while ((ch = getopt_long(argc, argv, "m:n:t:o:hV", lo, NULL)) != -1) {
         switch (ch) {
@@ -817,6 +820,7 @@ int main(int argc, char **argv) {
         case O_TOKENS: o.max_tokens = parse_int(optarg, "--tokens", 0, 2000000000); break;
         case O_MINUTES: o.minutes = parse_float(optarg, "--minutes", 0, 1e6f); break;
         case O_LR: o.lr = parse_float(optarg, "--lr", 0, 1); break;
+        case O_DLAYERS: o.dense_layers = parse_int(optarg, "--dense-layers", 0, 4096); break;
         case O_CONTEXTS: o.contexts = optarg; break;
         case O_KS: o.ks = optarg; break;
         case O_TEXTS: o.texts = optarg; break;

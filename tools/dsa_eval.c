@@ -64,7 +64,7 @@ typedef struct {
     int32_t *ids;
 } text;
 
-/* The first n documents (in name order) of at least need tokens. */
+/* n documents of at least need tokens, spread over the directory's name order. */
 static int load_texts(const char *dir, const dsa_tokenizer *tok, int need, int n, text *out) {
     DIR *d = opendir(dir);
     if (!d) die(1, "%s: %s (build the corpus with scripts/make-corpus.sh, or pass --texts DIR)", dir, strerror(errno));
@@ -83,8 +83,11 @@ static int load_texts(const char *dir, const dsa_tokenizer *tok, int need, int n
     }
     closedir(d);
     if (nn) qsort(names, (size_t)nn, sizeof *names, cmp_str);
-    int got = 0;
-    for (int i = 0; i < nn && got < n; i++) {
+    /* every long-enough document, then n of them spread evenly over the list (the names start with the source
+     * family, so this mixes manuals, books and pages rather than taking the first family) */
+    text *all = calloc((size_t)(nn ? nn : 1), sizeof *all);
+    int na = 0;
+    for (int i = 0; i < nn; i++) {
         char path[8192];
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
         size_t len;
@@ -94,13 +97,22 @@ static int load_texts(const char *dir, const dsa_tokenizer *tok, int need, int n
         int rc = dsa_tok_encode(tok, s, len, 0, &ids);
         free(s);
         if (rc == 0 && (int)ids.n >= need) {
-            out[got].name = strdup(names[i]);
-            out[got].ids = ids.ids;
-            got++;
+            all[na].name = strdup(names[i]);
+            all[na].ids = ids.ids;
+            na++;
         } else {
             dsa_ids_free(&ids);
         }
     }
+    int got = na < n ? na : n;
+    for (int i = 0; i < na; i++) {
+        int pick = -1;
+        for (int g = 0; g < got; g++)
+            if ((long)g * na / got == i) pick = g;
+        if (pick >= 0) out[pick] = all[i];
+        else free(all[i].name), free(all[i].ids);
+    }
+    free(all);
     for (int i = 0; i < nn; i++) free(names[i]);
     free(names);
     return got;
@@ -196,6 +208,7 @@ static void run_nll(dsa_model *m, const opts *o, const dsa_indexer *ix, dsa_sele
     dsa_ctx *c;
     if (dsa_ctx_new(m, n, o->threads, &c, err, sizeof err)) die(1, "%s", err);
     if (dsa_ctx_set_sparse(c, ix, mode, k, err, sizeof err)) die(1, "%s", err);
+    dsa_ctx_set_dense_layers(c, o->dense_layers);
     if (rs) {
         rs->c = c;
         if (dsa_ctx_capture_probs(c, 1)) die(1, "out of memory");
@@ -238,6 +251,7 @@ static int passkey_trial(dsa_model *m, const opts *o, const dsa_indexer *ix, dsa
     dsa_ctx *c;
     if (dsa_ctx_new(m, n + 16, o->threads, &c, err, sizeof err)) die(1, "%s", err);
     if (dsa_ctx_set_sparse(c, ix, mode, k, err, sizeof err)) die(1, "%s", err);
+    dsa_ctx_set_dense_layers(c, o->dense_layers);
     const dsa_hparams *hp = dsa_model_hparams(m);
     float *lg = malloc((size_t)hp->n_vocab * sizeof *lg);
     if (!lg) die(1, "out of memory");
@@ -355,9 +369,10 @@ int cmd_eval(const opts *o_, int argc, char **argv) {
 
     json_t *J = json_object();
     json_object_set_new(J, "model", json_string(dsa_model_path(m)));
-    json_object_set_new(J, "indexer", json_pack("{s:i,s:i,s:i,s:i,s:s}", "heads", ix->hp.n_head, "dim", ix->hp.head_dim,
-                                                 "rope_dims", ix->hp.rope_dim, "top_k", ix->hp.top_k, "provenance",
-                                                 ix->provenance ? ix->provenance : ""));
+    json_object_set_new(J, "indexer", json_pack("{s:i,s:i,s:i,s:i,s:i,s:s}", "heads", ix->hp.n_head, "dim",
+                                                 ix->hp.head_dim, "rope_dims", ix->hp.rope_dim, "top_k", ix->hp.top_k,
+                                                 "dense_layers", o.dense_layers >= 0 ? o.dense_layers : ix->hp.dense_layers,
+                                                 "provenance", ix->provenance ? ix->provenance : ""));
     json_object_set_new(J, "trained_context", json_integer(hp->n_ctx_train));
     json_t *jt = json_array();
     for (int ti = 0; ti < nt; ti++) json_array_append_new(jt, json_string(texts[ti].name));

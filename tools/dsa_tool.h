@@ -22,6 +22,7 @@ typedef struct {
     /* train-indexer */
     const char *corpus, *heldout, *out, *checkpoint, *init, *log, *plot;
     int heads, dim, rope_dims, seq_len, rows, sparse_stage, ckpt_every, heldout_every;
+    int dense_layers; /* -1: the sidecar's */
     long max_tokens;
     double minutes, lr;
     /* eval and bench */

@@ -140,6 +140,7 @@ int cmd_train(const opts *o_, int argc, char **argv) {
     to.hp.rope_base = hp->rope_base;
     to.hp.top_k = topk;
     to.hp.norm_eps = 1e-6f;
+    to.hp.dense_layers = o.dense_layers > 0 ? o.dense_layers : 0;
     to.seq_len = o.seq_len;
     to.rows_per_step = o.rows;
     to.max_tokens = o.max_tokens;

@@ -510,7 +510,7 @@ static double now_s(void) {
 
 typedef struct {
     float *mW, *vW, *mln, *vln; /* Adam moments, same layout as the indexer */
-    long step;                  /* Adam steps taken (the same for every layer) */
+    long step;                  /* sequences trained on; the Adam step count is derived from it */
     long seq, tokens;
     double elapsed;
 } adam_state;
@@ -588,7 +588,7 @@ static int load_checkpoint(const char *path, dsa_indexer *ix, adam_state *st, ch
     return rc;
 }
 
-static void plural_free(void *a, void *b, void *c, void *d) {
+static void free4(void *a, void *b, void *c, void *d) {
     free(a), free(b), free(c), free(d);
 }
 
@@ -741,9 +741,9 @@ done:
     corpus_free(&held);
     dsa_train_ws_free(ws);
     dsa_ctx_free(c);
-    plural_free(cp.h, cp.p, gW, gln);
-    plural_free(ids, hids, layer_loss, NULL);
-    plural_free(st.mW, st.vW, st.mln, st.vln);
+    free4(cp.h, cp.p, gW, gln);
+    free4(ids, hids, layer_loss, NULL);
+    free4(st.mW, st.vW, st.mln, st.vln);
     dsa_indexer_free(ix);
     return rc;
 }

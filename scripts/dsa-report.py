@@ -612,7 +612,7 @@ def build(args):
             kt, trows, tnotes = quality_checks(ev, trained, trained // 16)
             pm, pok = passkey_check(ev["passkey"], trained)
             trows.append(["Passkey accuracy equal to dense", pm, "DSA = dense", status(pok)])
-            L.append("The indexer was trained at context %d < %d: the quality checks at context %d, "
+            L.append("The model's trained context is %d < %d: the quality checks at context %d, "
                      "k %s (target k = %d/16 = %d)." % (trained, cmax, trained, kt, trained, trained // 16))
             L.append("")
             L.append(md_table(["Check", "Measured", "Target", "Result"], trows, ["l", "l", "l", "c"]))
@@ -621,7 +621,7 @@ def build(args):
                 L.append("Note: " + n)
                 L.append("")
         else:
-            L.append("The indexer was trained at context %d < %d, but the eval has no rows at context %d "
+            L.append("The model's trained context is %d < %d, but the eval has no rows at context %d "
                      "(evaluated: %s)." % (trained, cmax, trained, ", ".join(map(str, ctxs))))
             L.append("")
 
@@ -653,7 +653,7 @@ def build(args):
         # ---- recall
         L.append("## Recall")
         L.append("")
-        L.append("Fraction of the dense top-k attention keys that each selector picks (mean over layers).")
+        L.append("Attention-mass recall: the share of the dense attention probability (mean over heads) that each selector's k positions cover, measured on the dense run's own states at every 4th position t >= k, then averaged over the rows and the layers. Random is the expectation k/(t+1).")
         L.append("")
         rrow = []
         for r in sorted(ev["recall"], key=lambda x: (x["context"], x["k"])):

@@ -112,5 +112,20 @@ run "$DSA" -m "$MODEL" --ctx 32 --truncate -n 4 --temp 0 --json generate "$(prin
 expect_fail 2 "does not go with" "$DSA" -m "$MODEL" --dense --topk 64 generate hi
 expect_fail 1 "not an indexer" "$DSA" -m "$MODEL" --indexer "$MODEL" generate hi
 
+# --- the indexer shipped for the default model ------------------------------------------------------------
+# It is picked up without being named, and while a conversation is shorter than k the reply is dense attention's.
+shipped=$(cd "$(dirname "$0")/.." && pwd)/indexers/SmolLM2-135M-Instruct.Q4_1.dsa.gguf
+if [ -z "${DSA_MODEL:-}" ]; then
+  run "$DSA" info --json
+  [ $rc -eq 0 ] && json "assert d['dsa'] and d['dsa']['indexer'] == '$shipped' and d['dsa']['top_k'] == 512, d['dsa']" && ok \
+    || bad "the shipped indexer is not the default: $rc $err $(json 'print(d.get(\"dsa\"))' 2>/dev/null)"
+  q="In two sentences, why is the sky blue?"
+  run "$DSA" generate --chat --temp 0 -n 60 --json "$q"
+  ids_dsa=$(json 'print(d["ids"], d["stats"]["prompt_tokens"] + d["stats"]["gen_tokens"] <= 512)' 2>/dev/null)
+  run "$DSA" --dense generate --chat --temp 0 -n 60 --json "$q"
+  ids_dense=$(json 'print(d["ids"], True)' 2>/dev/null)
+  [ -n "$ids_dsa" ] && [ "$ids_dsa" = "$ids_dense" ] && ok || bad "shipped indexer, short chat: DSA $ids_dsa vs dense $ids_dense"
+fi
+
 echo "cli_dsa: $pass passed, $fail failed"
 [ $fail -eq 0 ]

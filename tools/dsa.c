@@ -588,12 +588,14 @@ static int bench_contexts(const opts *o) {
     if (!lg) die(1, "out of memory");
     json_t *rows = json_array();
     char err[512];
+    int nthreads = 0;
     for (int ci = 0; ci < nc; ci++) {
         int C = ctxs[ci];
         opts o2 = *o;
         o2.n_ctx = C + o->gen_tokens + 1;
         dsa_ctx *c = new_ctx(m, &o2);
         int k = dsa_ctx_topk(c);
+        nthreads = dsa_pool_size(dsa_ctx_pool(c));
         int32_t *ids = malloc((size_t)C * sizeof *ids);
         if (!ids) die(1, "out of memory");
         uint64_t x = 42;
@@ -629,7 +631,7 @@ static int bench_contexts(const opts *o) {
         dsa_ctx_free(c);
     }
     if (o->json) {
-        json_t *j = json_pack("{s:i,s:i,s:s,s:o}", "threads", o->threads, "gen_tokens", o->gen_tokens, "cpu", dsa_cpu_name(),
+        json_t *j = json_pack("{s:i,s:i,s:s,s:o}", "threads", nthreads, "gen_tokens", o->gen_tokens, "cpu", dsa_cpu_name(),
                               "contexts", rows);
         json_object_set_new(j, "indexer", json_pack("{s:i,s:i,s:i}", "heads", ix->hp.n_head, "dim", ix->hp.head_dim,
                                                    "rope_dims", ix->hp.rope_dim));

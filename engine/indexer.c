@@ -10,6 +10,7 @@
  *   blk.N.idx_k_norm.weight [d], blk.N.idx_k_norm.bias [d]
  */
 #include "dsa.h"
+#include "util.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -17,14 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-__attribute__((format(printf, 3, 4))) static int errf(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    if (err && errlen) vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 int dsa_indexer_hp_check(const dsa_indexer_hp *hp, char *err, size_t errlen) {
     int d = hp->head_dim;
@@ -76,13 +69,6 @@ static void set_base_name(dsa_indexer *ix, const char *path) {
     snprintf(ix->base_name, sizeof ix->base_name, "%s", b ? b + 1 : path);
 }
 
-static uint64_t splitmix(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 int dsa_indexer_alloc(const dsa_indexer_hp *hp, int n_layer, int n_embd, uint64_t seed, dsa_indexer **out,
                       char *err, size_t errlen) {
     *out = NULL;
@@ -95,7 +81,7 @@ int dsa_indexer_alloc(const dsa_indexer_hp *hp, int n_layer, int n_embd, uint64_
     uint64_t s = seed;
     float a = sqrtf(3.0f / n_embd);
     size_t nw = (size_t)ix->n_layer * ix->rows * ix->n_embd;
-    for (size_t i = 0; i < nw; i++) ix->W[i] = a * (float)((double)(splitmix(&s) >> 11) * 0x1p-53 * 2.0 - 1.0);
+    for (size_t i = 0; i < nw; i++) ix->W[i] = a * (float)((double)(dsa_splitmix(&s) >> 11) * 0x1p-53 * 2.0 - 1.0);
     int d = hp->head_dim;
     for (int l = 0; l < ix->n_layer; l++)
         for (int i = 0; i < d; i++) ix->ln[(size_t)l * 2 * d + i] = 1.0f;

@@ -14,6 +14,7 @@
  */
 #include "model.h"
 #include "dsa.h"
+#include "util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -83,14 +84,6 @@ struct dsa_ctx {
     float *pcap;       /* [batch][n_ctx] attention probabilities summed over heads / heads (capture on) */
     double idx_sec;
 };
-
-__attribute__((format(printf, 3, 4))) static int errf(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    if (err && errlen) vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* ---- loading ------------------------------------------------------------------------------------------- */
 
@@ -484,12 +477,6 @@ void dsa_ctx_set_layer_hook(dsa_ctx *c, dsa_layer_hook fn, void *ud) {
 double dsa_ctx_indexer_seconds(const dsa_ctx *c) { return c->idx_sec; }
 void dsa_ctx_reset_timers(dsa_ctx *c) { c->idx_sec = 0; }
 
-static double now_sec(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* ---- the forward pass ---------------------------------------------------------------------------------- */
 
 static void rmsnorm(float *o, const float *x, const float *w, int n, float eps) {
@@ -703,7 +690,7 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
         att_job aj = {c, l, n, c->pos, c->sel != NULL && l >= dl, NULL};
         if (c->ix) {
             /* the lightning indexer: its keys join the cache for every token, whatever the mode */
-            double t0 = now_sec();
+            double t0 = dsa_now();
             const dsa_indexer *ix = c->ix;
             int R = ix->rows, Hd = ix->hp.n_head * ix->hp.head_dim, d = ix->hp.head_dim;
             dsa_matmul(c->pool, DSA_F32, ix->W + (size_t)l * R * E, R, E, c->xb, n, c->iproj, R, c->mmscratch);
@@ -723,7 +710,7 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
                 dsa_pool_run(c->pool, select_part, &aj);
                 aj.pre = NULL;
             }
-            c->idx_sec += now_sec() - t0;
+            c->idx_sec += dsa_now() - t0;
         }
         if (aj.sparse && c->mode != DSA_SEL_INDEXER) dsa_pool_run(c->pool, select_part, &aj);
         dsa_pool_run(c->pool, attention_part, &aj);

@@ -14,6 +14,7 @@
  * The big products go to BLAS (sgemm); the row-wise parts run on the engine's thread pool.
  */
 #include "train.h"
+#include "util.h"
 
 #include <cblas.h>
 #include <dirent.h>
@@ -25,14 +26,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-
-__attribute__((format(printf, 3, 4))) static int errf(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    if (err && errlen) vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 struct dsa_train_ws {
     const dsa_indexer *ix;
@@ -395,13 +388,6 @@ typedef struct {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-static uint64_t splitmix(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 static void corpus_free(corpus *c) {
     for (int i = 0; i < c->n; i++) free(c->paths[i]);
     free(c->paths);
@@ -437,7 +423,7 @@ static int corpus_open(corpus *c, const char *dir, const dsa_tokenizer *tok, uin
     qsort(c->paths, (size_t)c->n, sizeof *c->paths, cmp_str);
     uint64_t s = seed;
     for (int i = c->n - 1; i > 0; i--) {
-        int j = (int)(splitmix(&s) % (uint64_t)(i + 1));
+        int j = (int)(dsa_splitmix(&s) % (uint64_t)(i + 1));
         char *t = c->paths[i];
         c->paths[i] = c->paths[j];
         c->paths[j] = t;
@@ -500,12 +486,6 @@ static void capture_hook(void *ud, int layer, int pos0, int n, const float *h, c
     for (int r = 0; r < n; r++)
         memcpy(cp->p + ((size_t)layer * cp->L + pos0 + r) * cp->L, pr + (size_t)r * dsa_ctx_n_ctx(cp->c),
                (size_t)(pos0 + r + 1) * sizeof(float));
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 typedef struct {
@@ -653,11 +633,11 @@ int dsa_train_indexer(dsa_model *m, const dsa_train_opts *o, void (*report)(cons
         goto done;
     }
     dsa_ctx_set_layer_hook(c, capture_hook, &cp);
-    double t_start = now_s() - st.elapsed;
+    double t_start = dsa_now() - st.elapsed;
     long total = o->max_tokens;
     for (;;) {
         int last = (o->max_tokens > 0 && st.tokens + L > o->max_tokens) ||
-                   (o->max_seconds > 0 && now_s() - t_start >= o->max_seconds);
+                   (o->max_seconds > 0 && dsa_now() - t_start >= o->max_seconds);
         if (last) break;
         if (corpus_fill(&cor, ids, L, err, errlen)) goto done;
         dsa_ctx_truncate(c, 0);
@@ -689,7 +669,7 @@ int dsa_train_indexer(dsa_model *m, const dsa_train_opts *o, void (*report)(cons
         }
         st.seq++;
         st.tokens += L;
-        st.elapsed = now_s() - t_start;
+        st.elapsed = dsa_now() - t_start;
         double hl_loss = -1;
         int done_now = (o->max_tokens > 0 && st.tokens + L > o->max_tokens) ||
                        (o->max_seconds > 0 && st.elapsed >= o->max_seconds);
@@ -707,7 +687,7 @@ int dsa_train_indexer(dsa_model *m, const dsa_train_opts *o, void (*report)(cons
                                             (size_t)L, o->sparse_k, gW, gln, ws);
             }
             hl_loss = hs / NL;
-            st.elapsed = now_s() - t_start;
+            st.elapsed = dsa_now() - t_start;
         }
         if (o->checkpoint && ((o->checkpoint_every > 0 && st.seq % o->checkpoint_every == 0) || done_now))
             if (save_checkpoint(o->checkpoint, ix, &st, err, errlen)) goto done;

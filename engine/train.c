@@ -39,7 +39,6 @@ struct dsa_train_ws {
     float *A;              /* H × max_rows × max_len: A_j, then G_j */
     float *lg;             /* max_rows × max_len: logits I, then dI */
     double *row_loss;      /* max_rows */
-    int *row_ok;
     int32_t *sel;          /* threads × max_len */
     uint64_t *tk;          /* threads × max_len */
     float *gln_part;       /* threads × 2d */
@@ -68,12 +67,11 @@ dsa_train_ws *dsa_train_ws_new(const dsa_indexer *ix, int max_len, int max_rows,
     ws->A = malloc(H * M * L * sizeof(float));
     ws->lg = malloc(M * L * sizeof(float));
     ws->row_loss = malloc(M * sizeof(double));
-    ws->row_ok = malloc(M * sizeof(int));
     ws->sel = malloc(nth * L * sizeof(int32_t));
     ws->tk = malloc(nth * L * sizeof(uint64_t));
     ws->gln_part = malloc(nth * 2 * d * sizeof(float));
     if (!ws->P || !ws->dP || !ws->K || !ws->dK || !ws->xhat || !ws->rstd || !ws->Q || !ws->dQ || !ws->w || !ws->dw ||
-        !ws->A || !ws->lg || !ws->row_loss || !ws->row_ok || !ws->sel || !ws->tk || !ws->gln_part) {
+        !ws->A || !ws->lg || !ws->row_loss || !ws->sel || !ws->tk || !ws->gln_part) {
         dsa_train_ws_free(ws);
         return NULL;
     }
@@ -83,7 +81,7 @@ dsa_train_ws *dsa_train_ws_new(const dsa_indexer *ix, int max_len, int max_rows,
 void dsa_train_ws_free(dsa_train_ws *ws) {
     if (!ws) return;
     free(ws->P), free(ws->dP), free(ws->K), free(ws->dK), free(ws->xhat), free(ws->rstd), free(ws->Q);
-    free(ws->dQ), free(ws->w), free(ws->dw), free(ws->A), free(ws->lg), free(ws->row_loss), free(ws->row_ok);
+    free(ws->dQ), free(ws->w), free(ws->dw), free(ws->A), free(ws->lg), free(ws->row_loss);
     free(ws->sel), free(ws->tk), free(ws->gln_part);
     free(ws);
 }
@@ -202,7 +200,6 @@ static void rows_part(void *arg, int ith, int nth) {
         if (sparse) n = dsa_topk(len, lg, j->sparse_k, sel, tk);
         double psum = 0;
         for (int i = 0; i < n; i++) psum += p[sparse ? sel[i] : i];
-        ws->row_ok[r] = psum > 0;
         float *dI = lg; /* overwritten in place: dI for s in the set, 0 elsewhere */
         if (!(psum > 0)) {
             for (int s = 0; s < len; s++) dI[s] = 0;
@@ -383,7 +380,6 @@ typedef struct {
     const dsa_tokenizer *tok;
     dsa_ids cur;
     size_t off;
-    long docs_read;
 } corpus;
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -451,7 +447,6 @@ static int corpus_next_doc(corpus *c, char *err, size_t errlen) {
         if (rc) return errf(err, errlen, "%s: cannot tokenise", path);
         if (c->cur.n == 0) continue;
         if (dsa_ids_push(&c->cur, dsa_tok_eos(c->tok))) return errf(err, errlen, "out of memory");
-        c->docs_read++;
         return 0;
     }
     return errf(err, errlen, "the corpus has no text");

@@ -5,21 +5,8 @@
 # usage: cli_dsa_train.sh path/to/dsa
 set -u
 DSA=${1:?usage: cli_dsa_train.sh DSA_BINARY}
-MODEL=${DSA_MODEL:-${XDG_CACHE_HOME:-$HOME/.cache}/dsachat/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-[ -r "$MODEL" ] || { echo "default model not found at $MODEL: run scripts/fetch-model.sh first"; exit 1; }
+. "$(dirname "$0")/util/cli.sh"
 here=$(cd "$(dirname "$0")/.." && pwd)
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0 fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
-run() {
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  rc=$?
-  out=$(cat "$tmp/out")
-  err=$(cat "$tmp/err")
-}
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); $1" <<<"$out"; }
 
 mkdir -p "$tmp/train" "$tmp/held"
 cp "$here/README.md" "$tmp/train/a.txt"

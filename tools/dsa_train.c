@@ -18,7 +18,6 @@ typedef struct {
     FILE *csv;
     double max_seconds;
     long max_tokens;
-    int json;
 } train_ui;
 
 static char *with_suffix(const char *path, const char *suffix) {
@@ -171,7 +170,7 @@ int cmd_train(const opts *o_, int argc, char **argv) {
                 dsa_model_path(m), o.heads, o.dim, o.rope_dims, topk, o.seq_len, o.rows,
                 o.sparse_stage ? ", sparse stage" : "", resume ? ", resuming" : "", corpus, held ? ", held-out " : "",
                 held ? held : "", out, ckpt, log);
-    train_ui ui = {csv, to.max_seconds, to.max_tokens, o.json};
+    train_ui ui = {csv, to.max_seconds, to.max_tokens};
     double t0 = now_s();
     int rc = dsa_train_indexer(m, &to, on_report, &ui, err, sizeof err);
     fclose(csv);

@@ -4,6 +4,7 @@
  * The PRNG is xoshiro256** seeded through splitmix64, so a seed gives the same stream on every machine.
  */
 #include "sampler.h"
+#include "util.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -34,13 +35,6 @@ void dsa_sampler_defaults(dsa_sampler_params *p) {
     p->seed = 0x5EEDull;
 }
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 static uint64_t next_u64(dsa_sampler *s) {
@@ -63,7 +57,7 @@ dsa_sampler *dsa_sampler_new(const dsa_sampler_params *p, int n_vocab) {
     if (s->p.repeat_last_n < 0) s->p.repeat_last_n = 0;
     s->n_vocab = n_vocab;
     uint64_t seed = p->seed;
-    for (int i = 0; i < 4; i++) s->s[i] = splitmix64(&seed);
+    for (int i = 0; i < 4; i++) s->s[i] = dsa_splitmix(&seed);
     s->recent = malloc(((size_t)s->p.repeat_last_n + 1) * sizeof *s->recent);
     s->c = malloc((size_t)n_vocab * sizeof *s->c);
     s->prob = malloc((size_t)n_vocab * sizeof *s->prob);

@@ -892,8 +892,8 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "chat")) return cmd_chat(&o);
     if (!strcmp(cmd, "bench")) return cmd_bench(&o);
-    if (!strcmp(cmd, "train-indexer")) return cmd_train(&o, argc, argv);
-    if (!strcmp(cmd, "eval")) return cmd_eval(&o, argc, argv);
+    if (!strcmp(cmd, "train-indexer")) return cmd_train(&o);
+    if (!strcmp(cmd, "eval")) return cmd_eval(&o);
     die(2, "unknown command '%s' (commands: info, tokenize, generate, logits, chat, bench, train-indexer, eval)", cmd);
     return 2;
 }

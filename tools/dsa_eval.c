@@ -130,7 +130,7 @@ typedef struct {
     /* sums[layer][ctx][k][method], rows[ctx][k] (counted on layer 0) */
     double *sums;
     long *rows;
-    float *scratch;      /* threads × 3 × n_ctx */
+    float *scratch;      /* threads × n_ctx: index scores */
     int32_t *idx;        /* threads × n_ctx */
     uint64_t *tk;        /* threads × n_ctx */
     double *part;        /* threads × nc × nk × NMETH */
@@ -140,9 +140,7 @@ typedef struct {
 static void recall_rows(void *arg, int ith, int nth) {
     recall_state *rs = arg;
     dsa_ctx *c = rs->c;
-    const dsa_hparams *hp = dsa_model_hparams(dsa_ctx_model(c));
     int n_ctx = dsa_ctx_n_ctx(c);
-    (void)hp;
     float *isc = rs->scratch + (size_t)ith * n_ctx;
     int32_t *idx = rs->idx + (size_t)ith * n_ctx;
     uint64_t *tk = rs->tk + (size_t)ith * n_ctx;
@@ -237,12 +235,6 @@ static void run_nll(dsa_model *m, const opts *o, const dsa_indexer *ix, dsa_sele
     dsa_ctx_free(c);
 }
 
-static double ppl(const double *nll, int from, int to) {
-    double s = 0;
-    for (int t = from; t < to; t++) s += nll[t];
-    return to > from ? exp(s / (to - from)) : NAN;
-}
-
 /* ---- passkey ------------------------------------------------------------------------------------------------ */
 
 static int passkey_trial(dsa_model *m, const opts *o, const dsa_indexer *ix, dsa_select_mode mode, int k,
@@ -308,8 +300,7 @@ static int32_t *passkey_prompt(const dsa_tokenizer *tok, int n, double depth, co
 
 /* ---- the command ------------------------------------------------------------------------------------------- */
 
-int cmd_eval(const opts *o_, int argc, char **argv) {
-    (void)argc, (void)argv;
+int cmd_eval(const opts *o_) {
     opts o = *o_;
     if (o.dense) die(2, "eval compares dense attention with DSA: drop --dense");
     dsa_model *m = load_model(&o);
@@ -411,7 +402,6 @@ int cmd_eval(const opts *o_, int argc, char **argv) {
     }
     json_object_set_new(J, "dense_ppl", jd);
     json_object_set_new(J, "ppl", jp);
-    (void)ppl;
 
     /* (b), (c) */
     json_t *jr = json_array();

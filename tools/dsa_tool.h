@@ -52,7 +52,7 @@ dsa_ctx *new_ctx(dsa_model *m, const opts *o);
 int parse_int(const char *s, const char *what, int lo, int hi);
 float parse_float(const char *s, const char *what, float lo, float hi);
 
-int cmd_train(const opts *o, int argc, char **argv);
-int cmd_eval(const opts *o, int argc, char **argv);
+int cmd_train(const opts *o);
+int cmd_eval(const opts *o);
 
 #endif

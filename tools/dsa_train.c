@@ -96,9 +96,8 @@ static void plot(const char *csv, const char *png) {
         fprintf(stderr, "dsa: could not draw %s (is gnuplot installed? apt-get install gnuplot-nox)\n", png);
 }
 
-int cmd_train(const opts *o_, int argc, char **argv) {
+int cmd_train(const opts *o_) {
     opts o = *o_;
-    (void)argc, (void)argv;
     o.dense = 1; /* the model is frozen and attends densely: the targets are its real attention */
     o.indexer = NULL;
     int topk = o.topk_dsa > 0 ? o.topk_dsa : 512;

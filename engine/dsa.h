@@ -104,6 +104,11 @@ const float *dsa_ctx_batch_probs(const dsa_ctx *c);
 typedef void (*dsa_layer_hook)(void *ud, int layer, int pos0, int n, const float *h, const float *q);
 void dsa_ctx_set_layer_hook(dsa_ctx *c, dsa_layer_hook fn, void *ud);
 
+/* Tests of the CUDA backend: keep every layer's selection of the next evaluations (on), and read the positions a
+ * row of the last evaluation attended to in a layer (cnt -1: densely).  -1 on the CPU backend. */
+int dsa_ctx_keep_selection(dsa_ctx *c, int on);
+int dsa_ctx_selection(dsa_ctx *c, int layer, int row, int32_t *idx, int *cnt);
+
 /* Wall time spent on index scores and selection (projection included) since the last reset, in seconds. */
 double dsa_ctx_indexer_seconds(const dsa_ctx *c);
 void dsa_ctx_reset_timers(dsa_ctx *c);

@@ -25,6 +25,9 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <xxhash.h>
+#ifdef DSA_HAVE_CUDA
+#include "../kernels/cuda/cuda.h"
+#endif
 
 #define MAX_BATCH 256
 
@@ -52,6 +55,9 @@ struct dsa_model {
     float *rope_freq; /* rope_dim/2 inverse frequencies, double-derived */
     layer *layers;
     char fingerprint[40]; /* xxh3-64 of the file: what an indexer sidecar names as its base */
+#ifdef DSA_HAVE_CUDA
+    dsa_gpu_model *gpu;   /* the weights on the device, made at the first CUDA context */
+#endif
 };
 
 struct dsa_ctx {
@@ -83,6 +89,9 @@ struct dsa_ctx {
     void *hook_ud;
     float *pcap;       /* [batch][n_ctx] attention probabilities summed over heads / heads (capture on) */
     double idx_sec;
+#ifdef DSA_HAVE_CUDA
+    dsa_gpu_ctx *gpu;  /* set: the context runs on CUDA and its caches live there */
+#endif
 };
 
 /* ---- loading ------------------------------------------------------------------------------------------- */
@@ -291,6 +300,9 @@ void dsa_model_free(dsa_model *m) {
             free(L->bv);
         }
     free(m->layers);
+#ifdef DSA_HAVE_CUDA
+    dsa_gpu_model_free(m->gpu);
+#endif
     free(m->output_norm);
     free(m->rope_freq);
     dsa_chat_template_free(&m->chat);
@@ -360,6 +372,9 @@ int dsa_ctx_new(dsa_model *m, int n_ctx, int n_threads, dsa_ctx **out, char *err
 
 void dsa_ctx_free(dsa_ctx *c) {
     if (!c) return;
+#ifdef DSA_HAVE_CUDA
+    dsa_gpu_ctx_free(c->gpu);
+#endif
     dsa_pool_free(c->pool);
     free(c->kc);
     free(c->vc);
@@ -398,6 +413,167 @@ void dsa_ctx_truncate(dsa_ctx *c, int n_pos) {
 }
 
 /* ---- sparse attention: switches and state ------------------------------------------------------------------ */
+
+/* ---- the CUDA backend: uploading the model, keeping a context's GPU twin in step ------------------------------ */
+
+#ifdef DSA_HAVE_CUDA
+/* Rows of a weight matrix as f16 (dequantised row by row), appended at dst. */
+static void to_f16(const wmat *w, uint16_t *dst, float *row) {
+    const dsa_type_traits *t = dsa_traits_ref(w->type);
+    size_t rs = dsa_row_size(w->type, w->cols);
+    for (int64_t r = 0; r < w->rows; r++) {
+        t->to_float((const char *)w->data + (size_t)r * rs, row, w->cols);
+        dsa_f32_to_f16_row((int)w->cols, row, dst + (size_t)r * w->cols);
+    }
+}
+
+static int gpu_model(dsa_model *m, char *err, size_t errlen) {
+    if (m->gpu) return 0;
+    const dsa_hparams *hp = &m->hp;
+    dsa_gpu_shape sh = {hp->n_layer, hp->n_embd, hp->n_ff, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_vocab,
+                        hp->rope_dim, hp->rope_neox, hp->norm_eps, m->rope_freq};
+    dsa_gpu_model *g;
+    if (dsa_gpu_model_new(&sh, &g, err, errlen)) return -1;
+    size_t E = (size_t)hp->n_embd, F = (size_t)hp->n_ff, KV = (size_t)hp->n_head_kv * hp->head_dim, Q = E + 2 * KV;
+    size_t per_layer = Q * E + E * E + 3 * F * E, big = (size_t)hp->n_vocab * E;
+    if (big < per_layer) big = per_layer;
+    uint16_t *buf = malloc(big * sizeof *buf);
+    float *row = malloc((F > E ? F : E) * sizeof *row), *bias = malloc(Q * sizeof *bias);
+    int rc = -1;
+    if (!buf || !row || !bias) {
+        errf(err, errlen, "out of memory");
+        goto done;
+    }
+    for (int l = 0; l < hp->n_layer; l++) {
+        const layer *L = &m->layers[l];
+        uint16_t *wqkv = buf, *wo, *wgu, *wdown;
+        to_f16(&L->wq, wqkv, row);
+        to_f16(&L->wk, wqkv + E * E, row);
+        to_f16(&L->wv, wqkv + (E + KV) * E, row);
+        wo = wqkv + Q * E;
+        to_f16(&L->wo, wo, row);
+        wgu = wo + E * E;
+        to_f16(&L->gate, wgu, row);
+        to_f16(&L->up, wgu + F * E, row);
+        wdown = wgu + 2 * F * E;
+        to_f16(&L->down, wdown, row);
+        if (L->bq) {
+            memcpy(bias, L->bq, E * sizeof *bias);
+            memcpy(bias + E, L->bk, KV * sizeof *bias);
+            memcpy(bias + E + KV, L->bv, KV * sizeof *bias);
+        }
+        dsa_gpu_layer gl = {wqkv, L->bq ? bias : NULL, wo, wgu, wdown, L->attn_norm, L->ffn_norm};
+        if (dsa_gpu_set_layer(g, l, &gl, err, errlen)) goto done;
+    }
+    to_f16(&m->embd, buf, row);
+    if (hp->tied_output) {
+        if (dsa_gpu_set_embd(g, buf, NULL, m->output_norm, err, errlen)) goto done;
+    } else {
+        uint16_t *out = malloc((size_t)hp->n_vocab * E * sizeof *out);
+        if (!out) {
+            errf(err, errlen, "out of memory");
+            goto done;
+        }
+        to_f16(&m->output, out, row);
+        int r2 = dsa_gpu_set_embd(g, buf, out, m->output_norm, err, errlen);
+        free(out);
+        if (r2) goto done;
+    }
+    m->gpu = g;
+    g = NULL;
+    rc = 0;
+done:
+    dsa_gpu_model_free(g);
+    free(buf);
+    free(row);
+    free(bias);
+    return rc;
+}
+
+/* After dsa_ctx_set_sparse: the GPU twin gets the indexer's key cache and the selection switches. */
+static int gpu_sync_sparse(dsa_ctx *c, char *err, size_t errlen) {
+    if (c->mode != DSA_SEL_DENSE && c->mode != DSA_SEL_INDEXER)
+        return errf(err, errlen, "the CUDA backend selects by the indexer only (not the oracle/window/random baselines)");
+    int want_ix = c->ix != NULL, have_ix = dsa_gpu_ctx_has_indexer(c->gpu);
+    if (want_ix) {
+        const dsa_indexer *ix = c->ix;
+        dsa_gpu_indexer gi = {ix->hp.n_head, ix->hp.head_dim, ix->hp.rope_dim, ix->hp.norm_eps, ix->W, ix->ln,
+                              ix->rope_freq};
+        if (dsa_gpu_indexer_key(c->m->gpu) != ix && have_ix) {
+            dsa_gpu_ctx_free(c->gpu); /* let go of the old indexer before uploading the new one */
+            c->gpu = NULL;
+            have_ix = 0;
+        }
+        if (dsa_gpu_set_indexer(c->m->gpu, ix, &gi, err, errlen)) return -1;
+    }
+    if (!c->gpu || want_ix != have_ix) {
+        if (c->pos > 0) return errf(err, errlen, "attach the indexer before the first token");
+        dsa_gpu_ctx_free(c->gpu);
+        c->gpu = NULL;
+        if (dsa_gpu_ctx_new(c->m->gpu, c->n_ctx, want_ix, &c->gpu, err, errlen)) return -1;
+    }
+    int dl = c->dense_layers >= 0 ? c->dense_layers : c->ix ? c->ix->hp.dense_layers : 0;
+    dsa_gpu_ctx_config(c->gpu, c->mode == DSA_SEL_INDEXER, c->topk, dl);
+    return 0;
+}
+#endif
+
+int dsa_backend_parse(const char *name, dsa_backend *out) {
+    if (!strcmp(name, "auto")) *out = DSA_BACKEND_AUTO;
+    else if (!strcmp(name, "cpu")) *out = DSA_BACKEND_CPU;
+    else if (!strcmp(name, "cuda")) *out = DSA_BACKEND_CUDA;
+    else return -1;
+    return 0;
+}
+
+int dsa_ctx_set_backend(dsa_ctx *c, dsa_backend b, char *err, size_t errlen) {
+    if (c->pos > 0) return errf(err, errlen, "choose the backend before the first token");
+#ifdef DSA_HAVE_CUDA
+    if (b == DSA_BACKEND_CPU) {
+        dsa_gpu_ctx_free(c->gpu);
+        c->gpu = NULL;
+        return 0;
+    }
+    if (c->gpu) return 0;
+    if (b == DSA_BACKEND_AUTO && (dsa_cuda_devices(NULL, 0, NULL, NULL, 0) <= 0 || c->mode > DSA_SEL_INDEXER))
+        return 0;
+    char e[256];
+    if (gpu_model(c->m, e, sizeof e) || gpu_sync_sparse(c, e, sizeof e)) {
+        dsa_gpu_ctx_free(c->gpu);
+        c->gpu = NULL;
+        if (b == DSA_BACKEND_AUTO) return 0; /* auto falls back to the CPU */
+        return errf(err, errlen, "CUDA backend: %s", e);
+    }
+    return 0;
+#else
+    if (b == DSA_BACKEND_CUDA) return errf(err, errlen, "this build has no CUDA backend (nvcc was not found)");
+    return 0;
+#endif
+}
+
+int dsa_ctx_keep_selection(dsa_ctx *c, int on) {
+#ifdef DSA_HAVE_CUDA
+    if (c->gpu) return dsa_gpu_debug_selection(c->m->gpu, on);
+#endif
+    (void)c, (void)on;
+    return -1;
+}
+
+int dsa_ctx_selection(dsa_ctx *c, int l, int row, int32_t *idx, int *cnt) {
+#ifdef DSA_HAVE_CUDA
+    if (c->gpu) return dsa_gpu_selection(c->m->gpu, l, row, idx, cnt);
+#endif
+    (void)c, (void)l, (void)row, (void)idx, (void)cnt;
+    return -1;
+}
+
+const char *dsa_ctx_backend_name(const dsa_ctx *c) {
+#ifdef DSA_HAVE_CUDA
+    if (c->gpu) return "cuda";
+#endif
+    (void)c;
+    return "cpu";
+}
 
 int dsa_ctx_set_sparse(dsa_ctx *c, const dsa_indexer *ix, dsa_select_mode mode, int k, char *err, size_t errlen) {
     const dsa_hparams *hp = &c->m->hp;
@@ -440,11 +616,22 @@ int dsa_ctx_set_sparse(dsa_ctx *c, const dsa_indexer *ix, dsa_select_mode mode, 
         if (!c->sel || !c->sel_n || !c->tkscratch || !c->scores2) return errf(err, errlen, "out of memory");
     }
     c->mode = mode;
+#ifdef DSA_HAVE_CUDA
+    if (c->gpu && gpu_sync_sparse(c, err, errlen)) return -1;
+#endif
     return 0;
 }
 
 dsa_select_mode dsa_ctx_select_mode(const dsa_ctx *c) { return c->mode; }
-void dsa_ctx_set_dense_layers(dsa_ctx *c, int n) { c->dense_layers = n < 0 ? -1 : n; }
+void dsa_ctx_set_dense_layers(dsa_ctx *c, int n) {
+    c->dense_layers = n < 0 ? -1 : n;
+#ifdef DSA_HAVE_CUDA
+    if (c->gpu) {
+        int dl = c->dense_layers >= 0 ? c->dense_layers : c->ix ? c->ix->hp.dense_layers : 0;
+        dsa_gpu_ctx_config(c->gpu, c->mode == DSA_SEL_INDEXER, c->topk, dl);
+    }
+#endif
+}
 int dsa_ctx_topk(const dsa_ctx *c) { return c->topk; }
 int dsa_ctx_kv_dim(const dsa_ctx *c) { return c->kv_dim; }
 void dsa_ctx_kv(const dsa_ctx *c, int l, const uint16_t **K, const uint16_t **V) {
@@ -475,6 +662,54 @@ void dsa_ctx_set_layer_hook(dsa_ctx *c, dsa_layer_hook fn, void *ud) {
     c->hook_ud = ud;
 }
 double dsa_ctx_indexer_seconds(const dsa_ctx *c) { return c->idx_sec; }
+int dsa_ctx_index_dim(const dsa_ctx *c) { return c->ix ? c->ix->hp.head_dim : 0; }
+
+static int cache_range(const dsa_ctx *c, int l, int t0, int n, char *err, size_t errlen) {
+    if (l < 0 || l >= c->m->hp.n_layer) return errf(err, errlen, "layer %d out of range", l);
+    if (t0 < 0 || n < 0 || n > c->n_ctx - t0)
+        return errf(err, errlen, "positions %d..%d outside the context of %d", t0, t0 + n, c->n_ctx);
+    return 0;
+}
+
+int dsa_ctx_cache_get(const dsa_ctx *c, int l, int t0, int n, uint16_t *K, uint16_t *V, uint8_t *k8, float *scale,
+                      char *err, size_t errlen) {
+    if (cache_range(c, l, t0, n, err, errlen)) return -1;
+#ifdef DSA_HAVE_CUDA
+    if (c->gpu) return dsa_gpu_cache_io(c->gpu, 0, l, t0, n, K, V, k8, scale, err, errlen);
+#endif
+    size_t row = (size_t)l * c->n_ctx + t0, kv = (size_t)c->kv_dim;
+    if (K) memcpy(K, c->kc + row * kv, (size_t)n * kv * sizeof *K);
+    if (V) memcpy(V, c->vc + row * kv, (size_t)n * kv * sizeof *V);
+    if (c->ix) {
+        size_t d = (size_t)c->ix->hp.head_dim;
+        if (k8) memcpy(k8, c->ik + row * d, (size_t)n * d);
+        if (scale) memcpy(scale, c->iks + row, (size_t)n * sizeof *scale);
+    }
+    return 0;
+}
+
+int dsa_ctx_cache_put(dsa_ctx *c, int l, int t0, int n, const uint16_t *K, const uint16_t *V, const uint8_t *k8,
+                      const float *scale, char *err, size_t errlen) {
+    if (cache_range(c, l, t0, n, err, errlen)) return -1;
+#ifdef DSA_HAVE_CUDA
+    if (c->gpu) return dsa_gpu_cache_io(c->gpu, 1, l, t0, n, (void *)K, (void *)V, (void *)k8, (void *)scale, err, errlen);
+#endif
+    size_t row = (size_t)l * c->n_ctx + t0, kv = (size_t)c->kv_dim;
+    if (K) memcpy(c->kc + row * kv, K, (size_t)n * kv * sizeof *K);
+    if (V) memcpy(c->vc + row * kv, V, (size_t)n * kv * sizeof *V);
+    if (c->ix) {
+        size_t d = (size_t)c->ix->hp.head_dim;
+        if (k8) memcpy(c->ik + row * d, k8, (size_t)n * d);
+        if (scale) memcpy(c->iks + row, scale, (size_t)n * sizeof *scale);
+    }
+    return 0;
+}
+
+int dsa_ctx_set_pos(dsa_ctx *c, int n_pos, char *err, size_t errlen) {
+    if (n_pos < 0 || n_pos > c->n_ctx) return errf(err, errlen, "position %d outside the context of %d", n_pos, c->n_ctx);
+    c->pos = n_pos;
+    return 0;
+}
 void dsa_ctx_reset_timers(dsa_ctx *c) { c->idx_sec = 0; }
 
 /* ---- the forward pass ---------------------------------------------------------------------------------- */
@@ -738,6 +973,84 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
     matmul(c, &m->output, c->xb, n - first, logits);
 }
 
+#ifdef DSA_HAVE_CUDA
+#define GPU_ROWS 256     /* rows per call (kernels/cuda/model.cu MAX_ROWS) */
+#define GPU_OUT_ROWS 16  /* rows of logits per call */
+
+static int gpu_eval(dsa_ctx *c, const int32_t *ids, int n, float *logits, int all_logits,
+                    void (*progress)(int, int, void *), void *ud, char *err, size_t errlen) {
+    if (c->hook || c->pcap) return errf(err, errlen, "layer hooks and probability capture need the CPU backend");
+    int V = c->m->hp.n_vocab;
+    dsa_gpu_ctx *cs[GPU_ROWS];
+    int pos[GPU_ROWS], outr[GPU_OUT_ROWS];
+    for (int i = 0; i < GPU_ROWS; i++) cs[i] = c->gpu;
+    for (int done = 0; done < n;) {
+        /* all logits: 16 rows a call (the logits projection reads the rows in one pass); else 256 */
+        int cap = logits && all_logits ? GPU_OUT_ROWS : GPU_ROWS;
+        int b = n - done < cap ? n - done : cap, n_out = 0;
+        for (int t = 0; t < b; t++) pos[t] = c->pos + t;
+        float *lg = NULL;
+        if (logits && all_logits) {
+            for (int t = 0; t < b; t++) outr[n_out++] = t;
+            lg = logits + (size_t)done * V;
+        } else if (logits && done + b == n) {
+            outr[n_out++] = b - 1;
+            lg = logits;
+        }
+        if (dsa_gpu_eval(cs, ids + done, pos, b, outr, n_out, lg, err, errlen)) return -1;
+        c->pos += b;
+        done += b;
+        if (progress) progress(done, n, ud);
+    }
+    return 0;
+}
+#endif
+
+int dsa_ctx_eval_batch(dsa_ctx *const *cs, const int32_t *ids, int n, float *logits, char *err, size_t errlen) {
+    if (n <= 0) return errf(err, errlen, "nothing to evaluate");
+    const dsa_model *m = cs[0]->m;
+    int V = m->hp.n_vocab;
+    for (int i = 0; i < n; i++) {
+        if (cs[i]->m != m) return errf(err, errlen, "contexts of different models in one batch");
+        if (cs[i]->pos >= cs[i]->n_ctx)
+            return errf(err, errlen, "context full: %d tokens in the cache + 1 new > context size %d", cs[i]->pos,
+                        cs[i]->n_ctx);
+        if (ids[i] < 0 || ids[i] >= V) return errf(err, errlen, "token id %d out of range (vocabulary of %d)", ids[i], V);
+        for (int j = 0; j < i; j++)
+            if (cs[j] == cs[i]) return errf(err, errlen, "a context appears twice in one batch");
+    }
+#ifdef DSA_HAVE_CUDA
+    int on_gpu = cs[0]->gpu != NULL;
+    for (int i = 1; i < n; i++)
+        if ((cs[i]->gpu != NULL) != on_gpu) return errf(err, errlen, "contexts of different backends in one batch");
+    if (on_gpu) {
+        for (int i = 0; i < n; i++)
+            if (cs[i]->hook || cs[i]->pcap)
+                return errf(err, errlen, "layer hooks and probability capture need the CPU backend");
+        dsa_gpu_ctx *gc[GPU_OUT_ROWS];
+        int pos[GPU_OUT_ROWS], outr[GPU_OUT_ROWS];
+        for (int done = 0; done < n;) {
+            int b = n - done < GPU_OUT_ROWS ? n - done : GPU_OUT_ROWS;
+            for (int i = 0; i < b; i++) {
+                gc[i] = cs[done + i]->gpu;
+                pos[i] = cs[done + i]->pos;
+                outr[i] = i;
+            }
+            if (dsa_gpu_eval(gc, ids + done, pos, b, outr, logits ? b : 0, logits ? logits + (size_t)done * V : NULL,
+                             err, errlen))
+                return -1;
+            for (int i = 0; i < b; i++) cs[done + i]->pos++;
+            done += b;
+        }
+        return 0;
+    }
+#endif
+    for (int i = 0; i < n; i++)
+        if (dsa_ctx_eval(cs[i], ids + i, 1, logits ? logits + (size_t)i * V : NULL, 0, NULL, NULL, err, errlen))
+            return -1;
+    return 0;
+}
+
 int dsa_ctx_eval(dsa_ctx *c, const int32_t *ids, int n, float *logits, int all_logits,
                  void (*progress)(int, int, void *), void *ud, char *err, size_t errlen) {
     const dsa_hparams *hp = &c->m->hp;
@@ -748,6 +1061,9 @@ int dsa_ctx_eval(dsa_ctx *c, const int32_t *ids, int n, float *logits, int all_l
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= hp->n_vocab)
             return errf(err, errlen, "token id %d out of range (vocabulary of %d)", ids[i], hp->n_vocab);
+#ifdef DSA_HAVE_CUDA
+    if (c->gpu) return gpu_eval(c, ids, n, logits, all_logits, progress, ud, err, errlen);
+#endif
     for (int done = 0; done < n;) {
         int b = n - done < MAX_BATCH ? n - done : MAX_BATCH;
         int last = done + b == n;

@@ -52,4 +52,31 @@ dsa_model *dsa_ctx_model(const dsa_ctx *c);
 int dsa_ctx_eval(dsa_ctx *c, const int32_t *ids, int n, float *logits, int all_logits,
                  void (*progress)(int, int, void *), void *ud, char *err, size_t errlen);
 
+/* Where a context runs.  AUTO is CUDA when the build has it and a device is usable, else the CPU.  The CUDA
+ * backend holds the weights as f16 (dequantised once, at the first CUDA context of a model) and the caches on the
+ * device; it supports dense attention and DSA by the indexer (not the oracle/window/random baselines, the layer
+ * hook or the probability capture, which stay on the CPU). */
+typedef enum { DSA_BACKEND_AUTO = 0, DSA_BACKEND_CPU = 1, DSA_BACKEND_CUDA = 2 } dsa_backend;
+int dsa_backend_parse(const char *name, dsa_backend *out); /* "auto", "cpu", "cuda": 0, else -1 */
+/* Move a context to a backend before its first token.  0, or -1 with err (e.g. CUDA asked for and none usable). */
+int dsa_ctx_set_backend(dsa_ctx *c, dsa_backend b, char *err, size_t errlen);
+const char *dsa_ctx_backend_name(const dsa_ctx *c); /* "cpu" or "cuda" */
+/* One decode step for n sequences at once: token ids[i] appended to cs[i], logits n × n_vocab (may be NULL).  On
+ * CUDA the n rows go through the weights together; on the CPU it is n single steps.  All contexts share one model
+ * and one backend.  0, or -1 with err (nothing is appended then). */
+int dsa_ctx_eval_batch(dsa_ctx *const *cs, const int32_t *ids, int n, float *logits, char *err, size_t errlen);
+
+/* The per-token state of a sequence, for the session store: whatever backend holds it, positions [t0, t0+n) of
+ * layer l copy out of (get) or into (put) the caller's buffers: K and V rows of dsa_ctx_kv_dim halfs each (f16),
+ * and, when an indexer is attached (dsa_ctx_index_dim > 0), its FP8 e4m3 keys (index_dim bytes per token) and
+ * their f32 scales; k8/scale may be NULL to skip them.  put does not move the position: after every layer is
+ * written, dsa_ctx_set_pos makes the positions count, and the next token's logits are then bit-identical to those
+ * of the run that produced the state.  0, or -1 with err. */
+int dsa_ctx_cache_get(const dsa_ctx *c, int l, int t0, int n, uint16_t *K, uint16_t *V, uint8_t *k8, float *scale,
+                      char *err, size_t errlen);
+int dsa_ctx_cache_put(dsa_ctx *c, int l, int t0, int n, const uint16_t *K, const uint16_t *V, const uint8_t *k8,
+                      const float *scale, char *err, size_t errlen);
+int dsa_ctx_set_pos(dsa_ctx *c, int n_pos, char *err, size_t errlen);
+int dsa_ctx_index_dim(const dsa_ctx *c); /* d_I of the attached indexer, 0 without one */
+
 #endif

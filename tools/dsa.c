@@ -187,6 +187,7 @@ dsa_ctx *new_ctx(dsa_model *m, const opts *o) {
     if (dsa_ctx_new(m, o->n_ctx, o->threads, &c, err, sizeof err)) die(1, "%s", err);
     if (g_ix && dsa_ctx_set_sparse(c, g_ix, DSA_SEL_INDEXER, o->topk_dsa, err, sizeof err)) die(1, "%s", err);
     dsa_ctx_set_dense_layers(c, o->dense_layers);
+    if (dsa_ctx_set_backend(c, o->backend, err, sizeof err)) die(1, "%s", err);
     return c;
 }
 
@@ -584,18 +585,25 @@ static int bench_contexts(const opts *o) {
     const dsa_indexer *ix = tool_indexer();
     if (!ix) die(1, "bench --contexts compares dense with DSA and needs an indexer (--indexer FILE)");
     const dsa_hparams *hp = dsa_model_hparams(m);
-    float *lg = malloc((size_t)hp->n_vocab * sizeof *lg);
-    if (!lg) die(1, "out of memory");
+    int B = o->batch;
+    float *lg = malloc((size_t)B * hp->n_vocab * sizeof *lg);
+    dsa_ctx **cs = calloc((size_t)B, sizeof *cs);
+    int32_t *step = malloc((size_t)B * sizeof *step);
+    if (!lg || !cs || !step) die(1, "out of memory");
     json_t *rows = json_array();
     char err[512];
     int nthreads = 0;
+    const char *backend = "cpu";
     for (int ci = 0; ci < nc; ci++) {
         int C = ctxs[ci];
         opts o2 = *o;
         o2.n_ctx = C + o->gen_tokens + 1;
-        dsa_ctx *c = new_ctx(m, &o2);
+        for (int b = 0; b < B; b++) cs[b] = new_ctx(m, &o2);
+        dsa_ctx *c = cs[0];
         int k = dsa_ctx_topk(c);
         nthreads = dsa_pool_size(dsa_ctx_pool(c));
+        backend = dsa_ctx_backend_name(c);
+        int gpu = !strcmp(backend, "cuda");
         int32_t *ids = malloc((size_t)C * sizeof *ids);
         if (!ids) die(1, "out of memory");
         uint64_t x = 42;
@@ -603,36 +611,62 @@ static int bench_contexts(const opts *o) {
             x = x * 6364136223846793005ull + 1442695040888963407ull;
             ids[i] = (int32_t)((x >> 33) % (uint64_t)hp->n_vocab);
         }
-        if (dsa_ctx_eval(c, ids, C, lg, 0, NULL, NULL, err, sizeof err)) die(1, "%s", err);
+        /* prefill: every sequence of the batch gets the same prompt; the first one is timed (in both modes on a
+         * GPU, where it is cheap; the CPU times the DSA prefill only) */
+        double pre_s[2] = {0, 0};
+        for (int mode = gpu ? 0 : 1; mode < 2; mode++) {
+            if (dsa_ctx_set_sparse(c, ix, mode ? DSA_SEL_INDEXER : DSA_SEL_DENSE, k, err, sizeof err)) die(1, "%s", err);
+            dsa_ctx_truncate(c, 0);
+            if (gpu && dsa_ctx_eval(c, ids, C < 64 ? C : 64, lg, 0, NULL, NULL, err, sizeof err)) die(1, "%s", err);
+            dsa_ctx_truncate(c, 0);
+            double t0 = now_s();
+            if (dsa_ctx_eval(c, ids, C, lg, 0, NULL, NULL, err, sizeof err)) die(1, "%s", err);
+            pre_s[mode] = now_s() - t0;
+        }
+        for (int b = 1; b < B; b++)
+            if (dsa_ctx_eval(cs[b], ids, C, lg, 0, NULL, NULL, err, sizeof err)) die(1, "%s", err);
         double tok_s[2] = {0, 0}, share = 0;
         for (int r = 0; r < o->reps; r++)
             for (int mode = 0; mode < 2; mode++) {
-                if (dsa_ctx_set_sparse(c, ix, mode ? DSA_SEL_INDEXER : DSA_SEL_DENSE, k, err, sizeof err)) die(1, "%s", err);
-                dsa_ctx_truncate(c, C);
+                for (int b = 0; b < B; b++) {
+                    if (dsa_ctx_set_sparse(cs[b], ix, mode ? DSA_SEL_INDEXER : DSA_SEL_DENSE, k, err, sizeof err))
+                        die(1, "%s", err);
+                    dsa_ctx_truncate(cs[b], C);
+                    step[b] = ids[C - 1];
+                }
                 dsa_ctx_reset_timers(c);
-                int32_t id = ids[C - 1];
                 double t0 = now_s();
                 for (int i = 0; i < o->gen_tokens; i++) {
-                    if (dsa_ctx_eval(c, &id, 1, lg, 0, NULL, NULL, err, sizeof err)) die(1, "%s", err);
-                    int best = 0;
-                    for (int v = 1; v < hp->n_vocab; v++) best = lg[v] > lg[best] ? v : best;
-                    id = best;
+                    if (dsa_ctx_eval_batch(cs, step, B, lg, err, sizeof err)) die(1, "%s", err);
+                    for (int b = 0; b < B; b++) {
+                        const float *l = lg + (size_t)b * hp->n_vocab;
+                        int best = 0;
+                        for (int v = 1; v < hp->n_vocab; v++) best = l[v] > l[best] ? v : best;
+                        step[b] = best;
+                    }
                 }
-                double el = now_s() - t0, ts = o->gen_tokens / el;
+                double el = now_s() - t0, ts = (double)o->gen_tokens * B / el;
                 if (ts > tok_s[mode]) tok_s[mode] = ts; /* best of reps: the machine is shared */
                 if (mode) share = dsa_ctx_indexer_seconds(c) / el;
             }
-        json_array_append_new(rows, json_pack("{s:i,s:i,s:f,s:f,s:f,s:f}", "context", C, "k", k, "dense_tok_s", tok_s[0],
-                                              "dsa_tok_s", tok_s[1], "speedup", tok_s[1] / tok_s[0], "indexer_share", share));
-        if (!o->json)
-            printf("context %5d: decode dense %.1f tok/s, DSA (k %d) %.1f tok/s, %.2fx; indexer %.0f%% of DSA decode\n", C,
-                   tok_s[0], k, tok_s[1], tok_s[1] / tok_s[0], share * 100);
+        json_t *row = json_pack("{s:i,s:i,s:i,s:f,s:f,s:f,s:f}", "context", C, "k", k, "batch", B, "dense_tok_s",
+                                tok_s[0], "dsa_tok_s", tok_s[1], "speedup", tok_s[1] / tok_s[0], "indexer_share", share);
+        if (pre_s[0] > 0) json_object_set_new(row, "dense_prefill_tok_s", json_real(C / pre_s[0]));
+        json_object_set_new(row, "dsa_prefill_tok_s", json_real(C / pre_s[1]));
+        json_array_append_new(rows, row);
+        if (!o->json) {
+            printf("context %5d, batch %d: decode dense %.1f tok/s, DSA (k %d) %.1f tok/s, %.2fx", C, B, tok_s[0], k,
+                   tok_s[1], tok_s[1] / tok_s[0]);
+            if (!gpu) printf("; indexer %.0f%% of DSA decode", share * 100);
+            if (pre_s[0] > 0) printf("; prefill dense %.0f tok/s", C / pre_s[0]);
+            printf("; prefill DSA %.0f tok/s\n", C / pre_s[1]);
+        }
         free(ids);
-        dsa_ctx_free(c);
+        for (int b = 0; b < B; b++) dsa_ctx_free(cs[b]);
     }
     if (o->json) {
-        json_t *j = json_pack("{s:i,s:i,s:s,s:o}", "threads", nthreads, "gen_tokens", o->gen_tokens, "cpu", dsa_cpu_name(),
-                              "contexts", rows);
+        json_t *j = json_pack("{s:i,s:i,s:s,s:s,s:o}", "threads", nthreads, "gen_tokens", o->gen_tokens, "cpu",
+                              dsa_cpu_name(), "backend", backend, "contexts", rows);
         json_object_set_new(j, "indexer", json_pack("{s:i,s:i,s:i}", "heads", ix->hp.n_head, "dim", ix->hp.head_dim,
                                                    "rope_dims", ix->hp.rope_dim));
         print_json(j);
@@ -640,6 +674,8 @@ static int bench_contexts(const opts *o) {
         json_decref(rows);
     }
     free(lg);
+    free(cs);
+    free(step);
     dsa_model_free(m);
     return 0;
 }
@@ -716,12 +752,16 @@ static void usage(FILE *f) {
           "  logits PROMPT|-      print the most likely next tokens (--top N)\n"
           "  chat                 interactive multi-turn chat in the terminal\n"
           "  bench                prefill and decode speed (--prompt-tokens, --gen-tokens, --reps)\n"
+          "  slice-model          -m MODEL --layers N -o OUT.gguf [--indexer SIDECAR --indexer-out OUT.dsa.gguf]:\n"
+          "                       the model's first N layers, byte for byte (a small file for GPU test machines)\n"
+          "  synth-model          --like MODEL [--layers N] [--seed S] -o OUT.gguf [--indexer-out OUT.dsa.gguf]:\n"
+          "                       MODEL's shape and tensor types, seeded random weights (any depth)\n"
           "\n"
           "options:\n"
           "  -m, --model FILE     GGUF model (default: the cached SmolLM2-135M-Instruct)\n"
-          "      --indexer FILE   DSA indexer sidecar (not available yet)\n"
-          "      --dense          dense attention (the only mode in this version)\n"
-          "      --topk K         DSA top-k (not available yet)\n"
+          "      --indexer FILE   DSA indexer sidecar (default: <model>.dsa.gguf, else the shipped one)\n"
+          "      --dense          dense attention (DSA off)\n"
+          "      --topk K         DSA top-k (default: the sidecar's)\n"
           "  -n N                 tokens to generate (default 256)\n"
           "      --temp T         temperature, 0 = greedy (default 0.7)\n"
           "      --top-k K        sample from the K most likely tokens (default 40, 0 = all)\n"
@@ -735,6 +775,7 @@ static void usage(FILE *f) {
           "      --truncate       keep the end of a prompt that does not fit instead of failing\n"
           "      --no-special     treat special-token text like <|im_start|> as plain text\n"
           "  -t, --threads N      threads (default: all cores)\n"
+          "  --backend B          auto (CUDA when a GPU is usable), cpu or cuda\n"
           "      --top N          logits: how many (default 10)\n"
           "      --json           print one JSON object\n"
           "  -h, --help           this help;  -V, --version  the version\n",
@@ -763,17 +804,20 @@ int main(int argc, char **argv) {
     o.prompt_tokens = 512;
     o.gen_tokens = 128;
     o.reps = 1;
+    o.batch = 1;
     dsa_sampler_defaults(&o.sp);
     enum { O_INDEXER = 256, O_DENSE, O_TOPK, O_TEMP, O_SEED, O_CHAT, O_SYSTEM, O_JSON, O_TOP, O_CTX, O_TOPK_S, O_TOPP,
            O_MINP, O_REP, O_NOSPECIAL, O_TRUNC, O_PTOK, O_GTOK, O_REPS, O_CORPUS, O_HELDOUT, O_CKPT, O_INIT, O_LOG,
            O_PLOT, O_HEADS, O_DIM, O_ROPED, O_SEQLEN, O_ROWS, O_SPARSE, O_CKEVERY, O_HEVERY, O_TOKENS, O_MINUTES,
-           O_LR, O_DLAYERS, O_CONTEXTS, O_KS, O_TEXTS, O_NTEXTS, O_PASSKEY, O_REPORT };
+           O_LR, O_DLAYERS, O_CONTEXTS, O_KS, O_TEXTS, O_NTEXTS, O_PASSKEY, O_REPORT, O_LAYERS, O_LIKE, O_IXOUT,
+           O_BACKEND, O_BATCH };
     static const struct option lo[] = {
         {"model", required_argument, 0, 'm'},    {"indexer", required_argument, 0, O_INDEXER},
         {"dense", no_argument, 0, O_DENSE},       {"topk", required_argument, 0, O_TOPK},
         {"temp", required_argument, 0, O_TEMP},  {"seed", required_argument, 0, O_SEED},
         {"chat", no_argument, 0, O_CHAT},         {"system", required_argument, 0, O_SYSTEM},
         {"threads", required_argument, 0, 't'},  {"json", no_argument, 0, O_JSON},
+        {"backend", required_argument, 0, O_BACKEND}, {"batch", required_argument, 0, O_BATCH},
         {"top", required_argument, 0, O_TOP},    {"ctx", required_argument, 0, O_CTX},
         {"top-k", required_argument, 0, O_TOPK_S}, {"top-p", required_argument, 0, O_TOPP},
         {"min-p", required_argument, 0, O_MINP}, {"repeat-penalty", required_argument, 0, O_REP},
@@ -793,6 +837,8 @@ int main(int argc, char **argv) {
         {"contexts", required_argument, 0, O_CONTEXTS}, {"ks", required_argument, 0, O_KS},
         {"texts", required_argument, 0, O_TEXTS}, {"n-texts", required_argument, 0, O_NTEXTS},
         {"passkey-trials", required_argument, 0, O_PASSKEY}, {"report", required_argument, 0, O_REPORT},
+        {"layers", required_argument, 0, O_LAYERS}, {"like", required_argument, 0, O_LIKE},
+        {"indexer-out", required_argument, 0, O_IXOUT},
         {"version", no_argument, 0, 'V'},        {0, 0, 0, 0}};
     /* options may come before or after the command (GNU getopt permutes) */
     int ch;
@@ -829,9 +875,16 @@ int main(int argc, char **argv) {
         case O_NTEXTS: o.n_texts = parse_int(optarg, "--n-texts", 1, 10000); break;
         case O_PASSKEY: o.passkey_trials = parse_int(optarg, "--passkey-trials", 0, 1000); break;
         case O_REPORT: o.report = optarg; break;
+        case O_LAYERS: o.layers = parse_int(optarg, "--layers", 1, 4096); break;
+        case O_LIKE: o.like = optarg; break;
+        case O_IXOUT: o.indexer_out = optarg; break;
         case 'm': o.model = optarg; break;
         case 'n': o.n_predict = parse_int(optarg, "-n", 0, 1 << 22); break;
         case 't': o.threads = parse_int(optarg, "--threads", 1, 256); break;
+        case O_BACKEND:
+            if (dsa_backend_parse(optarg, &o.backend)) die(2, "--backend: '%s' is not auto, cpu or cuda", optarg);
+            break;
+        case O_BATCH: o.batch = parse_int(optarg, "--batch", 1, 256); break;
         case O_INDEXER: o.indexer = optarg; break;
         case O_DENSE: o.dense = 1; break;
         case O_TOPK: o.topk_dsa = parse_int(optarg, "--topk", 1, 1 << 22); break;
@@ -894,6 +947,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "bench")) return cmd_bench(&o);
     if (!strcmp(cmd, "train-indexer")) return cmd_train(&o);
     if (!strcmp(cmd, "eval")) return cmd_eval(&o);
-    die(2, "unknown command '%s' (commands: info, tokenize, generate, logits, chat, bench, train-indexer, eval)", cmd);
+    if (!strcmp(cmd, "slice-model")) return cmd_slice_model(&o);
+    if (!strcmp(cmd, "synth-model")) return cmd_synth_model(&o);
+    die(2, "unknown command '%s' (commands: info, tokenize, generate, logits, chat, bench, train-indexer, eval, "
+           "slice-model, synth-model)", cmd);
     return 2;
 }

@@ -18,6 +18,8 @@ typedef struct {
     const char *system;
     int dense, topk_dsa, n_predict, chat, threads, json, top, n_ctx, no_special, truncate;
     int prompt_tokens, gen_tokens, reps;
+    dsa_backend backend;
+    int batch; /* bench: sequences decoded together */
     dsa_sampler_params sp;
     /* train-indexer */
     const char *corpus, *heldout, *out, *checkpoint, *init, *log, *plot;
@@ -28,6 +30,9 @@ typedef struct {
     /* eval and bench */
     const char *contexts, *ks, *texts, *report;
     int n_texts, passkey_trials;
+    /* slice-model and synth-model */
+    const char *like, *indexer_out;
+    int layers; /* 0: not given */
     char **argv; /* the command line, for provenance */
     int argc;
 } opts;
@@ -54,5 +59,8 @@ float parse_float(const char *s, const char *what, float lo, float hi);
 
 int cmd_train(const opts *o);
 int cmd_eval(const opts *o);
+/* dsa_models.c: small or synthetic models of a real model's shape (for GPU test machines) */
+int cmd_slice_model(const opts *o);
+int cmd_synth_model(const opts *o);
 
 #endif

@@ -1,11 +1,22 @@
 /*
  * kernels/cuda — the NVIDIA backend (built when nvcc is found; see DSA_CUDA in CMakeLists.txt).
- * So far it only reports the devices; the model's kernels arrive with the CUDA backend issue.
+ *
+ * Two levels:
+ *  - kernels (dsa_cuk_*): one launch each, on device pointers, on the backend's stream.  Each has a plain-C
+ *    counterpart in kernels/cpu (named beside it) that tests/test_cuda.c compares it with on random data.
+ *  - the model (dsa_gpu_*): weights uploaded once (f16, dequantised from whatever the GGUF holds; the indexer in
+ *    f32), per-sequence caches (K/V f16, indexer keys FP8 e4m3 + f32 scale, the same layout as the CPU backend's),
+ *    and a forward pass over n rows that may belong to different sequences (batched decode).  engine/model.c is
+ *    the only caller.
+ *
+ * Every function returns 0, or -1 with one line in err.  A dsa_gpu_model and its contexts are used by one thread
+ * at a time (the engine's callers already serialise evaluation per model).
  */
 #ifndef DSA_CUDA_H
 #define DSA_CUDA_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -14,6 +25,108 @@ extern "C" {
 /* Number of usable CUDA devices (0 when there is no driver or no device); the first one's name and memory go to
  * name/mem_bytes when count > 0.  why (may be NULL) gets the CUDA runtime's reason when the count is 0. */
 int dsa_cuda_devices(char *name, size_t name_len, size_t *mem_bytes, char *why, size_t why_len);
+
+/* ---- device memory, for tests and benchmarks ---------------------------------------------------------------- */
+
+void *dsa_cuda_alloc(size_t bytes);                 /* cudaMalloc; NULL on failure */
+void dsa_cuda_free(void *p);
+int dsa_cuda_put(void *dst, const void *src, size_t bytes); /* host → device, synchronous */
+int dsa_cuda_get(void *dst, const void *src, size_t bytes); /* device → host, synchronous */
+int dsa_cuda_fill(void *dst, int byte, size_t bytes);       /* poison outputs before a test */
+int dsa_cuda_copy_d2d(void *dst, const void *src, size_t bytes); /* asynchronous, on the backend's stream */
+int dsa_cuda_sync(char *err, size_t errlen);                /* wait for the stream; report a kernel fault */
+/* Events on the backend's stream, for benchmarks: the milliseconds fn(ud) took, median of reps after warm-up. */
+double dsa_cuda_time_ms(void (*fn)(void *), void *ud, int warmup, int reps);
+
+/* ---- kernels (device pointers) ---------------------------------------------------------------------------- */
+
+/* Y[r][o] = Σ_c W[o][c]·X[r][c] (+ Y[r][o] when accumulate), W rows×cols f16, X n×cols f32, n <= 16.
+ * With norm != NULL, X is first RMS-normalised per row and multiplied by norm (cols floats).
+ * CPU counterpart: dsa_matmul over DSA_F16 (kernels/cpu/matmul.c) and the engine's rmsnorm. */
+int dsa_cuk_gemv_f16(const uint16_t *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
+                     const float *bias, float *Y, int accumulate);
+/* SwiGLU form: W holds 2·rows rows (gate, then up); Y[r][o] = silu(gate·x)·(up·x).  CPU: the engine's FFN. */
+int dsa_cuk_gemv_swiglu(const uint16_t *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
+                        float *Y);
+/* The same with f32 weights (the indexer's projection). */
+int dsa_cuk_gemv_f32(const float *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
+                     float *Y);
+/* Index scores out[r][s] = scale[s]·Σ_j w[r][j]·ReLU(q[r][j]·k8[s]) for s < len[r], n query rows of H·d / H floats;
+ * all rows read the same keys (row_keys 0) or row r the keys row_keys·r slots on (one sequence per row).
+ * CPU counterpart: dsa_indexer_scores. */
+int dsa_cuk_index_scores(int n, int H, int d, const uint8_t *k8, const float *kscale, size_t row_keys, const float *q,
+                         const float *w, const int *len, int max_len, float *out, int ld);
+/* Per row, the k largest of score[r][0..len[r]) by (score, index) — NaN lowest, -0 == +0, ties to the later index —
+ * as ascending positions in idx[r][0..k); cnt[r] = k, or -1 when len[r] <= k (attend densely).
+ * CPU counterpart: dsa_topk. */
+int dsa_cuk_topk(int n, const float *score, int ld, const int *len, int k, int32_t *idx, int *cnt);
+/* Attention of n query rows (H heads of D, row r at position len[r]-1) over one sequence's f16 K/V cache
+ * (n_ctx rows of KVH·D): over the selected positions sel[r][0..cnt[r]) when cnt[r] >= 0, else the causal prefix.
+ * cnt may be NULL (all dense).  out n × H·D.  CPU: dsa_attn_scores_f16(_idx), softmax, dsa_attn_sum_f16(_idx). */
+int dsa_cuk_attention(int n, int H, int KVH, int D, const uint16_t *K, const uint16_t *V, int n_ctx, const float *q,
+                      const int *len, const int32_t *sel, int ldi, const int *cnt, float *out);
+/* FP8 e4m3 with a per-row scale (saturating, round to nearest even).  CPU counterpart: dsa_fp8_quant_row. */
+int dsa_cuk_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale);
+
+/* ---- the model ----------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    int n_layer, n_embd, n_ff, n_head, n_head_kv, head_dim, n_vocab, rope_dim, rope_neox;
+    float norm_eps;
+    const float *rope_freq; /* rope_dim/2 */
+} dsa_gpu_shape;
+
+typedef struct {
+    const uint16_t *wqkv;  /* (E + 2·KV) × E f16: Wq, Wk, Wv stacked */
+    const float *bqkv;     /* E + 2·KV, or NULL */
+    const uint16_t *wo;    /* E × E */
+    const uint16_t *wgu;   /* 2F × E: Wgate then Wup */
+    const uint16_t *wdown; /* E × F */
+    const float *attn_norm, *ffn_norm;
+} dsa_gpu_layer;
+
+typedef struct {
+    int n_head, head_dim, rope_dim;
+    float norm_eps;
+    const float *W;         /* n_layer × rows × E, rows = H·d + d + H */
+    const float *ln;        /* n_layer × 2d */
+    const float *rope_freq; /* rope_dim/2 */
+} dsa_gpu_indexer;
+
+typedef struct dsa_gpu_model dsa_gpu_model;
+typedef struct dsa_gpu_ctx dsa_gpu_ctx;
+
+int dsa_gpu_model_new(const dsa_gpu_shape *s, dsa_gpu_model **out, char *err, size_t errlen);
+void dsa_gpu_model_free(dsa_gpu_model *g);
+int dsa_gpu_set_layer(dsa_gpu_model *g, int l, const dsa_gpu_layer *w, char *err, size_t errlen);
+/* token_embd (n_vocab × E f16), the output projection (NULL when tied to token_embd), output_norm. */
+int dsa_gpu_set_embd(dsa_gpu_model *g, const uint16_t *embd, const uint16_t *output, const float *output_norm,
+                     char *err, size_t errlen);
+/* Upload an indexer (one per model at a time; key identifies it, so a second attach of the same one is free). */
+int dsa_gpu_set_indexer(dsa_gpu_model *g, const void *key, const dsa_gpu_indexer *ix, char *err, size_t errlen);
+const void *dsa_gpu_indexer_key(const dsa_gpu_model *g);
+size_t dsa_gpu_weight_bytes(const dsa_gpu_model *g);
+/* Tests: keep every layer's top-k selection of the last dsa_gpu_eval; read row `row`'s set of a layer (cnt -1:
+ * the row attended densely). */
+int dsa_gpu_debug_selection(dsa_gpu_model *g, int on);
+int dsa_gpu_selection(dsa_gpu_model *g, int layer, int row, int32_t *idx, int *cnt);
+const char *dsa_gpu_device_name(const dsa_gpu_model *g);
+
+/* A sequence of n_ctx positions; with_indexer allocates its FP8 key cache. */
+int dsa_gpu_ctx_new(dsa_gpu_model *g, int n_ctx, int with_indexer, dsa_gpu_ctx **out, char *err, size_t errlen);
+void dsa_gpu_ctx_free(dsa_gpu_ctx *c);
+/* sparse: select top-k by the indexer in layers >= dense_layers (needs with_indexer). */
+void dsa_gpu_ctx_config(dsa_gpu_ctx *c, int sparse, int topk, int dense_layers);
+int dsa_gpu_ctx_has_indexer(const dsa_gpu_ctx *c);
+/* Copy positions [t0, t0+n) of layer l out (dir 0) or in (dir 1); NULL buffers are skipped. */
+int dsa_gpu_cache_io(dsa_gpu_ctx *c, int dir, int l, int t0, int n, void *K, void *V, void *k8, void *scale,
+                     char *err, size_t errlen);
+
+/* Evaluate rows: row r is token ids[r] of sequence cs[r] at position pos[r].  Rows of one sequence must be
+ * consecutive positions in order.  logits: NULL, or n_out × n_vocab floats for the rows listed in out_rows
+ * (ascending).  Decode steps (every row a different sequence, n <= 16) replay a captured CUDA graph. */
+int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const int *pos, int n, const int *out_rows, int n_out,
+                 float *logits, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,201 @@
+/*
+ * bench_cuda: each CUDA kernel's time against its floor (bytes it must move over the measured HBM bandwidth).
+ * Prints one JSON object (the numbers tests/gpu/run.sh puts in the GPU summary).  Exit 77 without a device.
+ *
+ *   bench_cuda [--json]
+ *
+ * Inputs are random (never zeros) and rotate among enough copies to overflow the L2 cache where the kernel
+ * streams from HBM.  Times are medians of CUDA-event timings after warm-up.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+#ifndef DSA_HAVE_CUDA
+int main(void) {
+    fprintf(stderr, "bench_cuda: built without CUDA\n");
+    return 77;
+}
+#else
+#include "../kernels/cuda/cuda.h"
+
+static uint64_t rs = 0x9E3779B97F4A7C15ull;
+static float frand(void) {
+    rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
+    return (float)((rs >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+}
+
+static void *dev_random(size_t bytes, int kind) { /* kind 0: f32 in [-1,1), 1: f16, 2: bytes */
+    void *h = malloc(bytes), *d = dsa_cuda_alloc(bytes);
+    if (!h || !d) {
+        fprintf(stderr, "bench_cuda: out of memory (%zu bytes)\n", bytes);
+        exit(1);
+    }
+    if (kind == 0)
+        for (size_t i = 0; i < bytes / 4; i++) ((float *)h)[i] = frand();
+    else if (kind == 1)
+        for (size_t i = 0; i < bytes / 2; i++) {
+            float f = frand() * 0.05f;
+            dsa_f32_to_f16_row(1, &f, (uint16_t *)h + i);
+        }
+    else
+        for (size_t i = 0; i < bytes; i++) ((uint8_t *)h)[i] = (uint8_t)((rs = rs * 6364136223846793005ull + 1) >> 56) & 0x77;
+    dsa_cuda_put(d, h, bytes);
+    free(h);
+    return d;
+}
+
+/* ---- the copy ceiling ---- */
+typedef struct {
+    void *a, *b;
+    size_t bytes;
+} copy_job;
+static void run_copy(void *u) {
+    copy_job *j = u;
+    dsa_cuda_copy_d2d(j->b, j->a, j->bytes);
+}
+
+/* ---- index scores: B rows, each its own sequence of L keys ---- */
+#define SETS 8
+typedef struct {
+    int B, L, H, d, set;
+    uint8_t *k8[SETS];
+    float *ks[SETS], *q, *w, *out;
+    int *len;
+} score_job;
+static void run_scores(void *u) {
+    score_job *j = u;
+    int s = j->set++ % SETS;
+    dsa_cuk_index_scores(j->B, j->H, j->d, j->k8[s], j->ks[s], (size_t)j->L, j->q, j->w, j->len, j->L, j->out, j->L);
+}
+
+typedef struct {
+    int rows, cols, n, set;
+    uint16_t *W[4];
+    float *x, *y, *norm;
+} gemv_job;
+static void run_gemv(void *u) {
+    gemv_job *j = u;
+    int s = j->set++ % 4;
+    dsa_cuk_gemv_f16(j->W[s], j->rows, j->cols, j->x, j->n, j->norm, 1e-5f, NULL, j->y, 0);
+}
+
+typedef struct {
+    int n, L, k;
+    float *score;
+    int *len, *cnt;
+    int32_t *idx;
+} topk_job;
+static void run_topk(void *u) {
+    topk_job *j = u;
+    dsa_cuk_topk(j->n, j->score, j->L, j->len, j->k, j->idx, j->cnt);
+}
+
+typedef struct {
+    int n, H, KVH, D, L, k;
+    uint16_t *K, *V;
+    float *q, *out;
+    int *len, *cnt;
+    int32_t *sel;
+} attn_job;
+static void run_attn(void *u) {
+    attn_job *j = u;
+    dsa_cuk_attention(j->n, j->H, j->KVH, j->D, j->K, j->V, j->L, j->q, j->len, j->sel, j->k, j->cnt, j->out);
+}
+
+int main(void) {
+    char name[128], why[128];
+    size_t mem;
+    if (dsa_cuda_devices(name, sizeof name, &mem, why, sizeof why) <= 0) {
+        fprintf(stderr, "bench_cuda: no usable device (%s)\n", why);
+        return 77;
+    }
+    json_t *J = json_object();
+    json_object_set_new(J, "device", json_string(name));
+
+    /* HBM ceiling: a 2 GiB device-to-device copy, bytes read + written */
+    copy_job cj = {dsa_cuda_alloc(1u << 31), dsa_cuda_alloc(1u << 31), 1u << 31};
+    dsa_cuda_fill(cj.a, 0x3c, cj.bytes);
+    double ms = dsa_cuda_time_ms(run_copy, &cj, 3, 10);
+    double hbm = 2.0 * cj.bytes / (ms * 1e-3); /* bytes/s */
+    json_object_set_new(J, "hbm_copy_GBps", json_real(hbm / 1e9));
+    dsa_cuda_free(cj.a), dsa_cuda_free(cj.b);
+
+    /* indexer scores at 8K context × batch 16: 16 sequences × 8192 keys × (64 B + 4 B scale) + 4 B score out */
+    score_job sj = {16, 8192, 4, 64, 0, {0}, {0}, 0, 0, 0, 0};
+    for (int s = 0; s < SETS; s++) {
+        sj.k8[s] = dev_random((size_t)sj.B * sj.L * sj.d, 2);
+        sj.ks[s] = dev_random((size_t)sj.B * sj.L * 4, 0);
+    }
+    sj.q = dev_random((size_t)sj.B * sj.H * sj.d * 4, 0);
+    sj.w = dev_random((size_t)sj.B * sj.H * 4, 0);
+    sj.out = dsa_cuda_alloc((size_t)sj.B * sj.L * 4);
+    int lens[16];
+    for (int i = 0; i < 16; i++) lens[i] = sj.L;
+    sj.len = dsa_cuda_alloc(sizeof lens);
+    dsa_cuda_put(sj.len, lens, sizeof lens);
+    ms = dsa_cuda_time_ms(run_scores, &sj, 5, 50);
+    double bytes = (double)sj.B * sj.L * (sj.d + 4 + 4);
+    json_object_set_new(J, "index_scores_8k_b16", json_pack("{s:f,s:f,s:f}", "ms", ms, "GBps", bytes / (ms * 1e-3) / 1e9,
+                                                            "hbm_fraction", bytes / (ms * 1e-3) / hbm));
+
+    /* top-k 512 of 8192 for 16 rows (reads the scores 5 times, from L2) */
+    topk_job tj = {16, 8192, 512, sj.out, sj.len, dsa_cuda_alloc(64), dsa_cuda_alloc((size_t)16 * 512 * 4)};
+    ms = dsa_cuda_time_ms(run_topk, &tj, 5, 50);
+    json_object_set_new(J, "topk_512_of_8k_b16", json_pack("{s:f}", "ms", ms));
+
+    /* GEMV: the output projection (49152 × 576 f16, 56.6 MB), 1 and 16 rows */
+    gemv_job gj = {49152, 576, 1, 0, {0}, 0, 0, 0};
+    for (int s = 0; s < 4; s++) gj.W[s] = dev_random((size_t)gj.rows * gj.cols * 2, 1);
+    gj.x = dev_random((size_t)16 * gj.cols * 4, 0);
+    gj.norm = dev_random((size_t)gj.cols * 4, 0);
+    gj.y = dsa_cuda_alloc((size_t)16 * gj.rows * 4);
+    json_t *gv = json_array();
+    int ns[] = {1, 4, 16};
+    for (int i = 0; i < 3; i++) {
+        gj.n = ns[i];
+        ms = dsa_cuda_time_ms(run_gemv, &gj, 5, 50);
+        double b = (double)gj.rows * gj.cols * 2;
+        json_array_append_new(gv, json_pack("{s:i,s:f,s:f,s:f}", "rows_in", gj.n, "ms", ms, "GBps", b / (ms * 1e-3) / 1e9,
+                                            "hbm_fraction", b / (ms * 1e-3) / hbm));
+    }
+    json_object_set_new(J, "gemv_49152x576", gv);
+
+    /* attention over 8K positions, 16 rows, 9/3 heads × 64: dense vs 512 selected */
+    attn_job aj = {16, 9, 3, 64, 8192, 512, 0, 0, 0, 0, sj.len, 0, 0};
+    aj.K = dev_random((size_t)aj.L * aj.KVH * aj.D * 2, 1);
+    aj.V = dev_random((size_t)aj.L * aj.KVH * aj.D * 2, 1);
+    aj.q = dev_random((size_t)16 * aj.H * aj.D * 4, 0);
+    aj.out = dsa_cuda_alloc((size_t)16 * aj.H * aj.D * 4);
+    int32_t *sel = malloc((size_t)16 * 512 * 4);
+    int cnt[16];
+    for (int r = 0; r < 16; r++) {
+        cnt[r] = 512;
+        for (int i = 0; i < 512; i++) sel[r * 512 + i] = i * 16 + r;
+    }
+    aj.sel = dsa_cuda_alloc((size_t)16 * 512 * 4);
+    dsa_cuda_put(aj.sel, sel, (size_t)16 * 512 * 4);
+    int dense[16];
+    for (int r = 0; r < 16; r++) dense[r] = -1;
+    int *dcnt = dsa_cuda_alloc(sizeof cnt), *ddense = dsa_cuda_alloc(sizeof dense);
+    dsa_cuda_put(dcnt, cnt, sizeof cnt);
+    dsa_cuda_put(ddense, dense, sizeof dense);
+    aj.cnt = ddense;
+    double dms = dsa_cuda_time_ms(run_attn, &aj, 5, 50);
+    aj.cnt = dcnt;
+    double sms = dsa_cuda_time_ms(run_attn, &aj, 5, 50);
+    json_object_set_new(J, "attention_8k_b16", json_pack("{s:f,s:f,s:f}", "dense_ms", dms, "sparse_512_ms", sms,
+                                                         "speedup", dms / sms));
+    free(sel);
+    char *s = json_dumps(J, JSON_INDENT(2));
+    puts(s);
+    free(s);
+    json_decref(J);
+    return 0;
+}
+#endif

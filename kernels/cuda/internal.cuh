@@ -1,0 +1,66 @@
+// Private to kernels/cuda: the state the kernels read per sequence and per row, and the launchers model.cu uses.
+#ifndef DSA_CUDA_INTERNAL_CUH
+#define DSA_CUDA_INTERNAL_CUH
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+
+// One sequence's caches and switches, as the kernels see them.
+struct SeqDev {
+    uint16_t *kc, *vc; // [layer][n_ctx][kv_dim] f16
+    uint8_t *ik;       // [layer][n_ctx][d] FP8 e4m3 indexer keys, or NULL
+    float *iks;        // [layer][n_ctx]
+    int n_ctx;
+    int sparse;        // select by the indexer ...
+    int topk;          // ... the topk best ...
+    int dense_layers;  // ... in layers >= dense_layers
+};
+
+// One row of a step: a token of a sequence at a position.
+struct RowDev {
+    int tok, pos, seq;
+};
+
+// Model shape the kernels need.
+struct Shape {
+    int E, F, H, KVH, D, V, rope_dim, rope_neox;
+    float eps;
+    int ixH, ixd, ix_rope_dim, ix_rows;
+    float ix_eps;
+};
+
+cudaStream_t dsa_cu_stream(void);
+
+#define CU_CHECK(call, err, errlen)                                                                               \
+    do {                                                                                                          \
+        cudaError_t e_ = (call);                                                                                  \
+        if (e_ != cudaSuccess) {                                                                                  \
+            snprintf(err, errlen, "CUDA: %s (%s:%d)", cudaGetErrorString(e_), __FILE__, __LINE__);                \
+            return -1;                                                                                            \
+        }                                                                                                         \
+    } while (0)
+
+// Launchers (asynchronous on dsa_cu_stream; return 0 or -1 when the launch itself was refused).
+int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
+                const float *bias, float *Y, int accumulate, int swiglu);
+int cu_gemv_f32(const float *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y);
+int cu_embed(const __half *embd, int E, const RowDev *rows, int n, float *x);
+int cu_rmsnorm_h(const float *x, const float *w, int E, float eps, int n, __half *xh, float *xn);
+int cu_swiglu_h(const float *gu, int F, int n, __half *hb);
+int cu_gather_rows(const float *x, int E, const int *which, int n, float *out);
+int cu_rope_kv(const Shape &s, float *qkv, const float *bias, const float *cos_sin_unused, const RowDev *rows, int n,
+               const SeqDev *seqs, int layer, const float *rope_freq);
+int cu_ix_project(const Shape &s, float *proj, const float *ln, const float *rope_freq, const RowDev *rows, int n,
+                  const SeqDev *seqs, int layer, float *iq, float *iw);
+int cu_index_scores(int H, int d, const RowDev *rows, int n, const SeqDev *seqs, int layer, const float *iq,
+                    const float *iw, int grid_len, float *out, int ld);
+int cu_topk(const RowDev *rows, int n, const SeqDev *seqs, int layer, const float *score, int ld, int32_t *idx,
+            int ldi, int *cnt);
+int cu_attention(const Shape &s, const float *q, int ldq, const RowDev *rows, int n, const SeqDev *seqs, int layer,
+                 const int32_t *sel, int ldi, const int *cnt, int grid_len, float *part, float *att, __half *att_h);
+size_t cu_attention_part_floats(const Shape &s, int n, int grid_len);
+int cu_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale);
+
+#endif

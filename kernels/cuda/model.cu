@@ -1,0 +1,676 @@
+// The model on the GPU: weights uploaded once, per-sequence caches, and the forward pass over rows that may belong
+// to different sequences.  Decode steps (one row per sequence, at most 16) replay a captured CUDA graph: every
+// value that changes from step to step (tokens, positions, which caches) sits in a small parameter block that the
+// graph itself copies from pinned host memory, so one graph serves every step of the same shape.
+#include "cuda.h"
+#include "internal.cuh"
+
+#include <cublas_v2.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_ROWS 256 // rows per forward call (the engine's prefill batch)
+#define GEMV_ROWS 16 // up to this many rows the matrices go through our GEMV kernels, above it through cuBLAS
+#define MAX_GRAPHS 48
+
+static cudaStream_t g_stream;
+
+cudaStream_t dsa_cu_stream(void) {
+    if (!g_stream) cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking);
+    return g_stream;
+}
+
+struct GLayer {
+    __half *wqkv, *wo, *wgu, *wdown;
+    float *bqkv, *attn_norm, *ffn_norm;
+};
+
+struct Graph {
+    int n, grid_len, has_ix, n_out;
+    cudaGraphExec_t exec;
+};
+
+struct dsa_gpu_model {
+    Shape s;
+    int n_layer;
+    char device[256];
+    cublasHandle_t blas;
+    float *rope_freq;
+    GLayer *L;
+    __half *embd, *output;
+    float *output_norm;
+    size_t weight_bytes;
+    // indexer
+    const void *ix_key;
+    float *ixW, *ixln, *ix_freq;
+    // scratch, sized for MAX_ROWS rows and contexts up to grid_cap positions
+    int grid_cap;
+    float *x, *qkv, *att, *gu, *hb, *xn, *ixproj, *iq, *iw, *scores, *part, *xo, *logits;
+    __half *xh;
+    int32_t *sel;
+    int *cnt, *which;
+    int debug_sel;        // keep every layer's selection of the last call (tests)
+    int32_t *sel_log;     // [layer][MAX_ROWS][sel_ld]
+    int *cnt_log;         // [layer][MAX_ROWS]
+    int sel_ld, logits_rows;
+    // step parameters: pinned host copy and device copy (rows, then sequences, then output rows)
+    void *par_h, *par_d;
+    float *logits_h; // pinned: GEMV_ROWS × n_vocab
+    RowDev *rows_d;
+    SeqDev *seqs_d;
+    Graph graphs[MAX_GRAPHS];
+    int n_graphs;
+    int ix_ctx_count;
+};
+
+struct dsa_gpu_ctx {
+    dsa_gpu_model *g;
+    int n_ctx;
+    SeqDev sd;
+};
+
+#define PAR_BYTES (MAX_ROWS * (sizeof(RowDev) + sizeof(SeqDev) + sizeof(int)))
+
+static int fail(char *err, size_t errlen, const char *what, cudaError_t e) {
+    snprintf(err, errlen, "CUDA: %s: %s", what, cudaGetErrorString(e));
+    return -1;
+}
+
+extern "C" int dsa_cuda_devices(char *name, size_t name_len, size_t *mem_bytes, char *why, size_t why_len) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n <= 0) {
+        if (why && why_len) snprintf(why, why_len, "%s", e != cudaSuccess ? cudaGetErrorString(e) : "no device");
+        return 0;
+    }
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, 0) == cudaSuccess) {
+        if (name && name_len) snprintf(name, name_len, "%s", p.name);
+        if (mem_bytes) *mem_bytes = p.totalGlobalMem;
+    }
+    return n;
+}
+
+// ---- device memory helpers (tests, benchmarks) ---------------------------------------------------------------------
+
+extern "C" void *dsa_cuda_alloc(size_t bytes) {
+    void *p = NULL;
+    return cudaMalloc(&p, bytes ? bytes : 1) == cudaSuccess ? p : NULL;
+}
+extern "C" void dsa_cuda_free(void *p) { cudaFree(p); }
+extern "C" int dsa_cuda_put(void *dst, const void *src, size_t bytes) {
+    return cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice) == cudaSuccess ? 0 : -1;
+}
+extern "C" int dsa_cuda_get(void *dst, const void *src, size_t bytes) {
+    if (cudaStreamSynchronize(dsa_cu_stream()) != cudaSuccess) return -1;
+    return cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost) == cudaSuccess ? 0 : -1;
+}
+extern "C" int dsa_cuda_fill(void *dst, int byte, size_t bytes) {
+    return cudaMemset(dst, byte, bytes) == cudaSuccess ? 0 : -1;
+}
+extern "C" int dsa_cuda_copy_d2d(void *dst, const void *src, size_t bytes) {
+    return cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, dsa_cu_stream()) == cudaSuccess ? 0 : -1;
+}
+extern "C" int dsa_cuda_sync(char *err, size_t errlen) {
+    cudaError_t e = cudaStreamSynchronize(dsa_cu_stream());
+    if (e == cudaSuccess) e = cudaGetLastError();
+    if (e != cudaSuccess) return fail(err, errlen, "kernel", e);
+    return 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+extern "C" double dsa_cuda_time_ms(void (*fn)(void *), void *ud, int warmup, int reps) {
+    cudaStream_t st = dsa_cu_stream();
+    for (int i = 0; i < warmup; i++) fn(ud);
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    double *t = (double *)malloc(sizeof(double) * (reps > 0 ? reps : 1));
+    for (int i = 0; i < reps; i++) {
+        cudaEventRecord(a, st);
+        fn(ud);
+        cudaEventRecord(b, st);
+        cudaEventSynchronize(b);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, a, b);
+        t[i] = ms;
+    }
+    qsort(t, reps, sizeof *t, cmp_double);
+    double med = reps > 0 ? t[reps / 2] : 0;
+    free(t);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return med;
+}
+
+// ---- kernels on device pointers (tests) ----------------------------------------------------------------------------
+
+extern "C" int dsa_cuk_gemv_f16(const uint16_t *W, int rows, int cols, const float *X, int n, const float *norm,
+                                float eps, const float *bias, float *Y, int accumulate) {
+    return cu_gemv_f16((const __half *)W, rows, cols, X, n, norm, eps, bias, Y, accumulate, 0);
+}
+
+extern "C" int dsa_cuk_gemv_swiglu(const uint16_t *W, int rows, int cols, const float *X, int n, const float *norm,
+                                   float eps, float *Y) {
+    return cu_gemv_f16((const __half *)W, rows, cols, X, n, norm, eps, NULL, Y, 0, 1);
+}
+
+extern "C" int dsa_cuk_gemv_f32(const float *W, int rows, int cols, const float *X, int n, const float *norm,
+                                float eps, float *Y) {
+    return cu_gemv_f32(W, rows, cols, X, n, norm, eps, Y);
+}
+
+// One sequence whose index-key cache is k8/kscale (layer 0) and n rows at positions len[r]-1.
+// Rows at positions len[r]-1 of one sequence whose index-key cache is k8/kscale (layer 0), or, with row_keys > 0,
+// of n sequences whose caches lie row_keys key slots apart.
+static int test_rows(const uint8_t *k8, const float *kscale, size_t row_keys, int d, const int *len, int n,
+                     int max_len, int topk, RowDev **rows_d, SeqDev **seq_d) {
+    int hl[MAX_ROWS];
+    RowDev hr[MAX_ROWS];
+    SeqDev sd[MAX_ROWS];
+    if (n > MAX_ROWS || dsa_cuda_get(hl, len, (size_t)n * sizeof(int))) return -1;
+    int ns = row_keys ? n : 1;
+    for (int r = 0; r < n; r++) hr[r] = RowDev{0, hl[r] - 1, row_keys ? r : 0};
+    for (int i = 0; i < ns; i++)
+        sd[i] = SeqDev{NULL, NULL, k8 ? (uint8_t *)k8 + i * row_keys * d : NULL,
+                       kscale ? (float *)kscale + i * row_keys : NULL, max_len, 1, topk, 0};
+    *rows_d = (RowDev *)dsa_cuda_alloc(sizeof hr);
+    *seq_d = (SeqDev *)dsa_cuda_alloc(sizeof sd);
+    if (!*rows_d || !*seq_d || dsa_cuda_put(*rows_d, hr, (size_t)n * sizeof(RowDev)) ||
+        dsa_cuda_put(*seq_d, sd, (size_t)ns * sizeof(SeqDev)))
+        return -1;
+    return 0;
+}
+
+extern "C" int dsa_cuk_index_scores(int n, int H, int d, const uint8_t *k8, const float *kscale, size_t row_keys,
+                                    const float *q, const float *w, const int *len, int max_len, float *out, int ld) {
+    RowDev *rd = NULL;
+    SeqDev *sd = NULL;
+    int rc = test_rows(k8, kscale, row_keys, d, len, n, max_len, 0, &rd, &sd);
+    if (!rc) rc = cu_index_scores(H, d, rd, n, sd, 0, q, w, max_len, out, ld);
+    if (!rc) rc = cudaStreamSynchronize(dsa_cu_stream()) == cudaSuccess ? 0 : -1;
+    dsa_cuda_free(rd);
+    dsa_cuda_free(sd);
+    return rc;
+}
+
+extern "C" int dsa_cuk_topk(int n, const float *score, int ld, const int *len, int k, int32_t *idx, int *cnt) {
+    RowDev *rd = NULL;
+    SeqDev *sd = NULL;
+    uint8_t dummy_keys = 0; // the selection only checks that an indexer is attached
+    int rc = test_rows(&dummy_keys, NULL, 0, 0, len, n, ld, k, &rd, &sd);
+    if (!rc) rc = cu_topk(rd, n, sd, 0, score, ld, idx, k, cnt);
+    if (!rc) rc = cudaStreamSynchronize(dsa_cu_stream()) == cudaSuccess ? 0 : -1;
+    dsa_cuda_free(rd);
+    dsa_cuda_free(sd);
+    return rc;
+}
+
+extern "C" int dsa_cuk_attention(int n, int H, int KVH, int D, const uint16_t *K, const uint16_t *V, int n_ctx,
+                                 const float *q, const int *len, const int32_t *sel, int ldi, const int *cnt,
+                                 float *out) {
+    RowDev *rd = NULL;
+    SeqDev *sd = NULL;
+    float *part = NULL;
+    Shape s = {H * D, 0, H, KVH, D, 0, 0, 0, 0.f, 0, 0, 0, 0, 0.f};
+    int rc = test_rows(NULL, NULL, 0, 0, len, n, n_ctx, 0, &rd, &sd);
+    SeqDev seq = {(uint16_t *)K, (uint16_t *)V, NULL, NULL, n_ctx, 0, 0, 0};
+    int grid_len = 256;
+    while (grid_len < n_ctx) grid_len *= 2;
+    if (!rc) rc = dsa_cuda_put(sd, &seq, sizeof seq);
+    if (!rc && !(part = (float *)dsa_cuda_alloc(cu_attention_part_floats(s, n, grid_len) * 4))) rc = -1;
+    if (!rc) rc = cu_attention(s, q, H * D, rd, n, sd, 0, sel, ldi, cnt, grid_len, part, out, NULL);
+    if (!rc) rc = cudaStreamSynchronize(dsa_cu_stream()) == cudaSuccess ? 0 : -1;
+    dsa_cuda_free(rd);
+    dsa_cuda_free(sd);
+    dsa_cuda_free(part);
+    return rc;
+}
+
+extern "C" int dsa_cuk_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale) {
+    if (cu_fp8_quant(n, d, x, q, scale)) return -1;
+    return cudaStreamSynchronize(dsa_cu_stream()) == cudaSuccess ? 0 : -1;
+}
+
+// ---- the model -------------------------------------------------------------------------------------------------------
+
+static void free_scratch(dsa_gpu_model *g) {
+    void *bufs[] = {g->x, g->qkv, g->att, g->gu, g->hb, g->xn, g->ixproj, g->iq, g->iw, g->scores, g->part, g->xo,
+                    g->logits, g->xh, g->sel, g->cnt, g->sel_log, g->cnt_log};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) cudaFree(bufs[i]);
+    g->x = g->qkv = g->att = g->gu = g->hb = g->xn = g->ixproj = g->iq = g->iw = g->scores = g->part = g->xo = NULL;
+    g->logits = NULL;
+    g->xh = NULL;
+    g->sel = g->sel_log = NULL;
+    g->cnt = g->cnt_log = NULL;
+    for (int i = 0; i < g->n_graphs; i++) cudaGraphExecDestroy(g->graphs[i].exec);
+    g->n_graphs = 0;
+    g->grid_cap = 0;
+}
+
+static int grid_round(int len) {
+    int g = 256;
+    while (g < len) g *= 2;
+    return g;
+}
+
+// Scratch that depends on the longest context evaluated so far; graphs hold its pointers, so growing it drops them.
+static int ensure_scratch(dsa_gpu_model *g, int grid_len, int topk, char *err, size_t errlen) {
+    if (g->grid_cap >= grid_len && g->sel_ld >= topk && g->x) return 0;
+    if (grid_len < g->grid_cap) grid_len = g->grid_cap;
+    if (topk < g->sel_ld) topk = g->sel_ld;
+    free_scratch(g);
+    const Shape &s = g->s;
+    size_t R = MAX_ROWS, KV = (size_t)s.KVH * s.D;
+    size_t wide = (size_t)(s.F > s.E ? s.F : s.E);
+    cudaError_t e = cudaSuccess;
+#define ALLOC(p, bytes) if (e == cudaSuccess) e = cudaMalloc((void **)&(p), (size_t)(bytes) + 4)
+    ALLOC(g->x, R * s.E * 4);
+    ALLOC(g->xo, GEMV_ROWS * (size_t)s.E * 4);
+    ALLOC(g->qkv, R * (s.E + 2 * KV) * 4);
+    ALLOC(g->att, R * s.E * 4);
+    ALLOC(g->gu, R * 2 * s.F * 4);
+    ALLOC(g->hb, R * s.F * 4);
+    ALLOC(g->xn, R * s.E * 4);
+    ALLOC(g->xh, R * wide * 2);
+    ALLOC(g->logits, GEMV_ROWS * (size_t)s.V * 4);
+    ALLOC(g->cnt, R * 4);
+    if (s.ixH) {
+        ALLOC(g->ixproj, R * s.ix_rows * 4);
+        ALLOC(g->iq, R * s.ixH * s.ixd * 4);
+        ALLOC(g->iw, R * s.ixH * 4);
+        ALLOC(g->scores, R * (size_t)grid_len * 4);
+        ALLOC(g->sel, R * (size_t)(topk > 0 ? topk : 1) * 4);
+        if (g->debug_sel) {
+            ALLOC(g->sel_log, (size_t)g->n_layer * R * (topk > 0 ? topk : 1) * 4);
+            ALLOC(g->cnt_log, (size_t)g->n_layer * R * 4);
+        }
+    }
+    ALLOC(g->part, cu_attention_part_floats(s, MAX_ROWS, grid_len) * 4);
+#undef ALLOC
+    if (e != cudaSuccess) {
+        free_scratch(g);
+        return fail(err, errlen, "scratch for the forward pass", e);
+    }
+    g->grid_cap = grid_len;
+    g->sel_ld = topk;
+    g->logits_rows = GEMV_ROWS;
+    return 0;
+}
+
+extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, char *err, size_t errlen) {
+    *out = NULL;
+    int nd = 0;
+    cudaError_t e = cudaGetDeviceCount(&nd);
+    if (e != cudaSuccess || nd <= 0) {
+        snprintf(err, errlen, "no usable CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+        return -1;
+    }
+    if (sh->head_dim != 64 && sh->head_dim != 128) {
+        snprintf(err, errlen, "the CUDA backend supports head dims 64 and 128 (model: %d)", sh->head_dim);
+        return -1;
+    }
+    if (sh->n_head % sh->n_head_kv || sh->n_head / sh->n_head_kv > 8 || sh->n_embd % 8 || sh->n_ff % 8 ||
+        sh->rope_dim / 2 > 256) {
+        snprintf(err, errlen, "the CUDA backend does not support this shape (heads %d/%d, embd %d, ff %d)", sh->n_head,
+                 sh->n_head_kv, sh->n_embd, sh->n_ff);
+        return -1;
+    }
+    dsa_gpu_model *g = (dsa_gpu_model *)calloc(1, sizeof *g);
+    if (!g) return snprintf(err, errlen, "out of memory"), -1;
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, 0) == cudaSuccess) snprintf(g->device, sizeof g->device, "%s", p.name);
+    g->n_layer = sh->n_layer;
+    g->s = Shape{sh->n_embd, sh->n_ff, sh->n_head, sh->n_head_kv, sh->head_dim, sh->n_vocab, sh->rope_dim,
+                 sh->rope_neox, sh->norm_eps, 0, 0, 0, 0, 0.f};
+    g->L = (GLayer *)calloc((size_t)sh->n_layer, sizeof *g->L);
+    if (!g->L || !dsa_cu_stream()) {
+        dsa_gpu_model_free(g);
+        return snprintf(err, errlen, "out of memory"), -1;
+    }
+    if (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(g->blas, dsa_cu_stream()) != CUBLAS_STATUS_SUCCESS) {
+        dsa_gpu_model_free(g);
+        return snprintf(err, errlen, "cuBLAS could not be initialised"), -1;
+    }
+    size_t half = (size_t)sh->rope_dim / 2;
+    if ((e = cudaMalloc((void **)&g->rope_freq, half * 4)) != cudaSuccess ||
+        (e = cudaMemcpy(g->rope_freq, sh->rope_freq, half * 4, cudaMemcpyHostToDevice)) != cudaSuccess ||
+        (e = cudaMallocHost(&g->par_h, PAR_BYTES)) != cudaSuccess || (e = cudaMalloc(&g->par_d, PAR_BYTES)) != cudaSuccess ||
+        (e = cudaMallocHost((void **)&g->logits_h, (size_t)GEMV_ROWS * sh->n_vocab * 4)) != cudaSuccess) {
+        dsa_gpu_model_free(g);
+        return fail(err, errlen, "model setup", e);
+    }
+    g->rows_d = (RowDev *)g->par_d;
+    g->seqs_d = (SeqDev *)((char *)g->par_d + MAX_ROWS * sizeof(RowDev));
+    g->which = (int *)((char *)g->seqs_d + MAX_ROWS * sizeof(SeqDev));
+    *out = g;
+    return 0;
+}
+
+extern "C" void dsa_gpu_model_free(dsa_gpu_model *g) {
+    if (!g) return;
+    cudaStreamSynchronize(dsa_cu_stream());
+    free_scratch(g);
+    if (g->L)
+        for (int l = 0; l < g->n_layer; l++) {
+            GLayer *L = &g->L[l];
+            cudaFree(L->wqkv), cudaFree(L->wo), cudaFree(L->wgu), cudaFree(L->wdown);
+            cudaFree(L->bqkv), cudaFree(L->attn_norm), cudaFree(L->ffn_norm);
+        }
+    free(g->L);
+    cudaFree(g->embd);
+    if (g->output != g->embd) cudaFree(g->output);
+    cudaFree(g->output_norm);
+    cudaFree(g->rope_freq);
+    cudaFree(g->ixW), cudaFree(g->ixln), cudaFree(g->ix_freq);
+    cudaFreeHost(g->par_h);
+    cudaFreeHost(g->logits_h);
+    cudaFree(g->par_d);
+    if (g->blas) cublasDestroy(g->blas);
+    free(g);
+}
+
+static cudaError_t upload(void **dst, const void *src, size_t bytes, size_t *total) {
+    cudaError_t e = cudaMalloc(dst, bytes);
+    if (e == cudaSuccess) e = cudaMemcpy(*dst, src, bytes, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) *total += bytes;
+    return e;
+}
+
+extern "C" int dsa_gpu_set_layer(dsa_gpu_model *g, int l, const dsa_gpu_layer *w, char *err, size_t errlen) {
+    const Shape &s = g->s;
+    size_t E = s.E, F = s.F, KV = (size_t)s.KVH * s.D, Q = E + 2 * KV;
+    GLayer *L = &g->L[l];
+    cudaError_t e;
+    if ((e = upload((void **)&L->wqkv, w->wqkv, Q * E * 2, &g->weight_bytes)) != cudaSuccess ||
+        (e = upload((void **)&L->wo, w->wo, E * E * 2, &g->weight_bytes)) != cudaSuccess ||
+        (e = upload((void **)&L->wgu, w->wgu, 2 * F * E * 2, &g->weight_bytes)) != cudaSuccess ||
+        (e = upload((void **)&L->wdown, w->wdown, E * F * 2, &g->weight_bytes)) != cudaSuccess ||
+        (e = upload((void **)&L->attn_norm, w->attn_norm, E * 4, &g->weight_bytes)) != cudaSuccess ||
+        (e = upload((void **)&L->ffn_norm, w->ffn_norm, E * 4, &g->weight_bytes)) != cudaSuccess ||
+        (w->bqkv && (e = upload((void **)&L->bqkv, w->bqkv, Q * 4, &g->weight_bytes)) != cudaSuccess))
+        return fail(err, errlen, "uploading the weights", e);
+    return 0;
+}
+
+extern "C" int dsa_gpu_set_embd(dsa_gpu_model *g, const uint16_t *embd, const uint16_t *output, const float *output_norm,
+                                char *err, size_t errlen) {
+    size_t n = (size_t)g->s.V * g->s.E * 2;
+    cudaError_t e;
+    if ((e = upload((void **)&g->embd, embd, n, &g->weight_bytes)) != cudaSuccess ||
+        (output && (e = upload((void **)&g->output, output, n, &g->weight_bytes)) != cudaSuccess) ||
+        (e = upload((void **)&g->output_norm, output_norm, (size_t)g->s.E * 4, &g->weight_bytes)) != cudaSuccess)
+        return fail(err, errlen, "uploading the embeddings", e);
+    if (!output) g->output = g->embd;
+    return 0;
+}
+
+extern "C" int dsa_gpu_set_indexer(dsa_gpu_model *g, const void *key, const dsa_gpu_indexer *ix, char *err,
+                                   size_t errlen) {
+    if (key == g->ix_key) return 0;
+    if (g->ix_ctx_count > 0) {
+        snprintf(err, errlen, "the GPU model already serves another indexer to %d context(s)", g->ix_ctx_count);
+        return -1;
+    }
+    if (ix->head_dim != 32 && ix->head_dim != 64 && ix->head_dim != 128) {
+        snprintf(err, errlen, "the CUDA indexer supports head dims 32, 64 and 128 (sidecar: %d)", ix->head_dim);
+        return -1;
+    }
+    cudaStreamSynchronize(dsa_cu_stream());
+    cudaFree(g->ixW), cudaFree(g->ixln), cudaFree(g->ix_freq);
+    g->ixW = g->ixln = g->ix_freq = NULL;
+    int rows = ix->n_head * ix->head_dim + ix->head_dim + ix->n_head;
+    size_t wbytes = (size_t)g->n_layer * rows * g->s.E * 4, junk = 0;
+    cudaError_t e;
+    if ((e = upload((void **)&g->ixW, ix->W, wbytes, &junk)) != cudaSuccess ||
+        (e = upload((void **)&g->ixln, ix->ln, (size_t)g->n_layer * 2 * ix->head_dim * 4, &junk)) != cudaSuccess ||
+        (e = upload((void **)&g->ix_freq, ix->rope_freq, (size_t)(ix->rope_dim / 2 ? ix->rope_dim / 2 : 1) * 4, &junk)) !=
+            cudaSuccess)
+        return fail(err, errlen, "uploading the indexer", e);
+    g->s.ixH = ix->n_head;
+    g->s.ixd = ix->head_dim;
+    g->s.ix_rope_dim = ix->rope_dim;
+    g->s.ix_rows = rows;
+    g->s.ix_eps = ix->norm_eps;
+    g->ix_key = key;
+    free_scratch(g); // the indexer's scratch joins at the next call
+    return 0;
+}
+
+extern "C" int dsa_gpu_debug_selection(dsa_gpu_model *g, int on) {
+    cudaStreamSynchronize(dsa_cu_stream());
+    g->debug_sel = on;
+    free_scratch(g);
+    return 0;
+}
+
+extern "C" int dsa_gpu_selection(dsa_gpu_model *g, int layer, int row, int32_t *idx, int *cnt) {
+    if (!g->sel_log || layer < 0 || layer >= g->n_layer || row < 0 || row >= MAX_ROWS) return -1;
+    if (dsa_cuda_get(cnt, g->cnt_log + (size_t)layer * MAX_ROWS + row, sizeof *cnt)) return -1;
+    if (*cnt > 0 && dsa_cuda_get(idx, g->sel_log + ((size_t)layer * MAX_ROWS + row) * g->sel_ld, (size_t)*cnt * 4))
+        return -1;
+    return 0;
+}
+
+extern "C" const void *dsa_gpu_indexer_key(const dsa_gpu_model *g) { return g->ix_key; }
+extern "C" size_t dsa_gpu_weight_bytes(const dsa_gpu_model *g) { return g->weight_bytes; }
+extern "C" const char *dsa_gpu_device_name(const dsa_gpu_model *g) { return g->device; }
+
+extern "C" int dsa_gpu_ctx_new(dsa_gpu_model *g, int n_ctx, int with_indexer, dsa_gpu_ctx **out, char *err,
+                               size_t errlen) {
+    *out = NULL;
+    if (with_indexer && !g->ix_key) return snprintf(err, errlen, "no indexer uploaded"), -1;
+    dsa_gpu_ctx *c = (dsa_gpu_ctx *)calloc(1, sizeof *c);
+    if (!c) return snprintf(err, errlen, "out of memory"), -1;
+    c->g = g;
+    c->n_ctx = n_ctx;
+    size_t slots = (size_t)g->n_layer * n_ctx, KV = (size_t)g->s.KVH * g->s.D;
+    cudaError_t e;
+    if ((e = cudaMalloc((void **)&c->sd.kc, slots * KV * 2)) != cudaSuccess ||
+        (e = cudaMalloc((void **)&c->sd.vc, slots * KV * 2)) != cudaSuccess ||
+        (with_indexer && ((e = cudaMalloc((void **)&c->sd.ik, slots * g->s.ixd)) != cudaSuccess ||
+                          (e = cudaMalloc((void **)&c->sd.iks, slots * 4)) != cudaSuccess))) {
+        dsa_gpu_ctx_free(c);
+        snprintf(err, errlen, "CUDA: no device memory for a context of %d tokens (%s)", n_ctx, cudaGetErrorString(e));
+        return -1;
+    }
+    c->sd.n_ctx = n_ctx;
+    c->sd.topk = 0;
+    if (with_indexer) g->ix_ctx_count++;
+    *out = c;
+    return 0;
+}
+
+extern "C" void dsa_gpu_ctx_free(dsa_gpu_ctx *c) {
+    if (!c) return;
+    cudaStreamSynchronize(dsa_cu_stream());
+    if (c->sd.ik) c->g->ix_ctx_count--;
+    cudaFree(c->sd.kc), cudaFree(c->sd.vc), cudaFree(c->sd.ik), cudaFree(c->sd.iks);
+    free(c);
+}
+
+extern "C" void dsa_gpu_ctx_config(dsa_gpu_ctx *c, int sparse, int topk, int dense_layers) {
+    c->sd.sparse = sparse && c->sd.ik;
+    c->sd.topk = topk;
+    c->sd.dense_layers = dense_layers;
+}
+
+extern "C" int dsa_gpu_ctx_has_indexer(const dsa_gpu_ctx *c) { return c && c->sd.ik != NULL; }
+
+extern "C" int dsa_gpu_cache_io(dsa_gpu_ctx *c, int dir, int l, int t0, int n, void *K, void *V, void *k8, void *scale,
+                                char *err, size_t errlen) {
+    const Shape &s = c->g->s;
+    size_t KV = (size_t)s.KVH * s.D, row = (size_t)l * c->n_ctx + t0;
+    cudaMemcpyKind kind = dir ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
+    cudaError_t e = cudaStreamSynchronize(dsa_cu_stream());
+#define IO(dev, host, bytes)                                                                                          \
+    if (e == cudaSuccess && (host)) e = dir ? cudaMemcpy(dev, host, bytes, kind) : cudaMemcpy(host, dev, bytes, kind)
+    IO(c->sd.kc + row * KV, K, (size_t)n * KV * 2);
+    IO(c->sd.vc + row * KV, V, (size_t)n * KV * 2);
+    if (c->sd.ik) {
+        IO(c->sd.ik + row * s.ixd, k8, (size_t)n * s.ixd);
+        IO(c->sd.iks + row, scale, (size_t)n * 4);
+    }
+#undef IO
+    if (e != cudaSuccess) return fail(err, errlen, dir ? "writing the cache" : "reading the cache", e);
+    return 0;
+}
+
+// ---- the forward pass --------------------------------------------------------------------------------------------------
+
+// Y[n][rows] (+)= X[n][cols]·Wᵀ with W rows×cols f16 and X f16, f32 out and accumulation.
+static int gemm(dsa_gpu_model *g, const __half *W, int rows, int cols, const __half *X, int n, float *Y, int accumulate) {
+    float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    cublasStatus_t st = cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &alpha, W, CUDA_R_16F, cols, X,
+                                     CUDA_R_16F, cols, &beta, Y, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT);
+    return st == CUBLAS_STATUS_SUCCESS ? 0 : -1;
+}
+
+static int sgemm(dsa_gpu_model *g, const float *W, int rows, int cols, const float *X, int n, float *Y) {
+    float alpha = 1.0f, beta = 0.0f;
+    return cublasSgemm(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &alpha, W, cols, X, cols, &beta, Y, rows) ==
+                   CUBLAS_STATUS_SUCCESS
+               ? 0
+               : -1;
+}
+
+// Every launch of one forward call over n rows (parameters already in g->rows_d / g->seqs_d / g->which).  The same
+// sequence of launches is what a decode graph captures.
+static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int n_out, float *logits_d) {
+    const Shape &s = g->s;
+    int E = s.E, F = s.F, KV = s.KVH * s.D, Q = E + 2 * KV, blas = n > GEMV_ROWS;
+    float eps = s.eps;
+    RowDev *rows = g->rows_d;
+    SeqDev *seqs = g->seqs_d;
+    if (cu_embed(g->embd, E, rows, n, g->x)) return -1;
+    for (int l = 0; l < g->n_layer; l++) {
+        const GLayer *L = &g->L[l];
+        if (blas) {
+            if (cu_rmsnorm_h(g->x, L->attn_norm, E, eps, n, g->xh, has_ix ? g->xn : NULL) ||
+                gemm(g, L->wqkv, Q, E, g->xh, n, g->qkv, 0))
+                return -1;
+        } else if (cu_gemv_f16(L->wqkv, Q, E, g->x, n, L->attn_norm, eps, NULL, g->qkv, 0, 0)) {
+            return -1;
+        }
+        if (cu_rope_kv(s, g->qkv, L->bqkv, NULL, rows, n, seqs, l, g->rope_freq)) return -1;
+        int32_t *sel = g->sel;
+        int *cnt = g->cnt;
+        if (has_ix) {
+            const float *W = g->ixW + (size_t)l * s.ix_rows * E;
+            if (blas ? sgemm(g, W, s.ix_rows, E, g->xn, n, g->ixproj)
+                     : cu_gemv_f32(W, s.ix_rows, E, g->x, n, L->attn_norm, eps, g->ixproj))
+                return -1;
+            if (g->sel_log) {
+                sel = g->sel_log + (size_t)l * MAX_ROWS * g->sel_ld;
+                cnt = g->cnt_log + (size_t)l * MAX_ROWS;
+            }
+            if (cu_ix_project(s, g->ixproj, g->ixln, g->ix_freq, rows, n, seqs, l, g->iq, g->iw) ||
+                cu_index_scores(s.ixH, s.ixd, rows, n, seqs, l, g->iq, g->iw, grid_len, g->scores, g->grid_cap) ||
+                cu_topk(rows, n, seqs, l, g->scores, g->grid_cap, sel, g->sel_ld, cnt))
+                return -1;
+        }
+        if (cu_attention(s, g->qkv, Q, rows, n, seqs, l, sel, g->sel_ld, has_ix ? cnt : NULL, grid_len, g->part, g->att,
+                         blas ? g->xh : NULL))
+            return -1;
+        if (blas) {
+            if (gemm(g, L->wo, E, E, g->xh, n, g->x, 1) || cu_rmsnorm_h(g->x, L->ffn_norm, E, eps, n, g->xh, NULL) ||
+                gemm(g, L->wgu, 2 * F, E, g->xh, n, g->gu, 0) || cu_swiglu_h(g->gu, F, n, g->xh) ||
+                gemm(g, L->wdown, E, F, g->xh, n, g->x, 1))
+                return -1;
+        } else if (cu_gemv_f16(L->wo, E, E, g->att, n, NULL, eps, NULL, g->x, 1, 0) ||
+                   cu_gemv_f16(L->wgu, F, E, g->x, n, L->ffn_norm, eps, NULL, g->hb, 0, 1) ||
+                   cu_gemv_f16(L->wdown, E, F, g->hb, n, NULL, eps, NULL, g->x, 1, 0)) {
+            return -1;
+        }
+    }
+    if (n_out > 0) {
+        if (cu_gather_rows(g->x, E, g->which, n_out, g->xo) ||
+            cu_gemv_f16(g->output, s.V, E, g->xo, n_out, g->output_norm, eps, NULL, logits_d, 0, 0))
+            return -1;
+    }
+    return 0;
+}
+
+extern "C" int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const int *pos, int n, const int *out_rows,
+                            int n_out, float *logits, char *err, size_t errlen) {
+    if (n < 1 || n > MAX_ROWS) return snprintf(err, errlen, "CUDA: %d rows in one call (1..%d)", n, MAX_ROWS), -1;
+    if (n_out > GEMV_ROWS)
+        return snprintf(err, errlen, "CUDA: logits of %d rows in one call (at most %d)", n_out, GEMV_ROWS), -1;
+    dsa_gpu_model *g = cs[0]->g;
+    RowDev *hr = (RowDev *)g->par_h;
+    SeqDev *hs = (SeqDev *)((char *)g->par_h + MAX_ROWS * sizeof(RowDev));
+    int *hw = (int *)((char *)hs + MAX_ROWS * sizeof(SeqDev));
+    int n_seq = 0, max_len = 0, has_ix = 0, topk = 0, distinct = 1;
+    cudaError_t e = cudaStreamSynchronize(dsa_cu_stream()); // the pinned block may still be read by the last call
+    if (e != cudaSuccess) return fail(err, errlen, "a previous call", e);
+    for (int r = 0; r < n; r++) {
+        const dsa_gpu_ctx *c = cs[r];
+        if (c->g != g) return snprintf(err, errlen, "CUDA: rows of contexts of different models"), -1;
+        if (pos[r] < 0 || pos[r] >= c->n_ctx) return snprintf(err, errlen, "CUDA: position %d out of range", pos[r]), -1;
+        int si = -1;
+        for (int j = 0; j < n_seq; j++)
+            if (hs[j].kc == c->sd.kc) si = j;
+        if (si < 0) {
+            si = n_seq++;
+            hs[si] = c->sd;
+            if (c->sd.ik) has_ix = 1;
+            if (c->sd.sparse && c->sd.topk > topk) topk = c->sd.topk;
+        } else {
+            distinct = 0;
+        }
+        hr[r] = RowDev{ids[r], pos[r], si};
+        if (pos[r] + 1 > max_len) max_len = pos[r] + 1;
+    }
+    for (int i = 0; i < n_out; i++) hw[i] = out_rows[i];
+    int grid_len = grid_round(max_len);
+    if (ensure_scratch(g, grid_len, topk, err, errlen)) return -1;
+    cudaStream_t st = dsa_cu_stream();
+    // the parameter block and the launches: replayed from a graph for decode steps, issued directly otherwise
+    int use_graph = distinct && n <= GEMV_ROWS && !getenv("DSA_CUDA_NO_GRAPH");
+    if (use_graph) {
+        Graph *gr = NULL;
+        for (int i = 0; i < g->n_graphs; i++)
+            if (g->graphs[i].n == n && g->graphs[i].grid_len == grid_len && g->graphs[i].has_ix == has_ix &&
+                g->graphs[i].n_out == n_out)
+                gr = &g->graphs[i];
+        if (!gr) {
+            if (g->n_graphs == MAX_GRAPHS) {
+                cudaGraphExecDestroy(g->graphs[0].exec);
+                memmove(g->graphs, g->graphs + 1, sizeof(Graph) * (MAX_GRAPHS - 1));
+                g->n_graphs--;
+            }
+            cudaGraph_t graph;
+            if ((e = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal)) != cudaSuccess)
+                return fail(err, errlen, "graph capture", e);
+            cudaMemcpyAsync(g->par_d, g->par_h, PAR_BYTES, cudaMemcpyHostToDevice, st);
+            int rc = record(g, n, grid_len, has_ix, n_out, g->logits);
+            if (n_out) cudaMemcpyAsync(g->logits_h, g->logits, (size_t)n_out * g->s.V * 4, cudaMemcpyDeviceToHost, st);
+            e = cudaStreamEndCapture(st, &graph);
+            if (rc || e != cudaSuccess) return fail(err, errlen, "graph capture", e != cudaSuccess ? e : cudaErrorLaunchFailure);
+            gr = &g->graphs[g->n_graphs];
+            e = cudaGraphInstantiate(&gr->exec, graph, 0);
+            cudaGraphDestroy(graph);
+            if (e != cudaSuccess) return fail(err, errlen, "graph instantiation", e);
+            gr->n = n, gr->grid_len = grid_len, gr->has_ix = has_ix, gr->n_out = n_out;
+            g->n_graphs++;
+        }
+        if ((e = cudaGraphLaunch(gr->exec, st)) != cudaSuccess) return fail(err, errlen, "graph launch", e);
+    } else {
+        if ((e = cudaMemcpyAsync(g->par_d, g->par_h, PAR_BYTES, cudaMemcpyHostToDevice, st)) != cudaSuccess)
+            return fail(err, errlen, "step parameters", e);
+        if (record(g, n, grid_len, has_ix, n_out, g->logits))
+            return fail(err, errlen, "a launch", cudaGetLastError());
+        if (n_out && (e = cudaMemcpyAsync(g->logits_h, g->logits, (size_t)n_out * g->s.V * 4, cudaMemcpyDeviceToHost,
+                                          st)) != cudaSuccess)
+            return fail(err, errlen, "reading the logits", e);
+    }
+    if ((e = cudaStreamSynchronize(st)) != cudaSuccess) return fail(err, errlen, "the forward pass", e);
+    // the logits come back through pinned memory (a graph can copy only there); the caller's buffer is any memory
+    if (n_out) memcpy(logits, g->logits_h, (size_t)n_out * g->s.V * 4);
+    return 0;
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU check of the CUDA backend, in one run on a machine with an NVIDIA GPU (an H200 for the numbers in
+# docs/cuda.md).  It writes everything under $OUT (default /tmp/dsachat-gpu): the kernel and model agreement
+# with the CPU backend (test_cuda), the kernels against their bandwidth floor (bench_cuda), decode and prefill
+# throughput on a seeded random model of the default model's shape (dsa bench), and summary.md / summary.json.
+#
+#   tests/gpu/run.sh [BUILD_DIR]
+#
+# BUILD_DIR holds dsa, tests/test_cuda and bench/bench_cuda (default: build; built here with cmake when missing).
+# The real-weight agreement uses a slice of the default model, which a GPU test machine can receive:
+#   dsa slice-model --layers 2 -o .devcarry/slice2.gguf --indexer indexers/<default>.dsa.gguf \
+#       --indexer-out .devcarry/slice2.dsa.gguf
+# .devcarry/devlibs.tar.xz, when present, holds shared libraries the machine lacks (unpacked under /tmp).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${1:-build}
+OUT=${OUT:-/tmp/dsachat-gpu}
+mkdir -p "$OUT"
+SLICE=${DSA_GPU_SLICE:-.devcarry/slice2.gguf}
+log() { printf '== %s\n' "$*" | tee -a "$OUT/run.log"; }
+
+if [ -f .devcarry/devlibs.tar.xz ]; then
+  tar -C /tmp -xJf .devcarry/devlibs.tar.xz && export LD_LIBRARY_PATH=/tmp/devlibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
+done
+if [ ! -x "$BIN/dsa" ]; then
+  log "building into $BIN"
+  cmake -S . -B "$BIN" -DCMAKE_BUILD_TYPE=Release -DDSA_WERROR=ON >/dev/null && cmake --build "$BIN" -j"$(nproc)" || exit 1
+fi
+chmod +x "$BIN/dsa" "$BIN/tests/test_cuda" "$BIN/bench/bench_cuda" 2>/dev/null
+
+log "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader |
+  tee "$OUT/device.txt" | tee -a "$OUT/run.log"
+"$BIN/dsa" info -m "$SLICE" --backend cuda 2>&1 | tee -a "$OUT/run.log" | grep -E 'cuda|dsa'
+
+log "kernels and model against the CPU backend (test_cuda)"
+DSA_MODEL=$SLICE DSA_CUDA_REPORT=$OUT/agreement.json timeout 300 "$BIN/tests/test_cuda" 2>&1 | tee "$OUT/test_cuda.log" | tail -n 12
+echo "test_cuda exit ${PIPESTATUS[0]}" | tee -a "$OUT/run.log"
+
+log "kernels against their floor (bench_cuda)"
+timeout 120 "$BIN/bench/bench_cuda" > "$OUT/kernels.json" 2> >(tee -a "$OUT/run.log" >&2)
+cat "$OUT/kernels.json"
+
+log "a seeded random model of the default shape"
+RAND=/tmp/dsachat-rand.gguf
+"$BIN/dsa" synth-model --like "$SLICE" --layers 30 --seed 1 -o "$RAND" --indexer-out /tmp/dsachat-rand.dsa.gguf 2>&1 | tail -n 2
+
+for B in 1 16; do
+  log "decode and prefill, batch $B"
+  timeout 200 "$BIN/dsa" bench -m "$RAND" --indexer /tmp/dsachat-rand.dsa.gguf --backend cuda --contexts 128,1024,8192 \
+    --batch "$B" --gen-tokens 128 --reps 2 --json > "$OUT/bench_b$B.json" 2> >(tee -a "$OUT/run.log" >&2)
+  cat "$OUT/bench_b$B.json"
+done
+
+log "summary"
+python3 tests/gpu/summary.py "$OUT" | tee "$OUT/summary.md"
+rm -f "$OUT/device.txt" # (in run.log and the summaries)

@@ -1,0 +1,522 @@
+/*
+ * The CUDA backend against the CPU: each kernel on fresh random data with poisoned outputs against its plain-C
+ * counterpart, then the whole model on both backends (logits, caches, DSA selections, greedy continuations, a cache
+ * moved from one backend to the other).  Skipped (77) when the build has no CUDA or there is no usable device.
+ * The model is $DSA_MODEL (on a GPU test machine: a slice of the default model, see tests/gpu/run.sh) with the
+ * sidecar beside it.  DSA_CUDA_REPORT=FILE writes the measured agreement as JSON.
+ */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsa.h"
+#include "model.h"
+
+#ifndef DSA_HAVE_CUDA
+int main(void) {
+    printf("test_cuda: skipped (built without CUDA)\n");
+    return 77;
+}
+#else
+#include "../kernels/cuda/cuda.h"
+
+static uint64_t rng = 0x243F6A8885A308D3ull;
+static float frand(void) { return (float)((tu_splitmix(&rng) >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
+
+static void *dput(const void *h, size_t bytes) {
+    void *d = dsa_cuda_alloc(bytes);
+    if (!d || dsa_cuda_put(d, h, bytes)) {
+        fprintf(stderr, "device allocation failed\n");
+        exit(1);
+    }
+    return d;
+}
+static void *dpoison(size_t bytes) {
+    void *d = dsa_cuda_alloc(bytes);
+    if (!d || dsa_cuda_fill(d, 0xFF, bytes)) exit(1); /* 0xFFFFFFFF is a NaN: unwritten outputs show */
+    return d;
+}
+
+static double rel_err(const float *a, const double *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = a[i] - ref[i];
+        if (!(a[i] == a[i])) return INFINITY;
+        num += d * d;
+        den += ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+static json_t *report;
+
+/* ---- kernels ------------------------------------------------------------------------------------------------- */
+
+static void test_gemv(int rows, int cols, int n, int use_norm, int accumulate, int swiglu) {
+    int wrows = swiglu ? 2 * rows : rows;
+    uint16_t *W = malloc((size_t)wrows * cols * 2);
+    float *X = malloc((size_t)n * cols * 4), *norm = malloc((size_t)cols * 4), *Y0 = malloc((size_t)n * rows * 4);
+    float *Y = malloc((size_t)n * rows * 4);
+    double *ref = malloc((size_t)n * rows * sizeof *ref);
+    for (size_t i = 0; i < (size_t)wrows * cols; i++) {
+        float f = frand() * 0.1f;
+        dsa_f32_to_f16_row(1, &f, &W[i]);
+    }
+    for (size_t i = 0; i < (size_t)n * cols; i++) X[i] = frand() * 3;
+    for (int i = 0; i < cols; i++) norm[i] = 0.5f + frand() * 0.25f;
+    for (size_t i = 0; i < (size_t)n * rows; i++) Y0[i] = frand();
+    for (int r = 0; r < n; r++) {
+        const float *x = X + (size_t)r * cols;
+        double ss = 0, s = 1;
+        for (int c = 0; c < cols; c++) ss += (double)x[c] * x[c];
+        if (use_norm) s = 1.0 / sqrt(ss / cols + 1e-5);
+        for (int o = 0; o < rows; o++) {
+            double a = 0, u = 0;
+            for (int c = 0; c < cols; c++) {
+                double xv = x[c] * s * (use_norm ? norm[c] : 1);
+                a += dsa_f16_to_f32(W[(size_t)o * cols + c]) * xv;
+                if (swiglu) u += dsa_f16_to_f32(W[(size_t)(o + rows) * cols + c]) * xv;
+            }
+            if (swiglu) a = a / (1 + exp(-a)) * u;
+            ref[(size_t)r * rows + o] = a + (accumulate ? Y0[(size_t)r * rows + o] : 0);
+        }
+    }
+    void *dW = dput(W, (size_t)wrows * cols * 2), *dX = dput(X, (size_t)n * cols * 4), *dN = dput(norm, (size_t)cols * 4);
+    void *dY = accumulate ? dput(Y0, (size_t)n * rows * 4) : dpoison((size_t)n * rows * 4);
+    int rc = swiglu ? dsa_cuk_gemv_swiglu(dW, rows, cols, dX, n, use_norm ? dN : NULL, 1e-5f, dY)
+                    : dsa_cuk_gemv_f16(dW, rows, cols, dX, n, use_norm ? dN : NULL, 1e-5f, NULL, dY, accumulate);
+    char err[256] = "";
+    CHECK(rc == 0 && dsa_cuda_sync(err, sizeof err) == 0, "gemv launch: %s", err);
+    dsa_cuda_get(Y, dY, (size_t)n * rows * 4);
+    double e = rel_err(Y, ref, (size_t)n * rows);
+    CHECK(e < 1e-5, "gemv %dx%d n=%d norm=%d acc=%d swiglu=%d: rel err %.3g", rows, cols, n, use_norm, accumulate,
+          swiglu, e);
+    dsa_cuda_free(dW), dsa_cuda_free(dX), dsa_cuda_free(dN), dsa_cuda_free(dY);
+    free(W), free(X), free(norm), free(Y0), free(Y), free(ref);
+}
+
+static void test_gemv_f32(int rows, int cols, int n) {
+    float *W = malloc((size_t)rows * cols * 4), *X = malloc((size_t)n * cols * 4), *norm = malloc((size_t)cols * 4);
+    float *Y = malloc((size_t)n * rows * 4);
+    double *ref = malloc((size_t)n * rows * sizeof *ref);
+    for (size_t i = 0; i < (size_t)rows * cols; i++) W[i] = frand() * 0.1f;
+    for (size_t i = 0; i < (size_t)n * cols; i++) X[i] = frand();
+    for (int i = 0; i < cols; i++) norm[i] = 1 + frand() * 0.1f;
+    for (int r = 0; r < n; r++) {
+        double ss = 0;
+        for (int c = 0; c < cols; c++) ss += (double)X[r * cols + c] * X[r * cols + c];
+        double s = 1.0 / sqrt(ss / cols + 1e-6);
+        for (int o = 0; o < rows; o++) {
+            double a = 0;
+            for (int c = 0; c < cols; c++) a += (double)W[(size_t)o * cols + c] * X[r * cols + c] * s * norm[c];
+            ref[(size_t)r * rows + o] = a;
+        }
+    }
+    void *dW = dput(W, (size_t)rows * cols * 4), *dX = dput(X, (size_t)n * cols * 4), *dN = dput(norm, (size_t)cols * 4);
+    void *dY = dpoison((size_t)n * rows * 4);
+    char err[256] = "";
+    CHECK(dsa_cuk_gemv_f32(dW, rows, cols, dX, n, dN, 1e-6f, dY) == 0 && dsa_cuda_sync(err, sizeof err) == 0,
+          "gemv_f32: %s", err);
+    dsa_cuda_get(Y, dY, (size_t)n * rows * 4);
+    double e = rel_err(Y, ref, (size_t)n * rows);
+    CHECK(e < 1e-5, "gemv_f32 %dx%d n=%d: rel err %.3g", rows, cols, n, e);
+    dsa_cuda_free(dW), dsa_cuda_free(dX), dsa_cuda_free(dN), dsa_cuda_free(dY);
+    free(W), free(X), free(norm), free(Y), free(ref);
+}
+
+static void test_fp8(void) {
+    int n = 300, d = 64;
+    float *x = malloc((size_t)n * d * 4), *sc = malloc((size_t)n * 4), *sc_ref = malloc((size_t)n * 4);
+    uint8_t *q = malloc((size_t)n * d), *q_ref = malloc((size_t)n * d);
+    for (int r = 0; r < n; r++)
+        for (int i = 0; i < d; i++) {
+            float v = frand() * powf(2.0f, (float)(r % 24) - 12);
+            if (r == 5) v = 0;                   /* an all-zero row: scale 0 */
+            if (r == 6 && i == 3) v = -0.0f;
+            x[r * d + i] = v;
+        }
+    for (int r = 0; r < n; r++) dsa_fp8_quant_row(d, x + (size_t)r * d, q_ref + (size_t)r * d, sc_ref + r);
+    void *dx = dput(x, (size_t)n * d * 4), *dq = dpoison((size_t)n * d), *ds = dpoison((size_t)n * 4);
+    CHECK(dsa_cuk_fp8_quant(n, d, dx, dq, ds) == 0, "fp8 launch");
+    dsa_cuda_get(q, dq, (size_t)n * d);
+    dsa_cuda_get(sc, ds, (size_t)n * 4);
+    int bad = 0;
+    for (int i = 0; i < n * d; i++) bad += q[i] != q_ref[i];
+    for (int r = 0; r < n; r++) bad += memcmp(&sc[r], &sc_ref[r], 4) != 0;
+    CHECK(bad == 0, "fp8 quantisation: %d codes or scales differ from dsa_fp8_quant_row", bad);
+    dsa_cuda_free(dx), dsa_cuda_free(dq), dsa_cuda_free(ds);
+    free(x), free(sc), free(sc_ref), free(q), free(q_ref);
+}
+
+static void test_index_scores(void) {
+    int n = 6, H = 4, d = 64, max_len = 3000;
+    int lens[6] = {1, 17, 255, 256, 1500, 3000};
+    uint8_t *k8 = malloc((size_t)max_len * d);
+    float *ks = malloc((size_t)max_len * 4), *q = malloc((size_t)n * H * d * 4), *w = malloc((size_t)n * H * 4);
+    float *out = malloc((size_t)n * max_len * 4), *ref = malloc((size_t)max_len * 4);
+    for (int s = 0; s < max_len; s++) {
+        float row[64];
+        for (int i = 0; i < d; i++) row[i] = frand();
+        dsa_fp8_quant_row(d, row, k8 + (size_t)s * d, ks + s);
+    }
+    for (int i = 0; i < n * H * d; i++) q[i] = frand();
+    for (int i = 0; i < n * H; i++) w[i] = frand();
+    void *dk = dput(k8, (size_t)max_len * d), *dks = dput(ks, (size_t)max_len * 4), *dq = dput(q, (size_t)n * H * d * 4);
+    void *dw = dput(w, (size_t)n * H * 4), *dl = dput(lens, sizeof lens), *dout = dpoison((size_t)n * max_len * 4);
+    CHECK(dsa_cuk_index_scores(n, H, d, dk, dks, 0, dq, dw, dl, max_len, dout, max_len) == 0, "index scores launch");
+    dsa_cuda_get(out, dout, (size_t)n * max_len * 4);
+    for (int r = 0; r < n; r++) {
+        dsa_indexer_scores(lens[r], H, d, k8, ks, q + (size_t)r * H * d, w + (size_t)r * H, ref);
+        double num = 0, den = 0;
+        int nan = 0;
+        for (int s = 0; s < lens[r]; s++) {
+            float g = out[(size_t)r * max_len + s];
+            nan += g != g;
+            num += (g - ref[s]) * (double)(g - ref[s]);
+            den += (double)ref[s] * ref[s];
+        }
+        CHECK(nan == 0 && sqrt(num / (den > 0 ? den : 1)) < 1e-5, "index scores row %d (len %d): %d unwritten, rel err %.3g",
+              r, lens[r], nan, sqrt(num / (den > 0 ? den : 1)));
+    }
+    dsa_cuda_free(dk), dsa_cuda_free(dks), dsa_cuda_free(dq), dsa_cuda_free(dw), dsa_cuda_free(dl), dsa_cuda_free(dout);
+    free(k8), free(ks), free(q), free(w), free(out), free(ref);
+}
+
+static void test_topk(void) {
+    enum { N = 7, LD = 20000 };
+    int k = 512;
+    int lens[N] = {100, 512, 513, 1000, 4096, 8192, 20000};
+    float *sc = malloc((size_t)N * LD * 4);
+    for (int r = 0; r < N; r++)
+        for (int s = 0; s < LD; s++) {
+            float v = frand();
+            if (r == 3) v = (float)(int)(v * 8) / 8; /* heavy ties */
+            if (r == 4 && s % 97 == 0) v = NAN;
+            if (r == 4 && s % 89 == 0) v = (s & 1) ? -0.0f : 0.0f;
+            if (r == 5) v = v * 1e-30f;             /* tiny, ties in the low bits */
+            sc[(size_t)r * LD + s] = v;
+        }
+    void *dsc = dput(sc, (size_t)N * LD * 4), *dl = dput(lens, sizeof lens);
+    void *didx = dpoison((size_t)N * k * 4), *dcnt = dpoison(N * 4);
+    CHECK(dsa_cuk_topk(N, dsc, LD, dl, k, didx, dcnt) == 0, "topk launch");
+    int32_t *idx = malloc((size_t)N * k * 4), *ref = malloc((size_t)k * 4);
+    int cnt[N];
+    uint64_t *scratch = malloc((size_t)LD * 8);
+    dsa_cuda_get(idx, didx, (size_t)N * k * 4);
+    dsa_cuda_get(cnt, dcnt, sizeof cnt);
+    for (int r = 0; r < N; r++) {
+        if (lens[r] <= k) {
+            CHECK(cnt[r] == -1, "topk row %d (len %d <= k): cnt %d, expected -1 (dense)", r, lens[r], cnt[r]);
+            continue;
+        }
+        int m = dsa_topk(lens[r], sc + (size_t)r * LD, k, ref, scratch);
+        CHECK(cnt[r] == m && memcmp(idx + (size_t)r * k, ref, (size_t)m * 4) == 0,
+              "topk row %d (len %d): %d selected, the set or order differs from dsa_topk", r, lens[r], cnt[r]);
+    }
+    dsa_cuda_free(dsc), dsa_cuda_free(dl), dsa_cuda_free(didx), dsa_cuda_free(dcnt);
+    free(sc), free(idx), free(ref), free(scratch);
+}
+
+static void softmax_d(float *x, int n) {
+    float mx = -INFINITY, sum = 0;
+    for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    for (int i = 0; i < n; i++) sum += x[i] = expf(x[i] - mx);
+    for (int i = 0; i < n; i++) x[i] /= sum;
+}
+
+static void test_attention(int H, int KVH, int D) {
+    enum { N = 5, CTX = 2000 };
+    int lens[N] = {1, 63, 700, 1999, 2000}, k = 300;
+    int KV = KVH * D, E = H * D, G = H / KVH;
+    uint16_t *K = malloc((size_t)CTX * KV * 2), *V = malloc((size_t)CTX * KV * 2);
+    float *q = malloc((size_t)N * E * 4), *out = malloc((size_t)N * E * 4), *sc = malloc(CTX * 4);
+    double *ref = malloc((size_t)N * E * sizeof *ref);
+    float *o = malloc((size_t)D * 4);
+    for (size_t i = 0; i < (size_t)CTX * KV; i++) {
+        float a = frand(), b = frand();
+        dsa_f32_to_f16_row(1, &a, &K[i]);
+        dsa_f32_to_f16_row(1, &b, &V[i]);
+    }
+    for (int i = 0; i < N * E; i++) q[i] = frand() * 4;
+    /* rows 2 and 3 attend over a selected set (every third position, up to k), the others densely */
+    int32_t *sel = malloc((size_t)N * k * 4);
+    int cnt[N];
+    for (int r = 0; r < N; r++) {
+        cnt[r] = -1;
+        if (r == 2 || r == 3) {
+            int m = 0;
+            for (int s = 0; s < lens[r] && m < k; s += 3) sel[(size_t)r * k + m++] = s;
+            cnt[r] = m;
+        }
+    }
+    for (int r = 0; r < N; r++)
+        for (int h = 0; h < H; h++) {
+            const uint16_t *Kh = K + (h / G) * D, *Vh = V + (h / G) * D;
+            const float *qh = q + (size_t)r * E + h * D;
+            if (cnt[r] >= 0) {
+                dsa_attn_scores_f16_idx(cnt[r], D, Kh, KV, sel + (size_t)r * k, qh, 1.0f / sqrtf((float)D), sc);
+                softmax_d(sc, cnt[r]);
+                dsa_attn_sum_f16_idx(cnt[r], D, sc, Vh, KV, sel + (size_t)r * k, o);
+            } else {
+                dsa_attn_scores_f16(lens[r], D, Kh, KV, qh, 1.0f / sqrtf((float)D), sc);
+                softmax_d(sc, lens[r]);
+                dsa_attn_sum_f16(lens[r], D, sc, Vh, KV, o);
+            }
+            for (int i = 0; i < D; i++) ref[(size_t)r * E + h * D + i] = o[i];
+        }
+    void *dK = dput(K, (size_t)CTX * KV * 2), *dV = dput(V, (size_t)CTX * KV * 2), *dq = dput(q, (size_t)N * E * 4);
+    void *dl = dput(lens, sizeof lens), *dsel = dput(sel, (size_t)N * k * 4), *dcnt = dput(cnt, sizeof cnt);
+    void *dout = dpoison((size_t)N * E * 4);
+    CHECK(dsa_cuk_attention(N, H, KVH, D, dK, dV, CTX, dq, dl, dsel, k, dcnt, dout) == 0, "attention launch");
+    dsa_cuda_get(out, dout, (size_t)N * E * 4);
+    double e = rel_err(out, ref, (size_t)N * E);
+    CHECK(e < 1e-5, "attention H %d/%d D %d: rel err %.3g", H, KVH, D, e);
+    dsa_cuda_free(dK), dsa_cuda_free(dV), dsa_cuda_free(dq), dsa_cuda_free(dl), dsa_cuda_free(dsel);
+    dsa_cuda_free(dcnt), dsa_cuda_free(dout);
+    free(K), free(V), free(q), free(out), free(sc), free(ref), free(o), free(sel);
+}
+
+/* ---- the whole model on both backends ---------------------------------------------------------------------- */
+
+typedef struct {
+    dsa_ctx *c;
+    int k, dense_layers, n_layer;
+    int32_t *sel;        /* [layer][k]: the CPU's selection for the batch's last row */
+    int *cnt;            /* [layer] */
+    uint64_t *scratch;
+    float *sc;
+} cpu_sel;
+
+/* A layer hook on the CPU context: the indexer's selection for the batch's last row, recomputed from the CPU's own
+ * keys and queries exactly as model.c does. */
+static void sel_hook(void *ud, int layer, int pos0, int n, const float *h, const float *q) {
+    (void)h, (void)q;
+    cpu_sel *cs = ud;
+    const float *iq, *iw;
+    dsa_ctx_index_queries(cs->c, &iq, &iw);
+    const uint8_t *k8;
+    const float *ks;
+    dsa_ctx_index_keys(cs->c, layer, &k8, &ks);
+    int len = pos0 + n;
+    if (layer < cs->dense_layers || len <= cs->k) {
+        cs->cnt[layer] = -1;
+        return;
+    }
+    int H = 4, d = 64; /* set by the caller's check below */
+    dsa_indexer_scores(len, H, d, k8, ks, iq + (size_t)(n - 1) * H * d, iw + (size_t)(n - 1) * H, cs->sc);
+    cs->cnt[layer] = dsa_topk(len, cs->sc, cs->k, cs->sel + (size_t)layer * cs->k, cs->scratch);
+}
+
+static const char *TEXT =
+    "The lighthouse keeper climbed the spiral stairs each evening, counting the steps as his father had taught him. "
+    "At the top he trimmed the wick, polished the great lens, and watched the ships pass along the dark coast. "
+    "Some nights the fog rolled in so thick that the beam seemed to stop an arm's length from the glass, and he "
+    "would sound the horn every minute until dawn. In the mornings he wrote in the log: the wind, the sea, the "
+    "ships he had seen, and the names of the birds that rested on the gallery rail. ";
+
+static void test_model(void) {
+    const char *path = tu_model_path();
+    char err[512];
+    dsa_model *m;
+    if (dsa_model_load(path, &m, NULL, NULL, err, sizeof err)) {
+        CHECK(0, "load %s: %s", path, err);
+        return;
+    }
+    char *ixp = dsa_indexer_default_path(path);
+    dsa_indexer *ix = NULL;
+    if (!ixp || dsa_indexer_load(ixp, m, &ix, err, sizeof err)) {
+        CHECK(0, "the model's sidecar %s: %s", ixp ? ixp : "(none)", ixp ? err : "not found");
+        free(ixp);
+        dsa_model_free(m);
+        return;
+    }
+    free(ixp);
+    const dsa_hparams *hp = dsa_model_hparams(m);
+    int V = hp->n_vocab, k = 256;
+    CHECK(ix->hp.n_head == 4 && ix->hp.head_dim == 64, "the test assumes a 4 × 64 indexer");
+    /* ~800 tokens: past k, so most rows select */
+    size_t tl = strlen(TEXT);
+    char *text = malloc(tl * 8 + 1);
+    for (int i = 0; i < 8; i++) memcpy(text + i * tl, TEXT, tl);
+    text[tl * 8] = 0;
+    dsa_ids ids = {0};
+    dsa_tok_encode(dsa_model_tok(m), text, strlen(text), 0, &ids);
+    int n = ids.n > 800 ? 800 : (int)ids.n;
+    free(text);
+
+    dsa_ctx *cpu, *gpu;
+    if (dsa_ctx_new(m, 2048, 0, &cpu, err, sizeof err) || dsa_ctx_new(m, 2048, 0, &gpu, err, sizeof err)) {
+        CHECK(0, "contexts: %s", err);
+        return;
+    }
+    CHECK(dsa_ctx_set_sparse(cpu, ix, DSA_SEL_INDEXER, k, err, sizeof err) == 0, "%s", err);
+    CHECK(dsa_ctx_set_sparse(gpu, ix, DSA_SEL_INDEXER, k, err, sizeof err) == 0, "%s", err);
+    CHECK(dsa_ctx_set_backend(cpu, DSA_BACKEND_CPU, err, sizeof err) == 0, "%s", err);
+    CHECK(dsa_ctx_set_backend(gpu, DSA_BACKEND_CUDA, err, sizeof err) == 0, "cuda backend: %s", err);
+    CHECK(!strcmp(dsa_ctx_backend_name(gpu), "cuda"), "backend is %s", dsa_ctx_backend_name(gpu));
+    if (tu_failures) return;
+    dsa_ctx_keep_selection(gpu, 1);
+
+    /* teacher-forced logits of every position: GPU rows of 16 (our GEMV path) */
+    float *lc = malloc((size_t)n * V * 4), *lg = malloc((size_t)n * V * 4);
+    CHECK(dsa_ctx_eval(cpu, ids.ids, n, lc, 1, NULL, NULL, err, sizeof err) == 0, "cpu eval: %s", err);
+    CHECK(dsa_ctx_eval(gpu, ids.ids, n, lg, 1, NULL, NULL, err, sizeof err) == 0, "gpu eval: %s", err);
+    double worst = 0, sum_e = 0;
+    int top1 = 0;
+    for (int t = 0; t < n; t++) {
+        double num = 0, den = 0;
+        for (int v = 0; v < V; v++) {
+            double d = (double)lg[(size_t)t * V + v] - lc[(size_t)t * V + v];
+            num += d * d;
+            den += (double)lc[(size_t)t * V + v] * lc[(size_t)t * V + v];
+        }
+        double e = sqrt(num / den);
+        if (!(e <= worst)) worst = e;
+        sum_e += e;
+        top1 += tu_argmax(lg + (size_t)t * V, V) == tu_argmax(lc + (size_t)t * V, V);
+    }
+    printf("teacher-forced %d positions: logits rel err mean %.2e worst %.2e; top-1 equal %d/%d\n", n, sum_e / n,
+           worst, top1, n);
+    CHECK(worst <= 1e-2, "logits relative error %.3g > 1e-2", worst);
+    CHECK(top1 >= 0.99 * n, "top-1 equal at %d of %d positions (< 99%%)", top1, n);
+    json_object_set_new(report, "teacher_forced", json_pack("{s:i,s:f,s:f,s:i}", "positions", n, "rel_err_mean",
+                                                            sum_e / n, "rel_err_worst", worst, "top1_equal", top1));
+
+    /* the caches: K/V and the FP8 indexer keys */
+    int KV = dsa_ctx_kv_dim(cpu), d = dsa_ctx_index_dim(cpu);
+    uint16_t *kc = malloc((size_t)n * KV * 2), *kg = malloc((size_t)n * KV * 2);
+    uint8_t *ic = malloc((size_t)n * d), *ig = malloc((size_t)n * d);
+    double kv_num = 0, kv_den = 0;
+    long same8 = 0, total8 = 0;
+    for (int l = 0; l < hp->n_layer; l++) {
+        CHECK(dsa_ctx_cache_get(cpu, l, 0, n, kc, NULL, ic, NULL, err, sizeof err) == 0, "%s", err);
+        CHECK(dsa_ctx_cache_get(gpu, l, 0, n, kg, NULL, ig, NULL, err, sizeof err) == 0, "%s", err);
+        for (size_t i = 0; i < (size_t)n * KV; i++) {
+            double a = dsa_f16_to_f32(kc[i]), b = dsa_f16_to_f32(kg[i]);
+            kv_num += (a - b) * (a - b);
+            kv_den += a * a;
+        }
+        for (size_t i = 0; i < (size_t)n * d; i++) same8 += ic[i] == ig[i];
+        total8 += (long)n * d;
+    }
+    printf("caches: K rel err %.2e; FP8 index key codes equal %.4f\n", sqrt(kv_num / kv_den), (double)same8 / total8);
+    CHECK(sqrt(kv_num / kv_den) < 1e-2, "K cache rel err %.3g", sqrt(kv_num / kv_den));
+    CHECK(same8 >= 0.95 * total8, "FP8 index keys: only %.3f of codes equal", (double)same8 / total8);
+
+    /* greedy continuation, one token at a time (GPU: graph replay); selections compared at every step */
+    cpu_sel cs = {cpu, k, 0, hp->n_layer, malloc((size_t)hp->n_layer * k * 4), malloc((size_t)hp->n_layer * 4),
+                  malloc(4096 * 8), malloc(4096 * 4)};
+    dsa_ctx_set_layer_hook(cpu, sel_hook, &cs);
+    int steps = 32, same_tok = 0, diverged = 0;
+    long inter = 0, sel_total = 0;
+    int32_t tc = tu_argmax(lc + (size_t)(n - 1) * V, V), tg = tu_argmax(lg + (size_t)(n - 1) * V, V);
+    int32_t *gsel = malloc((size_t)k * 4);
+    float *l1 = malloc((size_t)V * 4), *l2 = malloc((size_t)V * 4);
+    for (int i = 0; i < steps; i++) {
+        if (tc != tg) diverged = 1;
+        if (!diverged) same_tok++;
+        int32_t t = tc; /* both follow the CPU's tokens, so the selections stay comparable */
+        CHECK(dsa_ctx_eval(cpu, &t, 1, l1, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+        CHECK(dsa_ctx_eval(gpu, &t, 1, l2, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+        for (int l = 0; l < hp->n_layer; l++) {
+            int gc = 0;
+            if (cs.cnt[l] < 0) continue;
+            CHECK(dsa_ctx_selection(gpu, l, 0, gsel, &gc) == 0 && gc == cs.cnt[l], "layer %d: GPU selected %d, CPU %d", l,
+                  gc, cs.cnt[l]);
+            int a = 0, b = 0;
+            const int32_t *cl = cs.sel + (size_t)l * k;
+            while (a < gc && b < cs.cnt[l]) { /* both ascending */
+                if (gsel[a] == cl[b]) inter++, a++, b++;
+                else if (gsel[a] < cl[b]) a++;
+                else b++;
+            }
+            sel_total += cs.cnt[l];
+        }
+        tc = tu_argmax(l1, V);
+        tg = tu_argmax(l2, V);
+    }
+    dsa_ctx_set_layer_hook(cpu, NULL, NULL);
+    double overlap = sel_total ? (double)inter / sel_total : 0;
+    printf("decode %d steps: greedy tokens equal before the first divergence %d/%d; top-k overlap with the CPU "
+           "indexer %.4f (%ld positions)\n", steps, same_tok, steps, overlap, sel_total);
+    CHECK(sel_total > 0, "no layer selected (context not longer than k?)");
+    CHECK(overlap >= 0.99, "top-k set overlap %.4f < 0.99", overlap);
+    json_object_set_new(report, "decode", json_pack("{s:i,s:i,s:f}", "steps", steps, "greedy_equal", same_tok,
+                                                    "topk_overlap", overlap));
+
+    /* the last 300 rows again in one call of 300 rows (cuBLAS path for 256 of them): last logits agree */
+    dsa_ctx_truncate(cpu, n - 300);
+    dsa_ctx_truncate(gpu, n - 300);
+    CHECK(dsa_ctx_eval(cpu, ids.ids + n - 300, 300, l1, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(dsa_ctx_eval(gpu, ids.ids + n - 300, 300, l2, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    double num = 0, den = 0;
+    for (int v = 0; v < V; v++) num += ((double)l2[v] - l1[v]) * ((double)l2[v] - l1[v]), den += (double)l1[v] * l1[v];
+    printf("prefill batch of 300 (cuBLAS): last logits rel err %.2e, top-1 %s\n", sqrt(num / den),
+           tu_argmax(l1, V) == tu_argmax(l2, V) ? "equal" : "DIFFERENT");
+    CHECK(sqrt(num / den) <= 1e-2, "batched prefill logits rel err %.3g", sqrt(num / den));
+    json_object_set_new(report, "prefill_blas_rel_err", json_real(sqrt(num / den)));
+
+    /* the GPU's caches moved into a CPU context: the next token's logits match the CPU's own continuation */
+    dsa_ctx *moved;
+    CHECK(dsa_ctx_new(m, 2048, 0, &moved, err, sizeof err) == 0, "%s", err);
+    CHECK(dsa_ctx_set_sparse(moved, ix, DSA_SEL_INDEXER, k, err, sizeof err) == 0, "%s", err);
+    uint16_t *K = malloc((size_t)n * KV * 2), *Vv = malloc((size_t)n * KV * 2);
+    float *s8 = malloc((size_t)n * 4);
+    for (int l = 0; l < hp->n_layer; l++) {
+        CHECK(dsa_ctx_cache_get(gpu, l, 0, n, K, Vv, ig, s8, err, sizeof err) == 0, "%s", err);
+        CHECK(dsa_ctx_cache_put(moved, l, 0, n, K, Vv, ig, s8, err, sizeof err) == 0, "%s", err);
+    }
+    CHECK(dsa_ctx_set_pos(moved, n, err, sizeof err) == 0, "%s", err);
+    int32_t nxt = ids.ids[n - 1];
+    dsa_ctx_truncate(cpu, n);
+    CHECK(dsa_ctx_eval(moved, &nxt, 1, l1, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    dsa_ctx_truncate(cpu, n);
+    CHECK(dsa_ctx_eval(cpu, &nxt, 1, l2, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    num = den = 0;
+    for (int v = 0; v < V; v++) num += ((double)l2[v] - l1[v]) * ((double)l2[v] - l1[v]), den += (double)l2[v] * l2[v];
+    printf("GPU cache loaded on the CPU: next logits rel err %.2e\n", sqrt(num / den));
+    CHECK(sqrt(num / den) <= 1e-2, "a GPU cache on the CPU: rel err %.3g", sqrt(num / den));
+
+    dsa_ctx_free(moved);
+    dsa_ctx_free(cpu);
+    dsa_ctx_free(gpu);
+    free(K), free(Vv), free(s8), free(kc), free(kg), free(ic), free(ig), free(lc), free(lg), free(gsel), free(l1), free(l2);
+    free(cs.sel), free(cs.cnt), free(cs.scratch), free(cs.sc);
+    dsa_ids_free(&ids);
+    dsa_indexer_free(ix);
+    dsa_model_free(m);
+}
+
+int main(void) {
+    char name[128] = "", why[128] = "";
+    size_t mem = 0;
+    if (dsa_cuda_devices(name, sizeof name, &mem, why, sizeof why) <= 0) {
+        printf("test_cuda: skipped (no usable CUDA device: %s)\n", why);
+        return 77;
+    }
+    printf("device: %s, %.0f GiB\n", name, mem / 1073741824.0);
+    report = json_object();
+    json_object_set_new(report, "device", json_string(name));
+    test_fp8();
+    test_gemv(960, 576, 1, 1, 0, 0);
+    test_gemv(576, 576, 3, 0, 1, 0);
+    test_gemv(1536, 576, 16, 1, 0, 1);
+    test_gemv(576, 1536, 7, 0, 1, 0);
+    test_gemv(49152, 576, 2, 1, 0, 0);
+    test_gemv_f32(324, 576, 1);
+    test_gemv_f32(324, 576, 16);
+    test_index_scores();
+    test_topk();
+    test_attention(9, 3, 64);
+    test_attention(8, 8, 128);
+    test_attention(14, 2, 64);
+    json_object_set_new(report, "kernel_checks_failed", json_integer(tu_failures));
+    test_model();
+    const char *rp = getenv("DSA_CUDA_REPORT");
+    if (rp) json_dump_file(report, rp, JSON_INDENT(2));
+    json_decref(report);
+    return tu_finish("test_cuda");
+}
+#endif

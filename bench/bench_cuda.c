@@ -64,14 +64,12 @@ static void run_copy(void *u) {
 #define SETS 8
 typedef struct {
     int B, L, H, d, set;
-    uint8_t *k8[SETS];
-    float *ks[SETS], *q, *w, *out;
-    int *len;
+    dsa_cuk_rows *rows[SETS];
+    float *q, *w, *out;
 } score_job;
 static void run_scores(void *u) {
     score_job *j = u;
-    int s = j->set++ % SETS;
-    dsa_cuk_index_scores(j->B, j->H, j->d, j->k8[s], j->ks[s], (size_t)j->L, j->q, j->w, j->len, j->L, j->out, j->L);
+    dsa_cuk_index_scores(j->rows[j->set++ % SETS], j->H, j->d, j->q, j->w, j->out, j->L);
 }
 
 typedef struct {
@@ -86,26 +84,27 @@ static void run_gemv(void *u) {
 }
 
 typedef struct {
-    int n, L, k;
+    int L, k;
+    dsa_cuk_rows *rows;
     float *score;
-    int *len, *cnt;
+    int *cnt;
     int32_t *idx;
 } topk_job;
 static void run_topk(void *u) {
     topk_job *j = u;
-    dsa_cuk_topk(j->n, j->score, j->L, j->len, j->k, j->idx, j->cnt);
+    dsa_cuk_topk(j->rows, j->score, j->L, j->idx, j->k, j->cnt);
 }
 
 typedef struct {
-    int n, H, KVH, D, L, k;
-    uint16_t *K, *V;
+    int H, KVH, D, k;
+    dsa_cuk_rows *rows;
     float *q, *out;
-    int *len, *cnt;
+    int *cnt;
     int32_t *sel;
 } attn_job;
 static void run_attn(void *u) {
     attn_job *j = u;
-    dsa_cuk_attention(j->n, j->H, j->KVH, j->D, j->K, j->V, j->L, j->q, j->len, j->sel, j->k, j->cnt, j->out);
+    dsa_cuk_attention(j->rows, j->H, j->KVH, j->D, j->q, j->sel, j->k, j->cnt, j->out);
 }
 
 int main(void) {
@@ -127,25 +126,25 @@ int main(void) {
     dsa_cuda_free(cj.a), dsa_cuda_free(cj.b);
 
     /* indexer scores at 8K context × batch 16: 16 sequences × 8192 keys × (64 B + 4 B scale) + 4 B score out */
-    score_job sj = {16, 8192, 4, 64, 0, {0}, {0}, 0, 0, 0, 0};
+    score_job sj = {16, 8192, 4, 64, 0, {0}, 0, 0, 0};
+    int lens[16];
+    for (int i = 0; i < 16; i++) lens[i] = sj.L;
     for (int s = 0; s < SETS; s++) {
-        sj.k8[s] = dev_random((size_t)sj.B * sj.L * sj.d, 2);
-        sj.ks[s] = dev_random((size_t)sj.B * sj.L * 4, 0);
+        uint8_t *k8 = dev_random((size_t)sj.B * sj.L * sj.d, 2);
+        float *ks = dev_random((size_t)sj.B * sj.L * 4, 0);
+        sj.rows[s] = dsa_cuk_rows_new(sj.B, lens, sj.L, 0, k8, ks, (size_t)sj.L, sj.d, NULL, NULL, 0, 0);
     }
     sj.q = dev_random((size_t)sj.B * sj.H * sj.d * 4, 0);
     sj.w = dev_random((size_t)sj.B * sj.H * 4, 0);
     sj.out = dsa_cuda_alloc((size_t)sj.B * sj.L * 4);
-    int lens[16];
-    for (int i = 0; i < 16; i++) lens[i] = sj.L;
-    sj.len = dsa_cuda_alloc(sizeof lens);
-    dsa_cuda_put(sj.len, lens, sizeof lens);
     ms = dsa_cuda_time_ms(run_scores, &sj, 5, 50);
     double bytes = (double)sj.B * sj.L * (sj.d + 4 + 4);
     json_object_set_new(J, "index_scores_8k_b16", json_pack("{s:f,s:f,s:f}", "ms", ms, "GBps", bytes / (ms * 1e-3) / 1e9,
                                                             "hbm_fraction", bytes / (ms * 1e-3) / hbm));
 
     /* top-k 512 of 8192 for 16 rows (reads the scores 5 times, from L2) */
-    topk_job tj = {16, 8192, 512, sj.out, sj.len, dsa_cuda_alloc(64), dsa_cuda_alloc((size_t)16 * 512 * 4)};
+    topk_job tj = {8192, 512, dsa_cuk_rows_new(16, lens, 8192, 512, (uint8_t *)sj.q, NULL, 0, 64, NULL, NULL, 0, 0),
+                   sj.out, dsa_cuda_alloc(64), dsa_cuda_alloc((size_t)16 * 512 * 4)};
     ms = dsa_cuda_time_ms(run_topk, &tj, 5, 50);
     json_object_set_new(J, "topk_512_of_8k_b16", json_pack("{s:f}", "ms", ms));
 
@@ -167,9 +166,9 @@ int main(void) {
     json_object_set_new(J, "gemv_49152x576", gv);
 
     /* attention over 8K positions, 16 rows, 9/3 heads × 64: dense vs 512 selected */
-    attn_job aj = {16, 9, 3, 64, 8192, 512, 0, 0, 0, 0, sj.len, 0, 0};
-    aj.K = dev_random((size_t)aj.L * aj.KVH * aj.D * 2, 1);
-    aj.V = dev_random((size_t)aj.L * aj.KVH * aj.D * 2, 1);
+    attn_job aj = {9, 3, 64, 512, NULL, 0, 0, 0, 0};
+    uint16_t *K = dev_random((size_t)8192 * 3 * 64 * 2, 1), *V = dev_random((size_t)8192 * 3 * 64 * 2, 1);
+    aj.rows = dsa_cuk_rows_new(16, lens, 8192, 0, NULL, NULL, 0, 0, K, V, 3, 64);
     aj.q = dev_random((size_t)16 * aj.H * aj.D * 4, 0);
     aj.out = dsa_cuda_alloc((size_t)16 * aj.H * aj.D * 4);
     int32_t *sel = malloc((size_t)16 * 512 * 4);

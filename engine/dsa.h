@@ -84,6 +84,7 @@ int dsa_ctx_set_sparse(dsa_ctx *c, const dsa_indexer *ix, dsa_select_mode mode, 
 dsa_select_mode dsa_ctx_select_mode(const dsa_ctx *c);
 /* Override the indexer's dense_layers (n >= 0) or go back to it (n < 0). */
 void dsa_ctx_set_dense_layers(dsa_ctx *c, int n);
+int dsa_ctx_dense_layers(const dsa_ctx *c); /* the leading layers that attend densely, as in effect */
 int dsa_ctx_topk(const dsa_ctx *c);
 
 /* Caches, for the trainer, the evaluator and the session store: K/V rows of a layer (kv_dim halfs apart) and the

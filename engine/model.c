@@ -633,6 +633,9 @@ void dsa_ctx_set_dense_layers(dsa_ctx *c, int n) {
 #endif
 }
 int dsa_ctx_topk(const dsa_ctx *c) { return c->topk; }
+int dsa_ctx_dense_layers(const dsa_ctx *c) {
+    return c->dense_layers >= 0 ? c->dense_layers : c->ix ? c->ix->hp.dense_layers : 0;
+}
 int dsa_ctx_kv_dim(const dsa_ctx *c) { return c->kv_dim; }
 void dsa_ctx_kv(const dsa_ctx *c, int l, const uint16_t **K, const uint16_t **V) {
     *K = c->kc + (size_t)l * c->n_ctx * c->kv_dim;

@@ -38,7 +38,7 @@ int dsa_cuda_sync(char *err, size_t errlen);                /* wait for the stre
 /* Events on the backend's stream, for benchmarks: the milliseconds fn(ud) took, median of reps after warm-up. */
 double dsa_cuda_time_ms(void (*fn)(void *), void *ud, int warmup, int reps);
 
-/* ---- kernels (device pointers) ---------------------------------------------------------------------------- */
+/* ---- kernels (device pointers; asynchronous: dsa_cuda_sync reports a fault) ----------------------------------- */
 
 /* Y[r][o] = Σ_c W[o][c]·X[r][c] (+ Y[r][o] when accumulate), W rows×cols f16, X n×cols f32, n <= 16.
  * With norm != NULL, X is first RMS-normalised per row and multiplied by norm (cols floats).
@@ -51,20 +51,26 @@ int dsa_cuk_gemv_swiglu(const uint16_t *W, int rows, int cols, const float *X, i
 /* The same with f32 weights (the indexer's projection). */
 int dsa_cuk_gemv_f32(const float *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
                      float *Y);
-/* Index scores out[r][s] = scale[s]·Σ_j w[r][j]·ReLU(q[r][j]·k8[s]) for s < len[r], n query rows of H·d / H floats;
- * all rows read the same keys (row_keys 0) or row r the keys row_keys·r slots on (one sequence per row).
- * CPU counterpart: dsa_indexer_scores. */
-int dsa_cuk_index_scores(int n, int H, int d, const uint8_t *k8, const float *kscale, size_t row_keys, const float *q,
-                         const float *w, const int *len, int max_len, float *out, int ld);
-/* Per row, the k largest of score[r][0..len[r]) by (score, index) — NaN lowest, -0 == +0, ties to the later index —
- * as ascending positions in idx[r][0..k); cnt[r] = k, or -1 when len[r] <= k (attend densely).
+/* Rows for the per-sequence kernels: row r is the token at position len[r]-1 (len: a host array) of one sequence
+ * whose caches are K/V (n_ctx × KVH·D f16, may be NULL) and k8/kscale (FP8 index keys, may be NULL) at layer 0, or,
+ * with row_keys > 0, row r has its own index keys row_keys slots after row r-1's (one sequence per row).  A row
+ * selects (top-k, index scores) when its length exceeds topk.  NULL on failure. */
+typedef struct dsa_cuk_rows dsa_cuk_rows;
+dsa_cuk_rows *dsa_cuk_rows_new(int n, const int *len, int n_ctx, int topk, const uint8_t *k8, const float *kscale,
+                               size_t row_keys, int d, const uint16_t *K, const uint16_t *V, int KVH, int D);
+void dsa_cuk_rows_free(dsa_cuk_rows *t);
+/* Index scores out[r][s] = scale[s]·Σ_j w[r][j]·ReLU(q[r][j]·k8[s]) for s < len[r], from query rows of H·d and H
+ * floats.  CPU counterpart: dsa_indexer_scores. */
+int dsa_cuk_index_scores(const dsa_cuk_rows *t, int H, int d, const float *q, const float *w, float *out, int ld);
+/* Per row, the topk largest of score[r][0..len[r]) by (score, index) — NaN lowest, -0 == +0, ties to the later
+ * index — as ascending positions in idx[r][0..k); cnt[r] = k, or -1 when len[r] <= k (attend densely).
  * CPU counterpart: dsa_topk. */
-int dsa_cuk_topk(int n, const float *score, int ld, const int *len, int k, int32_t *idx, int *cnt);
-/* Attention of n query rows (H heads of D, row r at position len[r]-1) over one sequence's f16 K/V cache
- * (n_ctx rows of KVH·D): over the selected positions sel[r][0..cnt[r]) when cnt[r] >= 0, else the causal prefix.
- * cnt may be NULL (all dense).  out n × H·D.  CPU: dsa_attn_scores_f16(_idx), softmax, dsa_attn_sum_f16(_idx). */
-int dsa_cuk_attention(int n, int H, int KVH, int D, const uint16_t *K, const uint16_t *V, int n_ctx, const float *q,
-                      const int *len, const int32_t *sel, int ldi, const int *cnt, float *out);
+int dsa_cuk_topk(const dsa_cuk_rows *t, const float *score, int ld, int32_t *idx, int ldi, int *cnt);
+/* Attention of the rows' queries (H heads of D) over the selected positions sel[r][0..cnt[r]) when cnt[r] >= 0, else
+ * the causal prefix; cnt may be NULL (all dense).  out n × H·D.
+ * CPU: dsa_attn_scores_f16(_idx), softmax, dsa_attn_sum_f16(_idx). */
+int dsa_cuk_attention(const dsa_cuk_rows *t, int H, int KVH, int D, const float *q, const int32_t *sel, int ldi,
+                      const int *cnt, float *out);
 /* FP8 e4m3 with a per-row scale (saturating, round to nearest even).  CPU counterpart: dsa_fp8_quant_row. */
 int dsa_cuk_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale);
 

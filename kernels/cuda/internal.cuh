@@ -46,6 +46,11 @@ cudaStream_t dsa_cu_stream(void);
 int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
                 const float *bias, float *Y, int accumulate, int swiglu);
 int cu_gemv_f32(const float *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y);
+// The attention block's projections of n <= 16 rows in one launch: RMSNorm, Wqkv (biases, RoPE; K and V straight
+// into each row's sequence cache, q into qkv) and, when Wix is set, the indexer's f32 projection into ixproj.
+int cu_gemv_qkv(const Shape &s, const __half *Wqkv, const float *bias, const float *Wix, const float *X, int n,
+                const float *norm, const RowDev *rows, const SeqDev *seqs, int layer, const float *freq, float *qkv,
+                float *ixproj);
 int cu_embed(const __half *embd, int E, const RowDev *rows, int n, float *x);
 int cu_rmsnorm_h(const float *x, const float *w, int E, float eps, int n, __half *xh, float *xn);
 int cu_swiglu_h(const float *gu, int F, int n, __half *hb);
@@ -58,8 +63,10 @@ int cu_index_scores(int H, int d, const RowDev *rows, int n, const SeqDev *seqs,
                     const float *iw, int grid_len, float *out, int ld);
 int cu_topk(const RowDev *rows, int n, const SeqDev *seqs, int layer, const float *score, int ld, int32_t *idx,
             int ldi, int *cnt);
+// counter: n × KVH ints, zero before the first launch (each launch leaves them zero again).
 int cu_attention(const Shape &s, const float *q, int ldq, const RowDev *rows, int n, const SeqDev *seqs, int layer,
-                 const int32_t *sel, int ldi, const int *cnt, int grid_len, float *part, float *att, __half *att_h);
+                 const int32_t *sel, int ldi, const int *cnt, int grid_len, float *part, int *counter, float *att,
+                 __half *att_h);
 size_t cu_attention_part_floats(const Shape &s, int n, int grid_len);
 int cu_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale);
 

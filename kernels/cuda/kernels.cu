@@ -13,6 +13,13 @@ constexpr int CH = 64;     // attention positions per block (split-K chunk)
 constexpr int GMAX = 8;    // query heads per KV head, at most
 constexpr int TOPK_THREADS = 1024;
 
+template <typename... KArgs, typename... Args>
+int launch(void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = dsa_cu_stream();
+    return cudaLaunchKernelEx(&cfg, k, args...) == cudaSuccess ? 0 : -1;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -70,11 +77,16 @@ __device__ uint8_t f32_to_fp8(float x) {
 
 // ---- matrix × few vectors -------------------------------------------------------------------------------------
 
-template <typename WT> struct WLoad;
-template <> struct WLoad<__half> {
-    static constexpr int N = 8; // elements per 16-byte load
-    __device__ static void get(const __half *p, float *f) {
-        uint4 u = *reinterpret_cast<const uint4 *>(p);
+// Two weight rows per warp, lanes across the columns with 16-byte loads, n <= R input rows (in shared memory when
+// RMSNorm is fused, else read through the cache).  A warp issues all its loads of a unit (up to PRE per row) before
+// the first multiply, and the loads of its first unit before the block's RMSNorm: the weights' latency from HBM
+// overlaps the rest.
+constexpr int PRE = 6; // 16-byte loads per lane per row held in registers (f16: 1536 columns, f32: 768)
+
+template <typename WT> struct Vec;
+template <> struct Vec<__half> {
+    static constexpr int N = 8;
+    __device__ static void unpack(const uint4 &u, float *f) {
         const __half2 *h = reinterpret_cast<const __half2 *>(&u);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -83,78 +95,235 @@ template <> struct WLoad<__half> {
         }
     }
 };
-template <> struct WLoad<float> {
+template <> struct Vec<float> {
     static constexpr int N = 4;
-    __device__ static void get(const float *p, float *f) {
-        float4 u = *reinterpret_cast<const float4 *>(p);
-        f[0] = u.x, f[1] = u.y, f[2] = u.z, f[3] = u.w;
+    __device__ static void unpack(const uint4 &u, float *f) {
+        f[0] = __uint_as_float(u.x), f[1] = __uint_as_float(u.y), f[2] = __uint_as_float(u.z),
+        f[3] = __uint_as_float(u.w);
     }
 };
 
-// One warp per output row (grid-stride), lanes across the columns with 16-byte loads; the n <= R input rows sit
-// in shared memory when RMSNorm is fused (norm != NULL), else they are read through the cache.  SWIGLU: rows is
-// F, W holds 2F rows (gate, then up), and the output is silu(gate)·up.  CPU: dsa_matmul + rmsnorm.
-template <int R, typename WT, bool SWIGLU>
-__global__ void __launch_bounds__(256) k_gemv(const WT *__restrict__ W, int rows, int cols,
-                                              const float *__restrict__ X, int n, const float *__restrict__ norm,
-                                              float eps, const float *__restrict__ bias, float *__restrict__ Y,
-                                              int accumulate) {
+template <typename WT>
+__device__ __forceinline__ void preload(const WT *w0, const WT *w1, int cols, int lane, uint4 *a, uint4 *b) {
+    constexpr int N = Vec<WT>::N;
+#pragma unroll
+    for (int k = 0; k < PRE; k++) {
+        int c = (lane + 32 * k) * N;
+        if (c < cols) {
+            a[k] = __ldg(reinterpret_cast<const uint4 *>(w0 + c));
+            if (w1) b[k] = __ldg(reinterpret_cast<const uint4 *>(w1 + c));
+        }
+    }
+}
+
+template <int R, typename WT>
+__device__ __forceinline__ void fma_chunk(const float *wa, const float *wb, bool two, const float *xin, int cols, int c,
+                                          int n, float *acc0, float *acc1) {
+    constexpr int N = Vec<WT>::N;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        if (r < n) {
+            const float4 *x4 = reinterpret_cast<const float4 *>(xin + (size_t)r * cols + c);
+#pragma unroll
+            for (int q = 0; q < N / 4; q++) {
+                float4 x = x4[q];
+                acc0[r] += wa[4 * q] * x.x + wa[4 * q + 1] * x.y + wa[4 * q + 2] * x.z + wa[4 * q + 3] * x.w;
+                if (two) acc1[r] += wb[4 * q] * x.x + wb[4 * q + 1] * x.y + wb[4 * q + 2] * x.z + wb[4 * q + 3] * x.w;
+            }
+        }
+    }
+}
+
+// Σ over the columns of w0·x and w1·x for every input row, summed across the warp (every lane gets the sums).
+template <int R, typename WT>
+__device__ __forceinline__ void dot2(const uint4 *a, const uint4 *b, const WT *w0, const WT *w1, const float *xin,
+                                     int cols, int n, int lane, float *acc0, float *acc1) {
+    constexpr int N = Vec<WT>::N;
+    bool two = w1 != nullptr;
+#pragma unroll
+    for (int k = 0; k < PRE; k++) {
+        int c = (lane + 32 * k) * N;
+        if (c < cols) {
+            float wa[N], wb[N];
+            Vec<WT>::unpack(a[k], wa);
+            if (two) Vec<WT>::unpack(b[k], wb);
+            fma_chunk<R, WT>(wa, wb, two, xin, cols, c, n, acc0, acc1);
+        }
+    }
+    for (int c = (lane + 32 * PRE) * N; c < cols; c += 32 * N) { // wider rows than the registers hold
+        float wa[N], wb[N];
+        Vec<WT>::unpack(__ldg(reinterpret_cast<const uint4 *>(w0 + c)), wa);
+        if (two) Vec<WT>::unpack(__ldg(reinterpret_cast<const uint4 *>(w1 + c)), wb);
+        fma_chunk<R, WT>(wa, wb, two, xin, cols, c, n, acc0, acc1);
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        acc0[r] = warp_sum(acc0[r]);
+        acc1[r] = warp_sum(acc1[r]);
+    }
+}
+
+// The two rows a QKV pair unit works on: RoPE partners (a, b) of one q or k head, or two plain rows (the unrotated
+// dims, V).  rot is the frequency index, or -1.
+__device__ __forceinline__ void qkv_pair(const Shape &s, int u, int *a, int *b, int *rot) {
+    int half = s.D / 2, heads = s.H + s.KVH;
+    if (u < heads * half) {
+        int h = u / half, i = u % half, base = h < s.H ? h * s.D : s.E + (h - s.H) * s.D, rh = s.rope_dim / 2;
+        if (i < rh) {
+            *rot = i;
+            *a = base + (s.rope_neox ? i : 2 * i);
+            *b = base + (s.rope_neox ? i + rh : 2 * i + 1);
+        } else {
+            *rot = -1;
+            *a = base + s.rope_dim + 2 * (i - rh);
+            *b = *a + 1;
+        }
+    } else {
+        int j = u - heads * half, KV = s.KVH * s.D;
+        *rot = -1;
+        *a = s.E + KV + 2 * j;
+        *b = *a + 1;
+    }
+}
+
+enum { GEMV_PLAIN = 0, GEMV_SWIGLU = 1, GEMV_QKV = 2 };
+
+struct GemvArgs {
+    const __half *Wa; // f16 matrix: rows_a outputs (SWIGLU: 2·rows_a rows, gate then up)
+    int rows_a;
+    const float *Wb; // optional f32 matrix of rows_b rows over the same input (the indexer's projection)
+    int rows_b;
+    int cols;
+    const float *X;
+    int n;
+    const float *norm;
+    float eps;
+    float *Ya, *Yb;
+    int accumulate, mode;
+    // GEMV_QKV: biases, RoPE and the K/V append of each row's sequence
+    const float *bias;
+    Shape s;
+    const RowDev *rows;
+    const SeqDev *seqs;
+    int layer;
+    const float *freq;
+};
+
+// The weight rows of unit u: the f32 matrix's pair, a SwiGLU (gate, up) pair, a QKV RoPE pair, or a plain pair.
+struct Unit {
+    int isb, a, b, rot; // rows (b < 0: none); rot: RoPE frequency index or -1
+};
+__device__ __forceinline__ Unit unit_rows(const GemvArgs &g, int u, int units_a) {
+    Unit t = {0, 0, -1, -1};
+    if (u >= units_a) {
+        t.isb = 1;
+        t.a = 2 * (u - units_a);
+        t.b = t.a + 1 < g.rows_b ? t.a + 1 : -1;
+    } else if (g.mode == GEMV_SWIGLU) {
+        t.a = u, t.b = u + g.rows_a;
+    } else if (g.mode == GEMV_QKV) {
+        qkv_pair(g.s, u, &t.a, &t.b, &t.rot);
+    } else {
+        t.a = 2 * u;
+        t.b = t.a + 1 < g.rows_a ? t.a + 1 : -1;
+    }
+    return t;
+}
+
+template <int R>
+__global__ void __launch_bounds__(256) k_gemv(GemvArgs g) {
     extern __shared__ float xs[];
-    __shared__ double red[32];
-    const float *xin = X;
-    if (norm) {
+    __shared__ float red[8];
+    int cols = g.cols, n = g.n;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int units_a = g.mode == GEMV_SWIGLU ? g.rows_a : (g.rows_a + 1) / 2, units = units_a + (g.rows_b + 1) / 2;
+    int u = blockIdx.x * 8 + warp;
+    uint4 pa[PRE], pb[PRE];
+    Unit t = {0, 0, -1, -1};
+    if (u < units) { // the first unit's weights are on their way before the input is ready
+        t = unit_rows(g, u, units_a);
+        if (t.isb) preload<float>(g.Wb + (size_t)t.a * cols, t.b >= 0 ? g.Wb + (size_t)t.b * cols : nullptr, cols, lane, pa, pb);
+        else preload<__half>(g.Wa + (size_t)t.a * cols, t.b >= 0 ? g.Wa + (size_t)t.b * cols : nullptr, cols, lane, pa, pb);
+    }
+    const float *xin = g.X;
+    if (g.norm) {
         for (int r = 0; r < n; r++) {
-            double ss = 0;
+            float ss = 0;
             for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-                double v = X[(size_t)r * cols + c];
+                float v = g.X[(size_t)r * cols + c];
                 ss += v * v;
             }
-            ss = block_sum_d(ss, red);
-            float s = (float)(1.0 / sqrt(ss / cols + eps));
+            ss = warp_sum(ss);
+            if (lane == 0) red[warp] = ss;
+            __syncthreads();
+            float tot = 0;
+#pragma unroll
+            for (int w = 0; w < 8; w++) tot += red[w];
+            float sc = 1.0f / sqrtf(tot / cols + g.eps);
             for (int c = threadIdx.x; c < cols; c += blockDim.x)
-                xs[r * cols + c] = __fmul_rn(__fmul_rn(X[(size_t)r * cols + c], s), norm[c]);
+                xs[r * cols + c] = __fmul_rn(__fmul_rn(g.X[(size_t)r * cols + c], sc), g.norm[c]);
+            __syncthreads(); // red is reused by the next row
         }
-        __syncthreads();
         xin = xs;
     }
-    constexpr int N = WLoad<WT>::N;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int o = blockIdx.x * 8 + warp; o < rows; o += gridDim.x * 8) {
-        float acc[R], acc2[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) acc[r] = acc2[r] = 0;
-        const WT *w = W + (size_t)o * cols;
-        const WT *w2 = SWIGLU ? W + (size_t)(o + rows) * cols : w;
-#pragma unroll 2
-        for (int c = lane * N; c < cols; c += 32 * N) {
-            float wf[N], wf2[N];
-            WLoad<WT>::get(w + c, wf);
-            if (SWIGLU) WLoad<WT>::get(w2 + c, wf2);
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                if (r < n) {
-                    const float *x = xin + (size_t)r * cols + c;
-#pragma unroll
-                    for (int i = 0; i < N; i++) {
-                        acc[r] += wf[i] * x[i];
-                        if (SWIGLU) acc2[r] += wf2[i] * x[i];
-                    }
-                }
-            }
+    for (bool first = true; u < units; u += gridDim.x * 8, first = false) {
+        if (!first) {
+            t = unit_rows(g, u, units_a);
+            if (t.isb) preload<float>(g.Wb + (size_t)t.a * cols, t.b >= 0 ? g.Wb + (size_t)t.b * cols : nullptr, cols, lane, pa, pb);
+            else preload<__half>(g.Wa + (size_t)t.a * cols, t.b >= 0 ? g.Wa + (size_t)t.b * cols : nullptr, cols, lane, pa, pb);
         }
+        float acc0[R], acc1[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) acc0[r] = acc1[r] = 0;
+        if (t.isb) {
+            dot2<R, float>(pa, pb, g.Wb + (size_t)t.a * cols, t.b >= 0 ? g.Wb + (size_t)t.b * cols : nullptr, xin, cols,
+                           n, lane, acc0, acc1);
+            if (lane == 0)
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    if (r >= n) break;
+                    g.Yb[(size_t)r * g.rows_b + t.a] = acc0[r];
+                    if (t.b >= 0) g.Yb[(size_t)r * g.rows_b + t.b] = acc1[r];
+                }
+            continue;
+        }
+        dot2<R, __half>(pa, pb, g.Wa + (size_t)t.a * cols, t.b >= 0 ? g.Wa + (size_t)t.b * cols : nullptr, xin, cols, n,
+                        lane, acc0, acc1);
+        if (lane != 0) continue;
+        int a = t.a, b = t.b;
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r >= n) break;
-            float a = warp_sum(acc[r]);
-            if (SWIGLU) {
-                float u = warp_sum(acc2[r]);
-                a = a / (1.0f + expf(-a)) * u;
+            float y0 = acc0[r], y1 = acc1[r];
+            if (g.mode == GEMV_SWIGLU) {
+                g.Ya[(size_t)r * g.rows_a + a] = y0 / (1.0f + expf(-y0)) * y1;
+                continue;
             }
-            if (lane == 0) {
-                if (bias) a += bias[o];
-                float *y = Y + (size_t)r * rows + o;
-                *y = accumulate ? *y + a : a;
+            if (g.mode == GEMV_QKV) {
+                if (g.bias) y0 += g.bias[a], y1 += g.bias[b];
+                RowDev rw = g.rows[r];
+                if (t.rot >= 0) { // angles in double, products rounded as the CPU's
+                    double ang = (double)rw.pos * g.freq[t.rot];
+                    float cs = (float)cos(ang), sn = (float)sin(ang);
+                    float t0 = __fsub_rn(__fmul_rn(y0, cs), __fmul_rn(y1, sn));
+                    float t1 = __fadd_rn(__fmul_rn(y0, sn), __fmul_rn(y1, cs));
+                    y0 = t0, y1 = t1;
+                }
+                if (a < g.s.E) { // query
+                    g.Ya[(size_t)r * g.rows_a + a] = y0;
+                    g.Ya[(size_t)r * g.rows_a + b] = y1;
+                } else { // key or value row: into the sequence's f16 cache
+                    SeqDev sq = g.seqs[rw.seq];
+                    int KV = g.s.KVH * g.s.D, isv = a >= g.s.E + KV, d0 = a - g.s.E - (isv ? KV : 0);
+                    uint16_t *dst = (isv ? sq.vc : sq.kc) + ((size_t)g.layer * sq.n_ctx + rw.pos) * KV;
+                    dst[d0] = __half_as_ushort(__float2half_rn(y0));
+                    dst[d0 + (b - a)] = __half_as_ushort(__float2half_rn(y1));
+                }
+                continue;
             }
+            float *y = g.Ya + (size_t)r * g.rows_a;
+            y[a] = g.accumulate ? y[a] + y0 : y0;
+            if (b >= 0) y[b] = g.accumulate ? y[b] + y1 : y1;
         }
     }
 }
@@ -170,32 +339,29 @@ int sms(void) {
     return g_sms;
 }
 
-template <typename WT, bool SWIGLU, int R>
-int launch_gemv_r(const WT *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
-                  const float *bias, float *Y, int accumulate) {
-    size_t smem = norm ? (size_t)n * cols * sizeof(float) : 0;
+template <int R> int launch_gemv_r(const GemvArgs &g) {
+    size_t smem = g.norm ? (size_t)g.n * g.cols * sizeof(float) : 0;
     static size_t smem_set = 48 * 1024;
     if (smem > smem_set) {
-        if (cudaFuncSetAttribute(k_gemv<R, WT, SWIGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) !=
-            cudaSuccess)
+        if (cudaFuncSetAttribute(k_gemv<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
             return -1;
         smem_set = smem;
     }
-    int blocks = (rows + 7) / 8, cap = sms() * 4;
+    int units = (g.mode == GEMV_SWIGLU ? g.rows_a : (g.rows_a + 1) / 2) + (g.rows_b + 1) / 2;
+    int blocks = (units + 7) / 8, cap = sms() * 4;
     if (blocks > cap) blocks = cap;
-    k_gemv<R, WT, SWIGLU><<<blocks, 256, smem, dsa_cu_stream()>>>(W, rows, cols, X, n, norm, eps, bias, Y, accumulate);
-    return cudaPeekAtLastError() == cudaSuccess ? 0 : -1;
+    return launch(k_gemv<R>, dim3(blocks), dim3(256), smem, g);
 }
 
-template <typename WT, bool SWIGLU>
-int launch_gemv(const WT *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
-                const float *bias, float *Y, int accumulate) {
-    if (n < 1 || n > 16 || cols % WLoad<WT>::N) return -1;
-    if (n == 1) return launch_gemv_r<WT, SWIGLU, 1>(W, rows, cols, X, n, norm, eps, bias, Y, accumulate);
-    if (n == 2) return launch_gemv_r<WT, SWIGLU, 2>(W, rows, cols, X, n, norm, eps, bias, Y, accumulate);
-    if (n <= 4) return launch_gemv_r<WT, SWIGLU, 4>(W, rows, cols, X, n, norm, eps, bias, Y, accumulate);
-    if (n <= 8) return launch_gemv_r<WT, SWIGLU, 8>(W, rows, cols, X, n, norm, eps, bias, Y, accumulate);
-    return launch_gemv_r<WT, SWIGLU, 16>(W, rows, cols, X, n, norm, eps, bias, Y, accumulate);
+int launch_gemv(const GemvArgs &g) {
+    int n = g.n;
+    if (n < 1 || n > 16 || g.cols % 8 || (g.mode == GEMV_QKV && (g.rows_a % 2 || g.s.D % 2 || g.s.rope_dim % 2)))
+        return -1;
+    if (n == 1) return launch_gemv_r<1>(g);
+    if (n == 2) return launch_gemv_r<2>(g);
+    if (n <= 4) return launch_gemv_r<4>(g);
+    if (n <= 8) return launch_gemv_r<8>(g);
+    return launch_gemv_r<16>(g);
 }
 
 // ---- small per-row kernels ------------------------------------------------------------------------------------
@@ -352,6 +518,72 @@ __global__ void k_ix_project(Shape s, const float *__restrict__ proj, const floa
     float inv = 448.0f / amax;
     for (int i = threadIdx.x; i < d; i += blockDim.x) q8[i] = f32_to_fp8(__fmul_rn(k[i], inv));
     if (threadIdx.x == 0) sq.iks[slot] = amax / 448.0f;
+}
+
+// The same for d = 64 with no block-wide barrier: one warp per vector (H query heads, then the key), two elements
+// per lane (e and e + 32), the Hadamard butterflies through shuffles.  Same operations, same order as the CPU.
+__global__ void k_ix_project64(Shape s, const float *__restrict__ proj, const float *__restrict__ ln,
+                               const float *__restrict__ freq, const RowDev *__restrict__ rows,
+                               const SeqDev *__restrict__ seqs, int layer, float *__restrict__ iq,
+                               float *__restrict__ iw) {
+    __shared__ float buf[32][64];
+    int r = blockIdx.x, H = s.ixH, half = s.ix_rope_dim / 2;
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    RowDev rw = rows[r];
+    const float *p = proj + (size_t)r * s.ix_rows;
+    float x0 = p[w * 64 + l], x1 = p[w * 64 + l + 32];
+    bool key = w == H;
+    if (key) { // LayerNorm, statistics in double as on the CPU
+        double mean = warp_sum_d((double)x0 + (double)x1) / 64;
+        double var = warp_sum_d((x0 - mean) * (x0 - mean) + (x1 - mean) * (x1 - mean));
+        float rs = (float)(1.0 / sqrt(var / 64 + s.ix_eps));
+        const float *g = ln + (size_t)layer * 128, *b = g + 64;
+        x0 = __fadd_rn(__fmul_rn(__fmul_rn((float)(x0 - mean), rs), g[l]), b[l]);
+        x1 = __fadd_rn(__fmul_rn(__fmul_rn((float)(x1 - mean), rs), g[l + 32]), b[l + 32]);
+    }
+    if (half > 0) { // RoPE on dims i and i + half, through the warp's row of shared memory
+        buf[w][l] = x0, buf[w][l + 32] = x1;
+        __syncwarp();
+        if (l < half) {
+            double ang = (double)rw.pos * freq[l];
+            float cs = (float)cos(ang), sn = (float)sin(ang);
+            float a = buf[w][l], c = buf[w][l + half];
+            buf[w][l] = __fsub_rn(__fmul_rn(a, cs), __fmul_rn(c, sn));
+            buf[w][l + half] = __fadd_rn(__fmul_rn(a, sn), __fmul_rn(c, cs));
+        }
+        __syncwarp();
+        x0 = buf[w][l], x1 = buf[w][l + 32];
+    }
+#pragma unroll
+    for (int h = 1; h < 32; h <<= 1) {
+        float y0 = __shfl_xor_sync(0xffffffffu, x0, h), y1 = __shfl_xor_sync(0xffffffffu, x1, h);
+        bool lo = (l & h) == 0;
+        x0 = lo ? __fadd_rn(x0, y0) : __fsub_rn(y0, x0);
+        x1 = lo ? __fadd_rn(x1, y1) : __fsub_rn(y1, x1);
+    }
+    float t0 = __fadd_rn(x0, x1), t1 = __fsub_rn(x0, x1);
+    x0 = __fmul_rn(t0, 0.125f), x1 = __fmul_rn(t1, 0.125f);
+    if (!key) {
+        iq[(size_t)r * H * 64 + w * 64 + l] = x0;
+        iq[(size_t)r * H * 64 + w * 64 + l + 32] = x1;
+        return;
+    }
+    float ws = 1.0f / sqrtf((float)H * 64);
+    if (l < H) iw[(size_t)r * H + l] = __fmul_rn(p[(H + 1) * 64 + l], ws);
+    SeqDev sq = seqs[rw.seq];
+    if (!sq.ik) return;
+    float amax = warp_max(fmaxf(fabsf(x0), fabsf(x1)));
+    size_t slot = (size_t)layer * sq.n_ctx + rw.pos;
+    uint8_t *q8 = sq.ik + slot * 64;
+    if (!(amax > 0) || !isfinite(amax)) {
+        q8[l] = q8[l + 32] = 0;
+        if (l == 0) sq.iks[slot] = 0;
+        return;
+    }
+    float inv = 448.0f / amax;
+    q8[l] = f32_to_fp8(__fmul_rn(x0, inv));
+    q8[l + 32] = f32_to_fp8(__fmul_rn(x1, inv));
+    if (l == 0) sq.iks[slot] = amax / 448.0f;
 }
 
 // ---- the lightning indexer's scores ---------------------------------------------------------------------------
@@ -517,7 +749,9 @@ template <int D>
 __global__ void __launch_bounds__(128) k_attn(Shape s, const float *__restrict__ q, int ldq,
                                               const RowDev *__restrict__ rows, const SeqDev *__restrict__ seqs,
                                               int layer, const int32_t *__restrict__ sel, int ldi,
-                                              const int *__restrict__ cnt, float *__restrict__ part, int maxch) {
+                                              const int *__restrict__ cnt, float *__restrict__ part, int maxch,
+                                              int *__restrict__ counter, float *__restrict__ att,
+                                              __half *__restrict__ att_h) {
     constexpr int LPP = D / 8, PPW = 32 / LPP, NH = 128 / D;
     __shared__ int pos_s[CH];
     __shared__ float sc[GMAX][CH];
@@ -608,32 +842,34 @@ __global__ void __launch_bounds__(128) k_attn(Shape s, const float *__restrict__
         out[threadIdx.x] = ml[0][threadIdx.x];
         out[GMAX + threadIdx.x] = ml[1][threadIdx.x];
     }
-}
-
-// Merge the chunks of each (row, query head): the flash-decoding combine.
-template <int D>
-__global__ void k_attn_combine(Shape s, const RowDev *__restrict__ rows, const int *__restrict__ cnt,
-                               const float *__restrict__ part, int maxch, float *__restrict__ att,
-                               __half *__restrict__ att_h) {
-    int h = blockIdx.x, r = blockIdx.y, dd = threadIdx.x;
-    int G = s.H / s.KVH, g = h / G, gi = h % G;
-    int len = rows[r].pos + 1;
-    int nsel = cnt ? cnt[r] : -1;
-    int total = nsel >= 0 ? nsel : len;
+    // The last chunk of this (row, KV head) to finish merges all of them (flash-decoding's combine), then re-arms
+    // the counter for the next launch.
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
     int nch = (total + CH - 1) / CH;
+    if (threadIdx.x == 0) last = atomicAdd(&counter[r * s.KVH + g], 1) == nch - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
     const float *p = part + ((size_t)r * s.KVH + g) * maxch * part_stride(D);
-    float M = -INFINITY;
-    for (int c = 0; c < nch; c++) M = fmaxf(M, p[(size_t)c * part_stride(D) + gi]);
-    float L = 0, o = 0;
-    for (int c = 0; c < nch; c++) {
-        const float *pc = p + (size_t)c * part_stride(D);
-        float f = expf(pc[gi] - M);
-        L += pc[GMAX + gi] * f;
-        o += pc[2 * GMAX + gi * D + dd] * f;
+    for (int t = threadIdx.x; t < G * D; t += blockDim.x) {
+        int gi = t / D, d = t % D;
+        float M = -INFINITY;
+        for (int cc = 0; cc < nch; cc++) M = fmaxf(M, __ldcg(p + (size_t)cc * part_stride(D) + gi));
+        float L = 0, o = 0;
+        for (int cc = 0; cc < nch; cc++) {
+            const float *pc = p + (size_t)cc * part_stride(D);
+            float f = expf(__ldcg(pc + gi) - M);
+            L += __ldcg(pc + GMAX + gi) * f;
+            o += __ldcg(pc + 2 * GMAX + gi * D + d) * f;
+        }
+        float v = o / L;
+        size_t at = (size_t)r * s.E + (g * G + gi) * D + d;
+        att[at] = v;
+        if (att_h) att_h[at] = __float2half_rn(v);
     }
-    float v = o / L;
-    att[(size_t)r * s.E + h * D + dd] = v;
-    if (att_h) att_h[(size_t)r * s.E + h * D + dd] = __float2half_rn(v);
+    if (threadIdx.x == 0) counter[r * s.KVH + g] = 0;
 }
 
 __global__ void k_fp8_quant(int d, const float *__restrict__ x, uint8_t *__restrict__ q, float *__restrict__ scale) {
@@ -657,7 +893,8 @@ __global__ void k_fp8_quant(int d, const float *__restrict__ x, uint8_t *__restr
     if (threadIdx.x == 0) scale[r] = amax / 448.0f;
 }
 
-int ok(void) { return cudaPeekAtLastError() == cudaSuccess ? 0 : -1; }
+
+
 
 } // namespace
 
@@ -665,67 +902,78 @@ int ok(void) { return cudaPeekAtLastError() == cudaSuccess ? 0 : -1; }
 
 int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
                 const float *bias, float *Y, int accumulate, int swiglu) {
-    if (swiglu) return launch_gemv<__half, true>(W, rows, cols, X, n, norm, eps, bias, Y, accumulate);
-    return launch_gemv<__half, false>(W, rows, cols, X, n, norm, eps, bias, Y, accumulate);
+    if (bias) return -1; /* biases come in through cu_gemv_qkv */
+    GemvArgs g = {};
+    g.Wa = W, g.rows_a = rows, g.cols = cols, g.X = X, g.n = n, g.norm = norm, g.eps = eps, g.Ya = Y;
+    g.accumulate = accumulate, g.mode = swiglu ? GEMV_SWIGLU : GEMV_PLAIN;
+    return launch_gemv(g);
 }
 
 int cu_gemv_f32(const float *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y) {
-    return launch_gemv<float, false>(W, rows, cols, X, n, norm, eps, NULL, Y, 0);
+    GemvArgs g = {};
+    g.Wb = W, g.rows_b = rows, g.cols = cols, g.X = X, g.n = n, g.norm = norm, g.eps = eps, g.Yb = Y;
+    return launch_gemv(g);
+}
+
+int cu_gemv_qkv(const Shape &s, const __half *Wqkv, const float *bias, const float *Wix, const float *X, int n,
+                const float *norm, const RowDev *rows, const SeqDev *seqs, int layer, const float *freq, float *qkv,
+                float *ixproj) {
+    GemvArgs g = {};
+    g.Wa = Wqkv, g.rows_a = s.E + 2 * s.KVH * s.D, g.Wb = Wix, g.rows_b = Wix ? s.ix_rows : 0, g.cols = s.E;
+    g.X = X, g.n = n, g.norm = norm, g.eps = s.eps, g.Ya = qkv, g.Yb = ixproj, g.mode = GEMV_QKV;
+    g.bias = bias, g.s = s, g.rows = rows, g.seqs = seqs, g.layer = layer, g.freq = freq;
+    return launch_gemv(g);
 }
 
 int cu_embed(const __half *embd, int E, const RowDev *rows, int n, float *x) {
-    k_embed<<<n, 256, 0, dsa_cu_stream()>>>(embd, E, rows, x);
-    return ok();
+    return launch(k_embed, dim3(n), dim3(256), 0, embd, E, rows, x);
 }
 
 int cu_rmsnorm_h(const float *x, const float *w, int E, float eps, int n, __half *xh, float *xn) {
-    k_rmsnorm_h<<<n, 256, 0, dsa_cu_stream()>>>(x, w, E, eps, xh, xn);
-    return ok();
+    return launch(k_rmsnorm_h, dim3(n), dim3(256), 0, x, w, E, eps, xh, xn);
 }
 
 int cu_swiglu_h(const float *gu, int F, int n, __half *hb) {
-    k_swiglu_h<<<dim3((F + 255) / 256, n), 256, 0, dsa_cu_stream()>>>(gu, F, hb);
-    return ok();
+    return launch(k_swiglu_h, dim3((F + 255) / 256, n), dim3(256), 0, gu, F, hb);
 }
 
 int cu_gather_rows(const float *x, int E, const int *which, int n, float *out) {
-    k_gather<<<n, 256, 0, dsa_cu_stream()>>>(x, E, which, out);
-    return ok();
+    return launch(k_gather, dim3(n), dim3(256), 0, x, E, which, out);
 }
 
 int cu_rope_kv(const Shape &s, float *qkv, const float *bias, const float *, const RowDev *rows, int n,
                const SeqDev *seqs, int layer, const float *rope_freq) {
     if (s.rope_dim / 2 > 256) return -1;
-    k_rope_kv<<<n, 128, 0, dsa_cu_stream()>>>(s, qkv, bias, rows, seqs, layer, rope_freq);
-    return ok();
+    return launch(k_rope_kv, dim3(n), dim3(128), 0, s, qkv, bias, rows, seqs, layer, rope_freq);
 }
 
 int cu_ix_project(const Shape &s, float *proj, const float *ln, const float *rope_freq, const RowDev *rows, int n,
                   const SeqDev *seqs, int layer, float *iq, float *iw) {
     if (s.ix_rope_dim / 2 > 128) return -1;
+    if (s.ixd == 64 && s.ixH < 32) {
+        return launch(k_ix_project64, dim3(n), dim3(32 * (s.ixH + 1)), 0, s, (const float *)proj, ln, rope_freq, rows,
+                      seqs, layer, iq, iw);
+    }
     size_t smem = (size_t)(s.ixH + 1) * s.ixd * sizeof(float);
-    k_ix_project<<<n, 128, smem, dsa_cu_stream()>>>(s, proj, ln, rope_freq, rows, seqs, layer, iq, iw);
-    return ok();
+    return launch(k_ix_project, dim3(n), dim3(128), smem, s, (const float *)proj, ln, rope_freq, rows, seqs, layer, iq,
+                  iw);
 }
 
 int cu_index_scores(int H, int d, const RowDev *rows, int n, const SeqDev *seqs, int layer, const float *iq,
                     const float *iw, int grid_len, float *out, int ld) {
     dim3 grid((grid_len + 255) / 256, n);
     size_t smem = (size_t)(H * d + H) * sizeof(float);
-    cudaStream_t st = dsa_cu_stream();
     switch (d) {
-    case 32: k_index_scores<32><<<grid, 256, smem, st>>>(H, rows, seqs, layer, iq, iw, out, ld); break;
-    case 64: k_index_scores<64><<<grid, 256, smem, st>>>(H, rows, seqs, layer, iq, iw, out, ld); break;
-    case 128: k_index_scores<128><<<grid, 256, smem, st>>>(H, rows, seqs, layer, iq, iw, out, ld); break;
+    case 32: return launch(k_index_scores<32>, grid, dim3(256), smem, H, rows, seqs, layer, iq, iw, out, ld);
+    case 64: return launch(k_index_scores<64>, grid, dim3(256), smem, H, rows, seqs, layer, iq, iw, out, ld);
+    case 128: return launch(k_index_scores<128>, grid, dim3(256), smem, H, rows, seqs, layer, iq, iw, out, ld);
     default: return -1;
     }
-    return ok();
 }
 
 int cu_topk(const RowDev *rows, int n, const SeqDev *seqs, int layer, const float *score, int ld, int32_t *idx,
             int ldi, int *cnt) {
-    k_topk<<<n, TOPK_THREADS, 0, dsa_cu_stream()>>>(rows, seqs, layer, score, ld, idx, ldi, cnt);
-    return ok();
+    return launch(k_topk, dim3(n), dim3(TOPK_THREADS), 0, rows, seqs, layer, score, ld, idx, ldi, cnt);
 }
 
 size_t cu_attention_part_floats(const Shape &s, int n, int grid_len) {
@@ -734,24 +982,20 @@ size_t cu_attention_part_floats(const Shape &s, int n, int grid_len) {
 }
 
 int cu_attention(const Shape &s, const float *q, int ldq, const RowDev *rows, int n, const SeqDev *seqs, int layer,
-                 const int32_t *sel, int ldi, const int *cnt, int grid_len, float *part, float *att, __half *att_h) {
+                 const int32_t *sel, int ldi, const int *cnt, int grid_len, float *part, int *counter, float *att,
+                 __half *att_h) {
     if (s.H % s.KVH || s.H / s.KVH > GMAX) return -1;
     int maxch = (grid_len + CH - 1) / CH;
     dim3 grid(maxch, s.KVH, n);
-    cudaStream_t st = dsa_cu_stream();
-    if (s.D == 64) {
-        k_attn<64><<<grid, 128, 0, st>>>(s, q, ldq, rows, seqs, layer, sel, ldi, cnt, part, maxch);
-        k_attn_combine<64><<<dim3(s.H, n), 64, 0, st>>>(s, rows, cnt, part, maxch, att, att_h);
-    } else if (s.D == 128) {
-        k_attn<128><<<grid, 128, 0, st>>>(s, q, ldq, rows, seqs, layer, sel, ldi, cnt, part, maxch);
-        k_attn_combine<128><<<dim3(s.H, n), 128, 0, st>>>(s, rows, cnt, part, maxch, att, att_h);
-    } else {
-        return -1;
-    }
-    return ok();
+    if (s.D == 64)
+        return launch(k_attn<64>, grid, dim3(128), 0, s, q, ldq, rows, seqs, layer, sel, ldi, cnt, part, maxch, counter,
+                      att, att_h);
+    if (s.D == 128)
+        return launch(k_attn<128>, grid, dim3(128), 0, s, q, ldq, rows, seqs, layer, sel, ldi, cnt, part, maxch, counter,
+                      att, att_h);
+    return -1;
 }
 
 int cu_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale) {
-    k_fp8_quant<<<n, 64, 0, dsa_cu_stream()>>>(d, x, q, scale);
-    return ok();
+    return launch(k_fp8_quant, dim3(n), dim3(64), 0, d, x, q, scale);
 }

@@ -8,9 +8,12 @@
 #include <cublas_v2.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_ROWS 256 // rows per forward call (the engine's prefill batch)
-#define GEMV_ROWS 16 // up to this many rows the matrices go through our GEMV kernels, above it through cuBLAS
+#define GEMV_ROWS 16 // rows of logits per call
+#define GEMV_MAX 2   // up to this many rows the matrices go through our GEMV kernels, above it through cuBLAS
+#define BLAS_WS (32u << 20)
 #define MAX_GRAPHS 48
 
 static cudaStream_t g_stream;
@@ -26,7 +29,7 @@ struct GLayer {
 };
 
 struct Graph {
-    int n, grid_len, has_ix, n_out;
+    int n, grid_len, has_ix, sel_on, n_out;
     cudaGraphExec_t exec;
 };
 
@@ -48,7 +51,8 @@ struct dsa_gpu_model {
     float *x, *qkv, *att, *gu, *hb, *xn, *ixproj, *iq, *iw, *scores, *part, *xo, *logits;
     __half *xh;
     int32_t *sel;
-    int *cnt, *which;
+    int *cnt, *which, *counter;
+    void *blas_ws;
     int debug_sel;        // keep every layer's selection of the last call (tests)
     int32_t *sel_log;     // [layer][MAX_ROWS][sel_ld]
     int *cnt_log;         // [layer][MAX_ROWS]
@@ -60,6 +64,12 @@ struct dsa_gpu_model {
     SeqDev *seqs_d;
     Graph graphs[MAX_GRAPHS];
     int n_graphs;
+    // DSA_CUDA_PROFILE: device time of each call (events) against its wall time, printed when the model is freed
+    int profile;
+    cudaEvent_t ev0, ev1;
+    double prof_gpu_ms[2], prof_wall_ms[2]; // [0] direct launches, [1] graph replays
+    long prof_calls[2];
+    int prof_graph;
     int ix_ctx_count;
 };
 
@@ -99,14 +109,16 @@ extern "C" void *dsa_cuda_alloc(size_t bytes) {
 }
 extern "C" void dsa_cuda_free(void *p) { cudaFree(p); }
 extern "C" int dsa_cuda_put(void *dst, const void *src, size_t bytes) {
-    return cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice) == cudaSuccess ? 0 : -1;
+    cudaStream_t st = dsa_cu_stream();
+    if (cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, st) != cudaSuccess) return -1;
+    return cudaStreamSynchronize(st) == cudaSuccess ? 0 : -1;
 }
 extern "C" int dsa_cuda_get(void *dst, const void *src, size_t bytes) {
     if (cudaStreamSynchronize(dsa_cu_stream()) != cudaSuccess) return -1;
     return cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost) == cudaSuccess ? 0 : -1;
 }
 extern "C" int dsa_cuda_fill(void *dst, int byte, size_t bytes) {
-    return cudaMemset(dst, byte, bytes) == cudaSuccess ? 0 : -1;
+    return cudaMemsetAsync(dst, byte, bytes, dsa_cu_stream()) == cudaSuccess ? 0 : -1;
 }
 extern "C" int dsa_cuda_copy_d2d(void *dst, const void *src, size_t bytes) {
     return cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, dsa_cu_stream()) == cudaSuccess ? 0 : -1;
@@ -147,6 +159,12 @@ extern "C" double dsa_cuda_time_ms(void (*fn)(void *), void *ud, int warmup, int
     return med;
 }
 
+static int grid_round(int len) {
+    int g = 256;
+    while (g < len) g *= 2;
+    return g;
+}
+
 // ---- kernels on device pointers (tests) ----------------------------------------------------------------------------
 
 extern "C" int dsa_cuk_gemv_f16(const uint16_t *W, int rows, int cols, const float *X, int n, const float *norm,
@@ -165,97 +183,85 @@ extern "C" int dsa_cuk_gemv_f32(const float *W, int rows, int cols, const float 
 }
 
 // One sequence whose index-key cache is k8/kscale (layer 0) and n rows at positions len[r]-1.
-// Rows at positions len[r]-1 of one sequence whose index-key cache is k8/kscale (layer 0), or, with row_keys > 0,
-// of n sequences whose caches lie row_keys key slots apart.
-static int test_rows(const uint8_t *k8, const float *kscale, size_t row_keys, int d, const int *len, int n,
-                     int max_len, int topk, RowDev **rows_d, SeqDev **seq_d) {
-    int hl[MAX_ROWS];
+// Rows for the kernel tests and benchmarks: positions len[r]-1 (host array) of one sequence, or, with
+// row_keys > 0, of n sequences whose index-key caches lie row_keys key slots apart.
+struct dsa_cuk_rows {
+    int n, n_ctx;
+    RowDev *rows;
+    SeqDev *seqs;
+    float *part;
+    int *counter;
+};
+
+extern "C" dsa_cuk_rows *dsa_cuk_rows_new(int n, const int *len, int n_ctx, int topk, const uint8_t *k8,
+                                          const float *kscale, size_t row_keys, int d, const uint16_t *K,
+                                          const uint16_t *V, int KVH, int D) {
+    if (n < 1 || n > MAX_ROWS) return NULL;
     RowDev hr[MAX_ROWS];
     SeqDev sd[MAX_ROWS];
-    if (n > MAX_ROWS || dsa_cuda_get(hl, len, (size_t)n * sizeof(int))) return -1;
     int ns = row_keys ? n : 1;
-    for (int r = 0; r < n; r++) hr[r] = RowDev{0, hl[r] - 1, row_keys ? r : 0};
+    for (int r = 0; r < n; r++) hr[r] = RowDev{0, len[r] - 1, row_keys ? r : 0};
     for (int i = 0; i < ns; i++)
-        sd[i] = SeqDev{NULL, NULL, k8 ? (uint8_t *)k8 + i * row_keys * d : NULL,
-                       kscale ? (float *)kscale + i * row_keys : NULL, max_len, 1, topk, 0};
-    *rows_d = (RowDev *)dsa_cuda_alloc(sizeof hr);
-    *seq_d = (SeqDev *)dsa_cuda_alloc(sizeof sd);
-    if (!*rows_d || !*seq_d || dsa_cuda_put(*rows_d, hr, (size_t)n * sizeof(RowDev)) ||
-        dsa_cuda_put(*seq_d, sd, (size_t)ns * sizeof(SeqDev)))
-        return -1;
-    return 0;
+        sd[i] = SeqDev{(uint16_t *)K, (uint16_t *)V, k8 ? (uint8_t *)k8 + i * row_keys * d : NULL,
+                       kscale ? (float *)kscale + i * row_keys : NULL, n_ctx, 1, topk, 0};
+    dsa_cuk_rows *t = (dsa_cuk_rows *)calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->n = n, t->n_ctx = n_ctx;
+    int grid_len = grid_round(n_ctx);
+    Shape s = {KVH * D, 0, KVH, KVH > 0 ? KVH : 1, D > 0 ? D : 64, 0, 0, 0, 0.f, 0, 0, 0, 0, 0.f};
+    t->rows = (RowDev *)dsa_cuda_alloc(sizeof hr);
+    t->seqs = (SeqDev *)dsa_cuda_alloc(sizeof sd);
+    t->part = (float *)dsa_cuda_alloc(cu_attention_part_floats(s, n, grid_len) * 4);
+    t->counter = (int *)dsa_cuda_alloc((size_t)n * (KVH > 0 ? KVH : 1) * 4);
+    if (!t->rows || !t->seqs || !t->part || !t->counter || dsa_cuda_put(t->rows, hr, (size_t)n * sizeof(RowDev)) ||
+        dsa_cuda_put(t->seqs, sd, (size_t)ns * sizeof(SeqDev)) ||
+        dsa_cuda_fill(t->counter, 0, (size_t)n * (KVH > 0 ? KVH : 1) * 4)) {
+        dsa_cuk_rows_free(t);
+        return NULL;
+    }
+    return t;
 }
 
-extern "C" int dsa_cuk_index_scores(int n, int H, int d, const uint8_t *k8, const float *kscale, size_t row_keys,
-                                    const float *q, const float *w, const int *len, int max_len, float *out, int ld) {
-    RowDev *rd = NULL;
-    SeqDev *sd = NULL;
-    int rc = test_rows(k8, kscale, row_keys, d, len, n, max_len, 0, &rd, &sd);
-    if (!rc) rc = cu_index_scores(H, d, rd, n, sd, 0, q, w, max_len, out, ld);
-    if (!rc) rc = cudaStreamSynchronize(dsa_cu_stream()) == cudaSuccess ? 0 : -1;
-    dsa_cuda_free(rd);
-    dsa_cuda_free(sd);
-    return rc;
+extern "C" void dsa_cuk_rows_free(dsa_cuk_rows *t) {
+    if (!t) return;
+    dsa_cuda_free(t->rows), dsa_cuda_free(t->seqs), dsa_cuda_free(t->part), dsa_cuda_free(t->counter);
+    free(t);
 }
 
-extern "C" int dsa_cuk_topk(int n, const float *score, int ld, const int *len, int k, int32_t *idx, int *cnt) {
-    RowDev *rd = NULL;
-    SeqDev *sd = NULL;
-    uint8_t dummy_keys = 0; // the selection only checks that an indexer is attached
-    int rc = test_rows(&dummy_keys, NULL, 0, 0, len, n, ld, k, &rd, &sd);
-    if (!rc) rc = cu_topk(rd, n, sd, 0, score, ld, idx, k, cnt);
-    if (!rc) rc = cudaStreamSynchronize(dsa_cu_stream()) == cudaSuccess ? 0 : -1;
-    dsa_cuda_free(rd);
-    dsa_cuda_free(sd);
-    return rc;
+extern "C" int dsa_cuk_index_scores(const dsa_cuk_rows *t, int H, int d, const float *q, const float *w, float *out,
+                                    int ld) {
+    return cu_index_scores(H, d, t->rows, t->n, t->seqs, 0, q, w, grid_round(t->n_ctx), out, ld);
 }
 
-extern "C" int dsa_cuk_attention(int n, int H, int KVH, int D, const uint16_t *K, const uint16_t *V, int n_ctx,
-                                 const float *q, const int *len, const int32_t *sel, int ldi, const int *cnt,
-                                 float *out) {
-    RowDev *rd = NULL;
-    SeqDev *sd = NULL;
-    float *part = NULL;
+extern "C" int dsa_cuk_topk(const dsa_cuk_rows *t, const float *score, int ld, int32_t *idx, int ldi, int *cnt) {
+    return cu_topk(t->rows, t->n, t->seqs, 0, score, ld, idx, ldi, cnt);
+}
+
+extern "C" int dsa_cuk_attention(const dsa_cuk_rows *t, int H, int KVH, int D, const float *q, const int32_t *sel,
+                                 int ldi, const int *cnt, float *out) {
     Shape s = {H * D, 0, H, KVH, D, 0, 0, 0, 0.f, 0, 0, 0, 0, 0.f};
-    int rc = test_rows(NULL, NULL, 0, 0, len, n, n_ctx, 0, &rd, &sd);
-    SeqDev seq = {(uint16_t *)K, (uint16_t *)V, NULL, NULL, n_ctx, 0, 0, 0};
-    int grid_len = 256;
-    while (grid_len < n_ctx) grid_len *= 2;
-    if (!rc) rc = dsa_cuda_put(sd, &seq, sizeof seq);
-    if (!rc && !(part = (float *)dsa_cuda_alloc(cu_attention_part_floats(s, n, grid_len) * 4))) rc = -1;
-    if (!rc) rc = cu_attention(s, q, H * D, rd, n, sd, 0, sel, ldi, cnt, grid_len, part, out, NULL);
-    if (!rc) rc = cudaStreamSynchronize(dsa_cu_stream()) == cudaSuccess ? 0 : -1;
-    dsa_cuda_free(rd);
-    dsa_cuda_free(sd);
-    dsa_cuda_free(part);
-    return rc;
+    return cu_attention(s, q, H * D, t->rows, t->n, t->seqs, 0, sel, ldi, cnt, grid_round(t->n_ctx), t->part,
+                        t->counter, out, NULL);
 }
 
 extern "C" int dsa_cuk_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale) {
-    if (cu_fp8_quant(n, d, x, q, scale)) return -1;
-    return cudaStreamSynchronize(dsa_cu_stream()) == cudaSuccess ? 0 : -1;
+    return cu_fp8_quant(n, d, x, q, scale);
 }
 
 // ---- the model -------------------------------------------------------------------------------------------------------
 
 static void free_scratch(dsa_gpu_model *g) {
     void *bufs[] = {g->x, g->qkv, g->att, g->gu, g->hb, g->xn, g->ixproj, g->iq, g->iw, g->scores, g->part, g->xo,
-                    g->logits, g->xh, g->sel, g->cnt, g->sel_log, g->cnt_log};
+                    g->logits, g->xh, g->sel, g->cnt, g->sel_log, g->cnt_log, g->counter};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) cudaFree(bufs[i]);
     g->x = g->qkv = g->att = g->gu = g->hb = g->xn = g->ixproj = g->iq = g->iw = g->scores = g->part = g->xo = NULL;
     g->logits = NULL;
     g->xh = NULL;
     g->sel = g->sel_log = NULL;
-    g->cnt = g->cnt_log = NULL;
+    g->cnt = g->cnt_log = g->counter = NULL;
     for (int i = 0; i < g->n_graphs; i++) cudaGraphExecDestroy(g->graphs[i].exec);
     g->n_graphs = 0;
     g->grid_cap = 0;
-}
-
-static int grid_round(int len) {
-    int g = 256;
-    while (g < len) g *= 2;
-    return g;
 }
 
 // Scratch that depends on the longest context evaluated so far; graphs hold its pointers, so growing it drops them.
@@ -279,6 +285,8 @@ static int ensure_scratch(dsa_gpu_model *g, int grid_len, int topk, char *err, s
     ALLOC(g->xh, R * wide * 2);
     ALLOC(g->logits, GEMV_ROWS * (size_t)s.V * 4);
     ALLOC(g->cnt, R * 4);
+    ALLOC(g->counter, R * s.KVH * 4);
+    if (e == cudaSuccess) e = cudaMemsetAsync(g->counter, 0, R * s.KVH * 4, dsa_cu_stream());
     if (s.ixH) {
         ALLOC(g->ixproj, R * s.ix_rows * 4);
         ALLOC(g->iq, R * s.ixH * s.ixd * 4);
@@ -332,7 +340,10 @@ extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, c
         dsa_gpu_model_free(g);
         return snprintf(err, errlen, "out of memory"), -1;
     }
-    if (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(g->blas, dsa_cu_stream()) != CUBLAS_STATUS_SUCCESS) {
+    // cuBLAS gets a workspace of its own, so that calls captured in a graph allocate nothing
+    if (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(g->blas, dsa_cu_stream()) != CUBLAS_STATUS_SUCCESS ||
+        cudaMalloc(&g->blas_ws, BLAS_WS) != cudaSuccess ||
+        cublasSetWorkspace(g->blas, g->blas_ws, BLAS_WS) != CUBLAS_STATUS_SUCCESS) {
         dsa_gpu_model_free(g);
         return snprintf(err, errlen, "cuBLAS could not be initialised"), -1;
     }
@@ -344,6 +355,11 @@ extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, c
         dsa_gpu_model_free(g);
         return fail(err, errlen, "model setup", e);
     }
+    if (getenv("DSA_CUDA_PROFILE")) {
+        g->profile = 1;
+        cudaEventCreate(&g->ev0);
+        cudaEventCreate(&g->ev1);
+    }
     g->rows_d = (RowDev *)g->par_d;
     g->seqs_d = (SeqDev *)((char *)g->par_d + MAX_ROWS * sizeof(RowDev));
     g->which = (int *)((char *)g->seqs_d + MAX_ROWS * sizeof(SeqDev));
@@ -354,6 +370,11 @@ extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, c
 extern "C" void dsa_gpu_model_free(dsa_gpu_model *g) {
     if (!g) return;
     cudaStreamSynchronize(dsa_cu_stream());
+    for (int k = 0; k < 2; k++)
+        if (g->profile && g->prof_calls[k])
+            fprintf(stderr, "cuda profile: %ld %s: device %.1f us, wall %.1f us per call\n", g->prof_calls[k],
+                    k ? "graph replays" : "direct calls", 1000 * g->prof_gpu_ms[k] / g->prof_calls[k],
+                    1000 * g->prof_wall_ms[k] / g->prof_calls[k]);
     free_scratch(g);
     if (g->L)
         for (int l = 0; l < g->n_layer; l++) {
@@ -371,6 +392,7 @@ extern "C" void dsa_gpu_model_free(dsa_gpu_model *g) {
     cudaFreeHost(g->logits_h);
     cudaFree(g->par_d);
     if (g->blas) cublasDestroy(g->blas);
+    cudaFree(g->blas_ws);
     free(g);
 }
 
@@ -541,40 +563,42 @@ static int sgemm(dsa_gpu_model *g, const float *W, int rows, int cols, const flo
 
 // Every launch of one forward call over n rows (parameters already in g->rows_d / g->seqs_d / g->which).  The same
 // sequence of launches is what a decode graph captures.
-static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int n_out, float *logits_d) {
+static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on, int n_out, float *logits_d) {
     const Shape &s = g->s;
-    int E = s.E, F = s.F, KV = s.KVH * s.D, Q = E + 2 * KV, blas = n > GEMV_ROWS;
+    int E = s.E, F = s.F, KV = s.KVH * s.D, Q = E + 2 * KV, blas = n > GEMV_MAX;
     float eps = s.eps;
     RowDev *rows = g->rows_d;
     SeqDev *seqs = g->seqs_d;
     if (cu_embed(g->embd, E, rows, n, g->x)) return -1;
     for (int l = 0; l < g->n_layer; l++) {
         const GLayer *L = &g->L[l];
+        const float *Wix = has_ix ? g->ixW + (size_t)l * s.ix_rows * E : NULL;
         if (blas) {
             if (cu_rmsnorm_h(g->x, L->attn_norm, E, eps, n, g->xh, has_ix ? g->xn : NULL) ||
-                gemm(g, L->wqkv, Q, E, g->xh, n, g->qkv, 0))
+                gemm(g, L->wqkv, Q, E, g->xh, n, g->qkv, 0) ||
+                cu_rope_kv(s, g->qkv, L->bqkv, NULL, rows, n, seqs, l, g->rope_freq) ||
+                (has_ix && sgemm(g, Wix, s.ix_rows, E, g->xn, n, g->ixproj)))
                 return -1;
-        } else if (cu_gemv_f16(L->wqkv, Q, E, g->x, n, L->attn_norm, eps, NULL, g->qkv, 0, 0)) {
+        } else if (cu_gemv_qkv(s, L->wqkv, L->bqkv, Wix, g->x, n, L->attn_norm, rows, seqs, l, g->rope_freq, g->qkv,
+                               g->ixproj)) {
             return -1;
         }
-        if (cu_rope_kv(s, g->qkv, L->bqkv, NULL, rows, n, seqs, l, g->rope_freq)) return -1;
         int32_t *sel = g->sel;
-        int *cnt = g->cnt;
+        int *cnt = NULL;
         if (has_ix) {
-            const float *W = g->ixW + (size_t)l * s.ix_rows * E;
-            if (blas ? sgemm(g, W, s.ix_rows, E, g->xn, n, g->ixproj)
-                     : cu_gemv_f32(W, s.ix_rows, E, g->x, n, L->attn_norm, eps, g->ixproj))
-                return -1;
-            if (g->sel_log) {
-                sel = g->sel_log + (size_t)l * MAX_ROWS * g->sel_ld;
-                cnt = g->cnt_log + (size_t)l * MAX_ROWS;
+            if (cu_ix_project(s, g->ixproj, g->ixln, g->ix_freq, rows, n, seqs, l, g->iq, g->iw)) return -1;
+            if (sel_on) {
+                cnt = g->cnt;
+                if (g->sel_log) {
+                    sel = g->sel_log + (size_t)l * MAX_ROWS * g->sel_ld;
+                    cnt = g->cnt_log + (size_t)l * MAX_ROWS;
+                }
+                if (cu_index_scores(s.ixH, s.ixd, rows, n, seqs, l, g->iq, g->iw, grid_len, g->scores, g->grid_cap) ||
+                    cu_topk(rows, n, seqs, l, g->scores, g->grid_cap, sel, g->sel_ld, cnt))
+                    return -1;
             }
-            if (cu_ix_project(s, g->ixproj, g->ixln, g->ix_freq, rows, n, seqs, l, g->iq, g->iw) ||
-                cu_index_scores(s.ixH, s.ixd, rows, n, seqs, l, g->iq, g->iw, grid_len, g->scores, g->grid_cap) ||
-                cu_topk(rows, n, seqs, l, g->scores, g->grid_cap, sel, g->sel_ld, cnt))
-                return -1;
         }
-        if (cu_attention(s, g->qkv, Q, rows, n, seqs, l, sel, g->sel_ld, has_ix ? cnt : NULL, grid_len, g->part, g->att,
+        if (cu_attention(s, g->qkv, Q, rows, n, seqs, l, sel, g->sel_ld, cnt, grid_len, g->part, g->counter, g->att,
                          blas ? g->xh : NULL))
             return -1;
         if (blas) {
@@ -589,9 +613,14 @@ static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int n_out, 
         }
     }
     if (n_out > 0) {
-        if (cu_gather_rows(g->x, E, g->which, n_out, g->xo) ||
-            cu_gemv_f16(g->output, s.V, E, g->xo, n_out, g->output_norm, eps, NULL, logits_d, 0, 0))
+        if (cu_gather_rows(g->x, E, g->which, n_out, g->xo)) return -1;
+        if (n_out > GEMV_MAX) {
+            if (cu_rmsnorm_h(g->xo, g->output_norm, E, eps, n_out, g->xh, NULL) ||
+                gemm(g, g->output, s.V, E, g->xh, n_out, logits_d, 0))
+                return -1;
+        } else if (cu_gemv_f16(g->output, s.V, E, g->xo, n_out, g->output_norm, eps, NULL, logits_d, 0, 0)) {
             return -1;
+        }
     }
     return 0;
 }
@@ -605,7 +634,7 @@ extern "C" int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const in
     RowDev *hr = (RowDev *)g->par_h;
     SeqDev *hs = (SeqDev *)((char *)g->par_h + MAX_ROWS * sizeof(RowDev));
     int *hw = (int *)((char *)hs + MAX_ROWS * sizeof(SeqDev));
-    int n_seq = 0, max_len = 0, has_ix = 0, topk = 0, distinct = 1;
+    int n_seq = 0, max_len = 0, has_ix = 0, topk = 0, distinct = 1, sel_on = 0;
     cudaError_t e = cudaStreamSynchronize(dsa_cu_stream()); // the pinned block may still be read by the last call
     if (e != cudaSuccess) return fail(err, errlen, "a previous call", e);
     for (int r = 0; r < n; r++) {
@@ -625,18 +654,21 @@ extern "C" int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const in
         }
         hr[r] = RowDev{ids[r], pos[r], si};
         if (pos[r] + 1 > max_len) max_len = pos[r] + 1;
+        if (c->sd.sparse && pos[r] + 1 > c->sd.topk) sel_on = 1; // some layer of this row selects
     }
     for (int i = 0; i < n_out; i++) hw[i] = out_rows[i];
     int grid_len = grid_round(max_len);
     if (ensure_scratch(g, grid_len, topk, err, errlen)) return -1;
     cudaStream_t st = dsa_cu_stream();
+    struct timespec tw0;
+    clock_gettime(CLOCK_MONOTONIC, &tw0);
     // the parameter block and the launches: replayed from a graph for decode steps, issued directly otherwise
     int use_graph = distinct && n <= GEMV_ROWS && !getenv("DSA_CUDA_NO_GRAPH");
     if (use_graph) {
         Graph *gr = NULL;
         for (int i = 0; i < g->n_graphs; i++)
             if (g->graphs[i].n == n && g->graphs[i].grid_len == grid_len && g->graphs[i].has_ix == has_ix &&
-                g->graphs[i].n_out == n_out)
+                g->graphs[i].sel_on == sel_on && g->graphs[i].n_out == n_out)
                 gr = &g->graphs[i];
         if (!gr) {
             if (g->n_graphs == MAX_GRAPHS) {
@@ -648,7 +680,7 @@ extern "C" int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const in
             if ((e = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal)) != cudaSuccess)
                 return fail(err, errlen, "graph capture", e);
             cudaMemcpyAsync(g->par_d, g->par_h, PAR_BYTES, cudaMemcpyHostToDevice, st);
-            int rc = record(g, n, grid_len, has_ix, n_out, g->logits);
+            int rc = record(g, n, grid_len, has_ix, sel_on, n_out, g->logits);
             if (n_out) cudaMemcpyAsync(g->logits_h, g->logits, (size_t)n_out * g->s.V * 4, cudaMemcpyDeviceToHost, st);
             e = cudaStreamEndCapture(st, &graph);
             if (rc || e != cudaSuccess) return fail(err, errlen, "graph capture", e != cudaSuccess ? e : cudaErrorLaunchFailure);
@@ -656,20 +688,36 @@ extern "C" int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const in
             e = cudaGraphInstantiate(&gr->exec, graph, 0);
             cudaGraphDestroy(graph);
             if (e != cudaSuccess) return fail(err, errlen, "graph instantiation", e);
-            gr->n = n, gr->grid_len = grid_len, gr->has_ix = has_ix, gr->n_out = n_out;
+            gr->n = n, gr->grid_len = grid_len, gr->has_ix = has_ix, gr->sel_on = sel_on, gr->n_out = n_out;
             g->n_graphs++;
         }
+        if (g->profile) cudaEventRecord(g->ev0, st);
         if ((e = cudaGraphLaunch(gr->exec, st)) != cudaSuccess) return fail(err, errlen, "graph launch", e);
+        if (g->profile) cudaEventRecord(g->ev1, st);
+        g->prof_graph = 1;
     } else {
+        if (g->profile) cudaEventRecord(g->ev0, st);
+        g->prof_graph = 0;
         if ((e = cudaMemcpyAsync(g->par_d, g->par_h, PAR_BYTES, cudaMemcpyHostToDevice, st)) != cudaSuccess)
             return fail(err, errlen, "step parameters", e);
-        if (record(g, n, grid_len, has_ix, n_out, g->logits))
+        if (record(g, n, grid_len, has_ix, sel_on, n_out, g->logits))
             return fail(err, errlen, "a launch", cudaGetLastError());
         if (n_out && (e = cudaMemcpyAsync(g->logits_h, g->logits, (size_t)n_out * g->s.V * 4, cudaMemcpyDeviceToHost,
                                           st)) != cudaSuccess)
             return fail(err, errlen, "reading the logits", e);
+        if (g->profile) cudaEventRecord(g->ev1, st);
     }
     if ((e = cudaStreamSynchronize(st)) != cudaSuccess) return fail(err, errlen, "the forward pass", e);
+    if (g->profile) {
+        float ms = 0;
+        cudaEventElapsedTime(&ms, g->ev0, g->ev1);
+        struct timespec tw1;
+        clock_gettime(CLOCK_MONOTONIC, &tw1);
+        int k = g->prof_graph;
+        g->prof_gpu_ms[k] += ms;
+        g->prof_wall_ms[k] += (tw1.tv_sec - tw0.tv_sec) * 1e3 + (tw1.tv_nsec - tw0.tv_nsec) / 1e6;
+        g->prof_calls[k]++;
+    }
     // the logits come back through pinned memory (a graph can copy only there); the caller's buffer is any memory
     if (n_out) memcpy(logits, g->logits_h, (size_t)n_out * g->s.V * 4);
     return 0;

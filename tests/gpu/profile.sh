@@ -8,12 +8,7 @@ BIN=${1:-build}
 OUT=${OUT:-/tmp/dsachat-gpu}
 mkdir -p "$OUT"
 SLICE=${DSA_GPU_SLICE:-.devcarry/slice2.gguf}
-if [ -f .devcarry/devlibs.tar.xz ]; then
-  tar -C /tmp -xJf .devcarry/devlibs.tar.xz && export LD_LIBRARY_PATH=/tmp/devlibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-fi
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-  [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
-done
+. tests/gpu/env.sh
 chmod +x "$BIN/dsa" 2>/dev/null
 RAND=/tmp/dsachat-rand.gguf
 [ -f $RAND ] || "$BIN/dsa" synth-model --like "$SLICE" --layers 30 --seed 1 -o "$RAND" --indexer-out /tmp/dsachat-rand.dsa.gguf >/dev/null 2>&1

@@ -19,12 +19,7 @@ mkdir -p "$OUT"
 SLICE=${DSA_GPU_SLICE:-.devcarry/slice2.gguf}
 log() { printf '== %s\n' "$*" | tee -a "$OUT/run.log"; }
 
-if [ -f .devcarry/devlibs.tar.xz ]; then
-  tar -C /tmp -xJf .devcarry/devlibs.tar.xz && export LD_LIBRARY_PATH=/tmp/devlibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-fi
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-  [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
-done
+. tests/gpu/env.sh
 if [ ! -x "$BIN/dsa" ]; then
   log "building into $BIN"
   cmake -S . -B "$BIN" -DCMAKE_BUILD_TYPE=Release -DDSA_WERROR=ON >/dev/null && cmake --build "$BIN" -j"$(nproc)" || exit 1

@@ -1,0 +1,8 @@
+# Sourced by tests/gpu/*.sh: the shared libraries a GPU test machine lacks (.devcarry/devlibs.tar.xz, unpacked under
+# /tmp) and the CUDA toolkit's cuBLAS on the library path.
+if [ -f .devcarry/devlibs.tar.xz ]; then
+  tar -C /tmp -xJf .devcarry/devlibs.tar.xz && export LD_LIBRARY_PATH=/tmp/devlibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -e "$d/libcublas.so.13" ] && export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d
+done

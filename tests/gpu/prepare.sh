@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Make .devcarry/, what a GPU test machine needs that is not in the tree (at most 64 MiB travels, tree included):
+# the default model's first 2 layers and their sidecar (dsa slice-model), the binaries built here (nvcc here is the
+# GPU machine's CUDA 13.0), and the Debian shared libraries they link that the machine's image lacks.  Then:
+#   device run: bash tests/gpu/run.sh .devcarry/build      (carry .devcarry)
+# .devcarry/ must be ignored: echo /.devcarry/ >> .git/info/exclude
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BUILD=${1:-build}
+scripts/build.sh >/dev/null
+model=$(scripts/fetch-model.sh)
+mkdir -p .devcarry/build/tests .devcarry/build/bench
+"$BUILD/dsa" slice-model -m "$model" --layers 2 -o .devcarry/slice2.gguf \
+  --indexer indexers/SmolLM2-135M-Instruct.Q4_1.dsa.gguf --indexer-out .devcarry/slice2.dsa.gguf
+for f in dsa tests/test_cuda bench/bench_cuda; do
+  cp "$BUILD/$f" ".devcarry/build/$f" && strip ".devcarry/build/$f"
+done
+libs=$(mktemp -d)
+mkdir "$libs/devlibs"
+ldd "$BUILD/dsa" | awk '/=>/{print $3}' | grep -v -E '/(libc|libm|libgcc_s|ld-linux|libpthread|libdl|librt|libstdc\+\+|libcublas|libcublasLt)\.' |
+  xargs -I{} cp -L {} "$libs/devlibs/"
+tar -C "$libs" -cf - devlibs | xz -T0 -6 > .devcarry/devlibs.tar.xz
+rm -rf "$libs"
+du -sh .devcarry
+git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -n 1 | sed 's/total/bytes in the tree/'

@@ -80,7 +80,7 @@ typedef struct {
 static void run_gemv(void *u) {
     gemv_job *j = u;
     int s = j->set++ % 4;
-    dsa_cuk_gemv_f16(j->W[s], j->rows, j->cols, j->x, j->n, j->norm, 1e-5f, NULL, j->y, 0);
+    dsa_cuk_gemv_f16(j->W[s], j->rows, j->cols, j->x, j->n, j->norm, 1e-5f, j->y, 0);
 }
 
 typedef struct {

@@ -86,7 +86,7 @@ static void test_gemv(int rows, int cols, int n, int use_norm, int accumulate, i
     void *dW = dput(W, (size_t)wrows * cols * 2), *dX = dput(X, (size_t)n * cols * 4), *dN = dput(norm, (size_t)cols * 4);
     void *dY = accumulate ? dput(Y0, (size_t)n * rows * 4) : dpoison((size_t)n * rows * 4);
     int rc = swiglu ? dsa_cuk_gemv_swiglu(dW, rows, cols, dX, n, use_norm ? dN : NULL, 1e-5f, dY)
-                    : dsa_cuk_gemv_f16(dW, rows, cols, dX, n, use_norm ? dN : NULL, 1e-5f, NULL, dY, accumulate);
+                    : dsa_cuk_gemv_f16(dW, rows, cols, dX, n, use_norm ? dN : NULL, 1e-5f, dY, accumulate);
     char err[256] = "";
     CHECK(rc == 0 && dsa_cuda_sync(err, sizeof err) == 0, "gemv launch: %s", err);
     dsa_cuda_get(Y, dY, (size_t)n * rows * 4);

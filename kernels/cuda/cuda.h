@@ -44,7 +44,7 @@ double dsa_cuda_time_ms(void (*fn)(void *), void *ud, int warmup, int reps);
  * With norm != NULL, X is first RMS-normalised per row and multiplied by norm (cols floats).
  * CPU counterpart: dsa_matmul over DSA_F16 (kernels/cpu/matmul.c) and the engine's rmsnorm. */
 int dsa_cuk_gemv_f16(const uint16_t *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
-                     const float *bias, float *Y, int accumulate);
+                     float *Y, int accumulate);
 /* SwiGLU form: W holds 2·rows rows (gate, then up); Y[r][o] = silu(gate·x)·(up·x).  CPU: the engine's FFN. */
 int dsa_cuk_gemv_swiglu(const uint16_t *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
                         float *Y);

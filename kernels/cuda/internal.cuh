@@ -43,8 +43,8 @@ cudaStream_t dsa_cu_stream(void);
     } while (0)
 
 // Launchers (asynchronous on dsa_cu_stream; return 0 or -1 when the launch itself was refused).
-int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
-                const float *bias, float *Y, int accumulate, int swiglu);
+int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y,
+                int accumulate, int swiglu);
 int cu_gemv_f32(const float *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y);
 // The attention block's projections of n <= 16 rows in one launch: RMSNorm, Wqkv (biases, RoPE; K and V straight
 // into each row's sequence cache, q into qkv) and, when Wix is set, the indexer's f32 projection into ixproj.
@@ -55,7 +55,7 @@ int cu_embed(const __half *embd, int E, const RowDev *rows, int n, float *x);
 int cu_rmsnorm_h(const float *x, const float *w, int E, float eps, int n, __half *xh, float *xn);
 int cu_swiglu_h(const float *gu, int F, int n, __half *hb);
 int cu_gather_rows(const float *x, int E, const int *which, int n, float *out);
-int cu_rope_kv(const Shape &s, float *qkv, const float *bias, const float *cos_sin_unused, const RowDev *rows, int n,
+int cu_rope_kv(const Shape &s, float *qkv, const float *bias, const RowDev *rows, int n,
                const SeqDev *seqs, int layer, const float *rope_freq);
 int cu_ix_project(const Shape &s, float *proj, const float *ln, const float *rope_freq, const RowDev *rows, int n,
                   const SeqDev *seqs, int layer, float *iq, float *iw);

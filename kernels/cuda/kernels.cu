@@ -900,9 +900,8 @@ __global__ void k_fp8_quant(int d, const float *__restrict__ x, uint8_t *__restr
 
 // ---- launchers ----------------------------------------------------------------------------------------------------
 
-int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
-                const float *bias, float *Y, int accumulate, int swiglu) {
-    if (bias) return -1; /* biases come in through cu_gemv_qkv */
+int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y,
+                int accumulate, int swiglu) {
     GemvArgs g = {};
     g.Wa = W, g.rows_a = rows, g.cols = cols, g.X = X, g.n = n, g.norm = norm, g.eps = eps, g.Ya = Y;
     g.accumulate = accumulate, g.mode = swiglu ? GEMV_SWIGLU : GEMV_PLAIN;
@@ -941,7 +940,7 @@ int cu_gather_rows(const float *x, int E, const int *which, int n, float *out) {
     return launch(k_gather, dim3(n), dim3(256), 0, x, E, which, out);
 }
 
-int cu_rope_kv(const Shape &s, float *qkv, const float *bias, const float *, const RowDev *rows, int n,
+int cu_rope_kv(const Shape &s, float *qkv, const float *bias, const RowDev *rows, int n,
                const SeqDev *seqs, int layer, const float *rope_freq) {
     if (s.rope_dim / 2 > 256) return -1;
     return launch(k_rope_kv, dim3(n), dim3(128), 0, s, qkv, bias, rows, seqs, layer, rope_freq);

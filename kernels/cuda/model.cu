@@ -168,13 +168,13 @@ static int grid_round(int len) {
 // ---- kernels on device pointers (tests) ----------------------------------------------------------------------------
 
 extern "C" int dsa_cuk_gemv_f16(const uint16_t *W, int rows, int cols, const float *X, int n, const float *norm,
-                                float eps, const float *bias, float *Y, int accumulate) {
-    return cu_gemv_f16((const __half *)W, rows, cols, X, n, norm, eps, bias, Y, accumulate, 0);
+                                float eps, float *Y, int accumulate) {
+    return cu_gemv_f16((const __half *)W, rows, cols, X, n, norm, eps, Y, accumulate, 0);
 }
 
 extern "C" int dsa_cuk_gemv_swiglu(const uint16_t *W, int rows, int cols, const float *X, int n, const float *norm,
                                    float eps, float *Y) {
-    return cu_gemv_f16((const __half *)W, rows, cols, X, n, norm, eps, NULL, Y, 0, 1);
+    return cu_gemv_f16((const __half *)W, rows, cols, X, n, norm, eps, Y, 0, 1);
 }
 
 extern "C" int dsa_cuk_gemv_f32(const float *W, int rows, int cols, const float *X, int n, const float *norm,
@@ -576,7 +576,7 @@ static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on,
         if (blas) {
             if (cu_rmsnorm_h(g->x, L->attn_norm, E, eps, n, g->xh, has_ix ? g->xn : NULL) ||
                 gemm(g, L->wqkv, Q, E, g->xh, n, g->qkv, 0) ||
-                cu_rope_kv(s, g->qkv, L->bqkv, NULL, rows, n, seqs, l, g->rope_freq) ||
+                cu_rope_kv(s, g->qkv, L->bqkv, rows, n, seqs, l, g->rope_freq) ||
                 (has_ix && sgemm(g, Wix, s.ix_rows, E, g->xn, n, g->ixproj)))
                 return -1;
         } else if (cu_gemv_qkv(s, L->wqkv, L->bqkv, Wix, g->x, n, L->attn_norm, rows, seqs, l, g->rope_freq, g->qkv,
@@ -606,9 +606,9 @@ static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on,
                 gemm(g, L->wgu, 2 * F, E, g->xh, n, g->gu, 0) || cu_swiglu_h(g->gu, F, n, g->xh) ||
                 gemm(g, L->wdown, E, F, g->xh, n, g->x, 1))
                 return -1;
-        } else if (cu_gemv_f16(L->wo, E, E, g->att, n, NULL, eps, NULL, g->x, 1, 0) ||
-                   cu_gemv_f16(L->wgu, F, E, g->x, n, L->ffn_norm, eps, NULL, g->hb, 0, 1) ||
-                   cu_gemv_f16(L->wdown, E, F, g->hb, n, NULL, eps, NULL, g->x, 1, 0)) {
+        } else if (cu_gemv_f16(L->wo, E, E, g->att, n, NULL, eps, g->x, 1, 0) ||
+                   cu_gemv_f16(L->wgu, F, E, g->x, n, L->ffn_norm, eps, g->hb, 0, 1) ||
+                   cu_gemv_f16(L->wdown, E, F, g->hb, n, NULL, eps, g->x, 1, 0)) {
             return -1;
         }
     }
@@ -618,7 +618,7 @@ static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on,
             if (cu_rmsnorm_h(g->xo, g->output_norm, E, eps, n_out, g->xh, NULL) ||
                 gemm(g, g->output, s.V, E, g->xh, n_out, logits_d, 0))
                 return -1;
-        } else if (cu_gemv_f16(g->output, s.V, E, g->xo, n_out, g->output_norm, eps, NULL, logits_d, 0, 0)) {
+        } else if (cu_gemv_f16(g->output, s.V, E, g->xo, n_out, g->output_norm, eps, logits_d, 0, 0)) {
             return -1;
         }
     }

@@ -63,6 +63,7 @@ struct dsa_model {
 struct dsa_ctx {
     dsa_model *m;
     dsa_pool *pool;
+    int own_pool;      /* 0: the pool is shared (dsa_ctx_new_shared) and outlives the context */
     int n_ctx, pos;
     int kv_dim;
     uint16_t *kc, *vc; /* [layer][n_ctx][kv_dim] f16 */
@@ -324,7 +325,7 @@ const dsa_chat_template *dsa_model_chat(const dsa_model *m, const char **chat_er
 
 /* ---- contexts ------------------------------------------------------------------------------------------ */
 
-int dsa_ctx_new(dsa_model *m, int n_ctx, int n_threads, dsa_ctx **out, char *err, size_t errlen) {
+static int ctx_new(dsa_model *m, int n_ctx, int n_threads, dsa_pool *pool, dsa_ctx **out, char *err, size_t errlen) {
     *out = NULL;
     const dsa_hparams *hp = &m->hp;
     if (n_ctx <= 0) n_ctx = hp->n_ctx_train;
@@ -335,7 +336,8 @@ int dsa_ctx_new(dsa_model *m, int n_ctx, int n_threads, dsa_ctx **out, char *err
     c->n_ctx = n_ctx;
     c->dense_layers = -1;
     c->kv_dim = hp->n_head_kv * hp->head_dim;
-    c->pool = dsa_pool_new(n_threads);
+    c->own_pool = pool == NULL;
+    c->pool = pool ? pool : dsa_pool_new(n_threads);
     int nth = dsa_pool_size(c->pool);
     c->kv_bytes = (size_t)hp->n_layer * n_ctx * c->kv_dim * sizeof(uint16_t);
     /* calloc of a large block maps zero pages lazily: a long context costs memory only as it fills */
@@ -370,12 +372,21 @@ int dsa_ctx_new(dsa_model *m, int n_ctx, int n_threads, dsa_ctx **out, char *err
     return 0;
 }
 
+int dsa_ctx_new(dsa_model *m, int n_ctx, int n_threads, dsa_ctx **out, char *err, size_t errlen) {
+    return ctx_new(m, n_ctx, n_threads, NULL, out, err, errlen);
+}
+
+int dsa_ctx_new_shared(dsa_model *m, int n_ctx, dsa_pool *pool, dsa_ctx **out, char *err, size_t errlen) {
+    if (!pool) return errf(err, errlen, "no thread pool");
+    return ctx_new(m, n_ctx, 0, pool, out, err, errlen);
+}
+
 void dsa_ctx_free(dsa_ctx *c) {
     if (!c) return;
 #ifdef DSA_HAVE_CUDA
     dsa_gpu_ctx_free(c->gpu);
 #endif
-    dsa_pool_free(c->pool);
+    if (c->own_pool) dsa_pool_free(c->pool);
     free(c->kc);
     free(c->vc);
     free(c->x);

@@ -39,6 +39,9 @@ const dsa_chat_template *dsa_model_chat(const dsa_model *m, const char **chat_er
 
 /* A sequence: n_ctx positions of f16 KV cache.  n_threads <= 0: all cores. */
 int dsa_ctx_new(dsa_model *m, int n_ctx, int n_threads, dsa_ctx **out, char *err, size_t errlen);
+/* The same on a thread pool shared with other contexts (a server's many sessions evaluated one at a time): the pool
+ * is borrowed, and must outlive the context; contexts sharing a pool must not be evaluated concurrently. */
+int dsa_ctx_new_shared(dsa_model *m, int n_ctx, dsa_pool *pool, dsa_ctx **out, char *err, size_t errlen);
 void dsa_ctx_free(dsa_ctx *c);
 int dsa_ctx_n_ctx(const dsa_ctx *c);
 int dsa_ctx_pos(const dsa_ctx *c);           /* tokens in the cache */

@@ -113,6 +113,10 @@ void ses_messages_free(ses_message *msgs, int n);
 /* Append one message without touching the cache (e.g. the user's message before the reply starts). */
 int ses_append_message(ses_store *st, int64_t id, const ses_message *m, int64_t *msg_id, char *err, size_t errlen);
 
+/* Record where a message lies in the session's token sequence (the overflow policy needs every in-context
+ * message's span; a system prompt set by ses_create gets its span once the caller has rendered it). */
+int ses_message_set_span(ses_store *st, int64_t msg_id, int tok_start, int tok_end, char *err, size_t errlen);
+
 typedef enum { SES_EXPORT_JSON = 0, SES_EXPORT_MARKDOWN = 1 } ses_export_format;
 /* The transcript as one malloc'd NUL-terminated string. */
 int ses_export(ses_store *st, int64_t id, ses_export_format fmt, char **out, char *err, size_t errlen);

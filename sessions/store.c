@@ -580,6 +580,15 @@ int ses_append_message(ses_store *st, int64_t id, const ses_message *m, int64_t 
     return ses_commit(st, err, errlen);
 }
 
+int ses_message_set_span(ses_store *st, int64_t msg_id, int tok_start, int tok_end, char *err, size_t errlen) {
+    sqlite3_stmt *s;
+    if (prep(st, "UPDATE messages SET tok_start = ?, tok_end = ? WHERE id = ?", &s, err, errlen)) return -1;
+    sqlite3_bind_int(s, 1, tok_start);
+    sqlite3_bind_int(s, 2, tok_end);
+    sqlite3_bind_int64(s, 3, msg_id);
+    return step_done(st, s, "setting a message's token span", err, errlen);
+}
+
 int ses_messages(ses_store *st, int64_t id, ses_message **out, int *n, char *err, size_t errlen) {
     *out = NULL;
     *n = 0;

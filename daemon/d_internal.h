@@ -19,6 +19,8 @@
 #define D_MAX_CONN 256              /* connections at once; one more is told "overloaded" and closed */
 #define D_QUEUE_HIGH (1u << 20)     /* output bytes queued on a connection before its generations pause */
 #define D_QUEUE_LOW (256u << 10)    /* ... and resume */
+#define D_PENDING_HIGH 64           /* requests of one connection not yet through: stop reading it */
+#define D_FLUSH_MS 2000             /* at shutdown, how long clients get to read what is queued for them */
 
 typedef uint32_t d_conn;            /* slot | generation << 16; 0 is never a live connection */
 

@@ -26,6 +26,7 @@ typedef struct {
     d_conn id;
     char *buf;          /* the partial line */
     size_t n, cap;
+    size_t scanned;     /* buf[0..scanned) holds no newline */
     int skipping;       /* inside a line over the limit: drop bytes up to its newline */
     size_t queued;      /* bytes handed to uv_write and not yet written */
     int pending;        /* requests handed to the worker and not through yet */
@@ -50,6 +51,8 @@ static uv_loop_t *L;
 static uv_pipe_t server;
 static uv_async_t out_async, shutdown_async, done_async;
 static uv_signal_t sig_term, sig_int, sig_hup;
+static uv_timer_t flush_timer;
+static int worker_done;
 static conn *conns[D_MAX_CONN];
 static _Atomic uint32_t conn_gen[D_MAX_CONN]; /* the live connection's id per slot, 0 when free */
 static _Atomic int conn_paused[D_MAX_CONN];
@@ -95,10 +98,13 @@ void d_worker_done(void) { uv_async_send(&done_async); }
 
 /* ---- connections ------------------------------------------------------------------------------------------------ */
 
+static void close_handles(void);
+
 static void on_closed(uv_handle_t *h) {
     conn *c = h->data;
     free(c->buf);
     free(c);
+    if (worker_done && atomic_load(&n_clients) == 0) close_handles();
 }
 
 static void conn_close(conn *c) {
@@ -132,6 +138,8 @@ static void pause_reading(conn *c) {
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b);
+static void drain_lines(conn *c);
+static void more_lines(conn *c);
 static void resume_reading(conn *c) {
     if (!c->reading && !c->closing && !c->eof && !shutting_down) {
         c->reading = 1;
@@ -141,6 +149,20 @@ static void resume_reading(conn *c) {
 
 static void maybe_close(conn *c) {
     if (c->eof && !c->pending && !c->queued) conn_close(c);
+}
+
+/* Flow control.  Generations pause on output queued for writing; reading pauses too on requests the worker has
+ * not got through, so that a client that pipelines requests without reading its replies is bounded as well. */
+static void flow(conn *c) {
+    if (c->closing) return;
+    int paused = atomic_load(&conn_paused[c->slot]);
+    if (!paused && c->queued > D_QUEUE_HIGH) atomic_store(&conn_paused[c->slot], paused = 1);
+    else if (paused && c->queued < D_QUEUE_LOW) {
+        atomic_store(&conn_paused[c->slot], paused = 0);
+        d_worker_wake();
+    }
+    if (paused || c->pending >= D_PENDING_HIGH) pause_reading(c);
+    else if (c->pending < D_PENDING_HIGH / 2) resume_reading(c);
 }
 
 static void on_written(uv_write_t *w, int status) {
@@ -154,12 +176,9 @@ static void on_written(uv_write_t *w, int status) {
         conn_close(c);
         return;
     }
+    flow(c);
+    more_lines(c);
     maybe_close(c);
-    if (atomic_load(&conn_paused[c->slot]) && c->queued < D_QUEUE_LOW && !c->closing) {
-        atomic_store(&conn_paused[c->slot], 0);
-        resume_reading(c);
-        d_worker_wake();
-    }
 }
 
 static void write_line(conn *c, char *line) {
@@ -177,10 +196,7 @@ static void write_line(conn *c, char *line) {
         free(r);
         return;
     }
-    if (c->queued > D_QUEUE_HIGH && !atomic_load(&conn_paused[c->slot])) {
-        atomic_store(&conn_paused[c->slot], 1);
-        pause_reading(c);
-    }
+    flow(c);
 }
 
 static void on_out(uv_async_t *a) {
@@ -199,6 +215,8 @@ static void on_out(uv_async_t *a) {
             write_line(c, o->line);
         } else {
             c->pending--;
+            flow(c);
+            more_lines(c);
             maybe_close(c);
         }
         free(o);
@@ -218,6 +236,7 @@ static void on_line(conn *c, char *line, size_t len) {
     json_t *id = NULL;
     if (!req) return;
     c->pending++;
+    flow(c);
     if (proto_parse(line, len, req, &code, msg, sizeof msg, &id)) {
         free(req);
         d_submit_error(c->id, id, code, msg);
@@ -245,30 +264,46 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
         conn_close(c);
         return;
     }
-    size_t start = c->n; /* the new bytes are c->buf[start .. start+nread) */
     c->n += (size_t)nread;
+    drain_lines(c);
+}
+
+/* Hand the complete lines in the buffer to the worker while the connection may go on: a flood of pipelined
+ * requests waits in this buffer (and in the socket behind it) while the client does not read its replies. */
+static void drain_lines(conn *c) {
     size_t from = 0;
-    for (size_t i = start; i < c->n; i++) {
+    int stopped = 0;
+    for (size_t i = c->scanned; i < c->n; i++) {
         if (c->buf[i] != '\n') continue;
         if (c->skipping) c->skipping = 0; /* the end of an over-long line */
         else on_line(c, c->buf + from, i - from);
         from = i + 1;
+        if (c->closing || atomic_load(&conn_paused[c->slot]) || c->pending >= D_PENDING_HIGH) {
+            stopped = 1;
+            break;
+        }
     }
     memmove(c->buf, c->buf + from, c->n - from);
     c->n -= from;
+    c->scanned = stopped ? 0 : c->n; /* without complete lines left, the next read scans only its new bytes */
+    if (stopped) return;
     if (c->n > PROTO_MAX_LINE) { /* no newline within the limit: answer now, drop the rest of the line */
         if (!c->skipping) {
             c->pending++;
             d_submit_error(c->id, NULL, PE_LINE_TOO_LONG, "a request line is longer than 1 MiB; it was skipped");
         }
         c->skipping = 1;
-        c->n = 0;
     }
-    if (c->skipping) c->n = 0;
+    if (c->skipping) c->n = c->scanned = 0;
     if (c->cap > (4u << 20) && c->n < 65536) { /* give back a buffer grown by a long line */
         char *p = realloc(c->buf, 131072);
         if (p) c->buf = p, c->cap = 131072;
     }
+}
+
+/* Lines left in the buffer by a pause go on once the connection may take requests again. */
+static void more_lines(conn *c) {
+    if (!c->closing && c->n && !atomic_load(&conn_paused[c->slot]) && c->pending < D_PENDING_HIGH / 2) drain_lines(c);
 }
 
 /* A client this daemon will not serve: one error line straight to the socket, then close. */
@@ -361,9 +396,30 @@ static void close_all(uv_handle_t *h, void *arg) {
     if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
-/* The worker is done: flush what each client still has coming, then let the loop end. */
+/* The loop's own handles go last: then uv_run returns. */
+static void close_handles(void) {
+    static int closed;
+    if (closed) return;
+    closed = 1;
+    uv_handle_t *hs[] = {(uv_handle_t *)&out_async, (uv_handle_t *)&shutdown_async, (uv_handle_t *)&done_async,
+                         (uv_handle_t *)&sig_term,  (uv_handle_t *)&sig_int,        (uv_handle_t *)&sig_hup,
+                         (uv_handle_t *)&flush_timer};
+    for (size_t i = 0; i < sizeof hs / sizeof *hs; i++)
+        if (!uv_is_closing(hs[i])) uv_close(hs[i], NULL);
+}
+
+/* Clients that did not read what was queued for them in D_FLUSH_MS are closed anyway. */
+static void on_flush_timeout(uv_timer_t *t) {
+    (void)t;
+    for (int i = 0; i < D_MAX_CONN; i++)
+        if (conns[i]) conn_close(conns[i]);
+    if (atomic_load(&n_clients) == 0) close_handles();
+}
+
+/* The worker is done: flush what each client still has coming (for a while), then let the loop end. */
 static void on_done(uv_async_t *a) {
     (void)a;
+    worker_done = 1;
     on_out(&out_async);
     for (int i = 0; i < D_MAX_CONN; i++) {
         conn *c = conns[i];
@@ -375,12 +431,8 @@ static void on_done(uv_async_t *a) {
             conn_close(c);
         }
     }
-    uv_close((uv_handle_t *)&out_async, NULL);
-    uv_close((uv_handle_t *)&shutdown_async, NULL);
-    uv_close((uv_handle_t *)&done_async, NULL);
-    uv_close((uv_handle_t *)&sig_term, NULL);
-    uv_close((uv_handle_t *)&sig_int, NULL);
-    uv_close((uv_handle_t *)&sig_hup, NULL);
+    if (atomic_load(&n_clients) == 0) close_handles();
+    else uv_timer_start(&flush_timer, on_flush_timeout, D_FLUSH_MS, 0);
 }
 
 int d_server_listen(const char *path, char *err, size_t errlen) {
@@ -399,6 +451,7 @@ int d_server_listen(const char *path, char *err, size_t errlen) {
     uv_async_init(L, &out_async, on_out);
     uv_async_init(L, &shutdown_async, on_shutdown);
     uv_async_init(L, &done_async, on_done);
+    uv_timer_init(L, &flush_timer);
     uv_signal_init(L, &sig_term);
     uv_signal_init(L, &sig_int);
     uv_signal_init(L, &sig_hup);

@@ -753,10 +753,15 @@ static void matmul(dsa_ctx *c, const wmat *w, const float *X, int n, float *Y) {
 
 typedef struct {
     dsa_ctx *c;
+    dsa_ctx *const *rc; /* a step of several sequences: row t is the next token of rc[t] (NULL: rows of c) */
     int layer, n, pos0;
     int sparse;       /* this layer selects (c->sel is set and the layer is not one of the dense ones) */
     const float *pre; /* one-token decode: the index scores, already computed by all threads (index_scores_split) */
 } att_job;
+
+/* Row t's context and position: a sequence's consecutive tokens, or one token of each of several sequences. */
+static inline dsa_ctx *row_ctx(const att_job *j, int t) { return j->rc ? j->rc[t] : j->c; }
+static inline int row_pos(const att_job *j, int t) { return j->rc ? j->rc[t]->pos : j->pos0 + t; }
 
 static void softmax(float *x, int n) {
     float mx = -INFINITY;
@@ -783,11 +788,11 @@ static void index_scores_split(void *arg, int ith, int nth) {
     att_job *j = arg;
     dsa_ctx *c = j->c;
     const dsa_indexer_hp *ih = &c->ix->hp;
-    int len = j->pos0 + 1, per = (len + nth - 1) / nth, s0 = ith * per, s1 = s0 + per < len ? s0 + per : len;
+    int len = row_pos(j, 0) + 1, per = (len + nth - 1) / nth, s0 = ith * per, s1 = s0 + per < len ? s0 + per : len;
     if (s1 <= s0) return;
     const uint8_t *k8;
     const float *ks;
-    dsa_ctx_index_keys(c, j->layer, &k8, &ks);
+    dsa_ctx_index_keys(row_ctx(j, 0), j->layer, &k8, &ks);
     dsa_indexer_scores(s1 - s0, ih->n_head, ih->head_dim, k8 + (size_t)s0 * ih->head_dim, ks + s0, c->iq, c->iw,
                        c->scores2 + s0);
 }
@@ -802,7 +807,7 @@ static void select_part(void *arg, int ith, int nth) {
     int k = c->topk;
     float *sc = c->scores2 + (size_t)ith * c->n_ctx;
     for (int t = ith; t < j->n; t += nth) {
-        int len = j->pos0 + t + 1;
+        int len = row_pos(j, t) + 1;
         int32_t *idx = c->sel + (size_t)t * k;
         if (len <= k) {
             c->sel_n[t] = -1;
@@ -813,7 +818,7 @@ static void select_part(void *arg, int ith, int nth) {
             const dsa_indexer_hp *ih = &c->ix->hp;
             const uint8_t *k8;
             const float *ks;
-            dsa_ctx_index_keys(c, j->layer, &k8, &ks);
+            dsa_ctx_index_keys(row_ctx(j, t), j->layer, &k8, &ks);
             if (!j->pre)
                 dsa_indexer_scores(len, ih->n_head, ih->head_dim, k8, ks, c->iq + (size_t)t * ih->n_head * ih->head_dim,
                                    c->iw + (size_t)t * ih->n_head, sc);
@@ -843,7 +848,7 @@ static void select_part(void *arg, int ith, int nth) {
             break;
         }
         case DSA_SEL_RANDOM: {
-            uint64_t seed = mix64(((uint64_t)(j->pos0 + t) << 16) ^ (uint64_t)j->layer ^ 0x5DEECE66Dull);
+            uint64_t seed = mix64(((uint64_t)row_pos(j, t) << 16) ^ (uint64_t)j->layer ^ 0x5DEECE66Dull);
             for (int s = 0; s < len; s++) sc[s] = (float)(mix64(seed + (uint64_t)s) >> 40);
             c->sel_n[t] = dsa_topk(len, sc, k, idx, c->tkscratch + (size_t)ith * c->n_ctx);
             break;
@@ -863,14 +868,15 @@ static void attention_part(void *arg, int ith, int nth) {
     int H = hp->n_head, D = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     float scale = 1.0f / sqrtf((float)D), inv_h = 1.0f / H;
     float *sc = c->scores + (size_t)ith * c->n_ctx;
-    const uint16_t *K = c->kc + (size_t)j->layer * c->n_ctx * c->kv_dim;
-    const uint16_t *V = c->vc + (size_t)j->layer * c->n_ctx * c->kv_dim;
     /* With the probabilities captured (dsa_ctx_capture_probs) a task is a whole token, so that one thread sums its
      * heads; otherwise a (token, head) pair.  The arithmetic of each pair is the same either way. */
     int per_token = c->pcap != NULL, tasks = per_token ? j->n : j->n * H;
     for (int task = ith; task < tasks; task += nth) {
         int t = per_token ? task : task / H, h0 = per_token ? 0 : task % H, h1 = per_token ? H : h0 + 1;
-        int len = j->pos0 + t + 1;
+        int len = row_pos(j, t) + 1;
+        const dsa_ctx *rcx = row_ctx(j, t);
+        const uint16_t *K = rcx->kc + (size_t)j->layer * rcx->n_ctx * rcx->kv_dim;
+        const uint16_t *V = rcx->vc + (size_t)j->layer * rcx->n_ctx * rcx->kv_dim;
         float *pc = per_token ? c->pcap + (size_t)t * c->n_ctx : NULL;
         if (pc) memset(pc, 0, (size_t)len * sizeof *pc);
         for (int h = h0; h < h1; h++) {
@@ -896,7 +902,9 @@ static void attention_part(void *arg, int ith, int nth) {
     }
 }
 
-static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int all_logits) {
+/* n rows through the model: consecutive tokens of c, or (rc set) the next token of each of the contexts rc[0..n),
+ * which then share c's scratch and thread pool and get their logits row by row (all_logits). */
+static void eval_batch(dsa_ctx *c, dsa_ctx *const *rc, const int32_t *ids, int n, float *logits, int all_logits) {
     const dsa_model *m = c->m;
     const dsa_hparams *hp = &m->hp;
     int E = hp->n_embd, KV = c->kv_dim, D = hp->head_dim, half = hp->rope_dim / 2;
@@ -905,7 +913,7 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
 
     for (int t = 0; t < n; t++) {
         et->to_float((const char *)m->embd.data + (size_t)ids[t] * erow, c->x + (size_t)t * E, E);
-        int p = c->pos + t;
+        int p = rc ? rc[t]->pos : c->pos + t;
         for (int i = 0; i < half; i++) {
             /* the angle in double: positions reach 10^5, where a float product loses digits */
             double a = (double)p * m->rope_freq[i];
@@ -921,9 +929,10 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
                              {L->wk.type, L->wk.data, L->wk.rows, c->k, KV},
                              {L->wv.type, L->wv.data, L->wv.rows, c->v, KV}};
         dsa_matmul_n(c->pool, qkv, 3, E, c->xb, n, c->mmscratch);
-        uint16_t *kc = c->kc + ((size_t)l * c->n_ctx + c->pos) * KV;
-        uint16_t *vc = c->vc + ((size_t)l * c->n_ctx + c->pos) * KV;
         for (int t = 0; t < n; t++) {
+            dsa_ctx *R = rc ? rc[t] : c;
+            int pos = rc ? R->pos : c->pos + t;
+            uint16_t *kc = R->kc + ((size_t)l * R->n_ctx + pos) * KV, *vc = R->vc + ((size_t)l * R->n_ctx + pos) * KV;
             float *q = c->q + (size_t)t * E, *k = c->k + (size_t)t * KV, *v = c->v + (size_t)t * KV;
             if (L->bq) {
                 for (int i = 0; i < E; i++) q[i] += L->bq[i];
@@ -932,11 +941,11 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
             }
             for (int h = 0; h < hp->n_head; h++) rope(q + h * D, c->cos + t * half, c->sin + t * half, hp->rope_dim, hp->rope_neox);
             for (int h = 0; h < hp->n_head_kv; h++) rope(k + h * D, c->cos + t * half, c->sin + t * half, hp->rope_dim, hp->rope_neox);
-            dsa_f32_to_f16_row(KV, k, kc + (size_t)t * KV);
-            dsa_f32_to_f16_row(KV, v, vc + (size_t)t * KV);
+            dsa_f32_to_f16_row(KV, k, kc);
+            dsa_f32_to_f16_row(KV, v, vc);
         }
         int dl = c->dense_layers >= 0 ? c->dense_layers : c->ix ? c->ix->hp.dense_layers : 0;
-        att_job aj = {c, l, n, c->pos, c->sel != NULL && l >= dl, NULL};
+        att_job aj = {c, rc, l, n, c->pos, c->sel != NULL && l >= dl, NULL};
         if (c->ix) {
             /* the lightning indexer: its keys join the cache for every token, whatever the mode */
             double t0 = dsa_now();
@@ -945,13 +954,15 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
             dsa_matmul(c->pool, DSA_F32, ix->W + (size_t)l * R * E, R, E, c->xb, n, c->iproj, R, c->mmscratch);
             float kbuf[256];
             for (int t = 0; t < n; t++) {
-                size_t slot = (size_t)l * c->n_ctx + c->pos + t;
-                dsa_indexer_project(ix, l, c->iproj + (size_t)t * R, c->pos + t, c->iq + (size_t)t * Hd, kbuf,
+                dsa_ctx *rt = rc ? rc[t] : c;
+                int pos = row_pos(&aj, t);
+                size_t slot = (size_t)l * rt->n_ctx + pos;
+                dsa_indexer_project(ix, l, c->iproj + (size_t)t * R, pos, c->iq + (size_t)t * Hd, kbuf,
                                     c->iw + (size_t)t * ix->hp.n_head);
-                dsa_fp8_quant_row(d, kbuf, c->ik + slot * d, c->iks + slot);
+                dsa_fp8_quant_row(d, kbuf, rt->ik + slot * d, rt->iks + slot);
             }
             if (c->mode == DSA_SEL_INDEXER && aj.sparse) {
-                if (n == 1 && c->pos + 1 > c->topk) {
+                if (n == 1 && row_pos(&aj, 0) + 1 > c->topk) {
                     /* scores into the first thread's row of scores2, which select_part then only ranks */
                     dsa_pool_run(c->pool, index_scores_split, &aj);
                     aj.pre = c->scores2;
@@ -978,7 +989,10 @@ static void eval_batch(dsa_ctx *c, const int32_t *ids, int n, float *logits, int
         matmul(c, &L->down, c->hb, n, c->xb2);
         for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb2[i];
     }
-    c->pos += n;
+    if (rc)
+        for (int t = 0; t < n; t++) rc[t]->pos++;
+    else
+        c->pos += n;
 
     if (!logits) return;
     int first = all_logits ? 0 : n - 1;
@@ -1059,6 +1073,19 @@ int dsa_ctx_eval_batch(dsa_ctx *const *cs, const int32_t *ids, int n, float *log
         return 0;
     }
 #endif
+    /* On the CPU, contexts alike in shape and attention go through the weights together: one pass over every
+     * matrix for all n tokens, each row attending over its own cache. */
+    const dsa_ctx *a = cs[0];
+    int together = n > 1 && n <= MAX_BATCH && logits && (a->mode == DSA_SEL_DENSE || a->mode == DSA_SEL_INDEXER);
+    for (int i = 0; i < n && together; i++) {
+        const dsa_ctx *b = cs[i];
+        together = b->ix == a->ix && b->mode == a->mode && b->topk == a->topk && b->n_ctx == a->n_ctx &&
+                   dsa_ctx_dense_layers(b) == dsa_ctx_dense_layers(a) && !b->hook && !b->pcap;
+    }
+    if (together) {
+        eval_batch(cs[0], cs, ids, n, logits, 1);
+        return 0;
+    }
     for (int i = 0; i < n; i++)
         if (dsa_ctx_eval(cs[i], ids + i, 1, logits ? logits + (size_t)i * V : NULL, 0, NULL, NULL, err, errlen))
             return -1;
@@ -1084,7 +1111,7 @@ int dsa_ctx_eval(dsa_ctx *c, const int32_t *ids, int n, float *logits, int all_l
         float *lg = NULL;
         if (logits && all_logits) lg = logits + (size_t)done * hp->n_vocab;
         else if (logits && last) lg = logits;
-        eval_batch(c, ids + done, b, lg, all_logits);
+        eval_batch(c, NULL, ids + done, b, lg, all_logits);
         done += b;
         if (progress) progress(done, n, ud);
     }

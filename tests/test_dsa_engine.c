@@ -5,6 +5,7 @@
  *     decoded alone (each query selects its own set, from index keys that do not depend on the batching);
  *   - with k smaller than the context the logits do change (the selection is really used), and the window mode
  *     with k >= context is dense again;
+ *   - a batched step over several contexts (dsa_ctx_eval_batch) gives the bits of one step per context;
  *   - the sidecar: save/load round trip (f32 exact, f16 within its rounding), refusal for another base model,
  *     clear errors for a truncated file and for a GGUF that is not a sidecar.
  */
@@ -71,6 +72,46 @@ static void test_forward(void) {
     CHECK(od < 0.5 * rd, "oracle k=64: mean |delta| vs dense %g, random %g", od / ((n - 64) * V), rd / ((n - 64) * V));
     free(rnd);
     free(dense), free(dsa_big), free(win_big), free(sp_batch), free(sp_one), free(orc);
+}
+
+/* dsa_ctx_eval_batch on the CPU: contexts alike go through the weights together, each row over its own cache; the
+ * logits must be the bits of one step per context (the matmuls give each row the same bits at any batch size). */
+static void test_batch_sessions(dsa_select_mode mode, int k) {
+    char err[512];
+    const dsa_hparams *hp = dsa_model_hparams(m);
+    size_t V = (size_t)hp->n_vocab;
+    enum { N = 3, STEPS = 3 };
+    int len[N] = {100, 150, 80};
+    dsa_ctx *a[N], *b[N];
+    int32_t ids[200], step[N];
+    uint64_t s = 77;
+    for (int i = 0; i < 200; i++) ids[i] = (int32_t)(tu_splitmix(&s) % (uint64_t)hp->n_vocab);
+    float *la = malloc(N * V * sizeof *la), *lb = malloc(N * V * sizeof *lb);
+    for (int i = 0; i < N; i++) {
+        CHECK(dsa_ctx_new(m, 512, 2, &a[i], err, sizeof err) == 0 && dsa_ctx_new(m, 512, 2, &b[i], err, sizeof err) == 0,
+              "%s", err);
+        CHECK(dsa_ctx_set_sparse(a[i], ix, mode, k, err, sizeof err) == 0, "%s", err);
+        CHECK(dsa_ctx_set_sparse(b[i], ix, mode, k, err, sizeof err) == 0, "%s", err);
+        CHECK(dsa_ctx_eval(a[i], ids + i * 7, len[i], NULL, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+        CHECK(dsa_ctx_eval(b[i], ids + i * 7, len[i], NULL, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+        step[i] = ids[150 + i];
+    }
+    int same = 1;
+    for (int t = 0; t < STEPS; t++) {
+        for (int i = 0; i < N; i++)
+            CHECK(dsa_ctx_eval(a[i], &step[i], 1, la + i * V, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+        CHECK(dsa_ctx_eval_batch(b, step, N, lb, err, sizeof err) == 0, "%s", err);
+        same &= same_bits(la, lb, N * V);
+        for (int i = 0; i < N; i++) {
+            CHECK(dsa_ctx_pos(a[i]) == dsa_ctx_pos(b[i]), "context %d at %d, batched at %d", i, dsa_ctx_pos(a[i]),
+                  dsa_ctx_pos(b[i]));
+            step[i] = tu_argmax(la + i * V, (int)V);
+        }
+    }
+    CHECK(same, "mode %d k %d: a batched step over %d contexts differs from one step per context", mode, k, N);
+    for (int i = 0; i < N; i++) dsa_ctx_free(a[i]), dsa_ctx_free(b[i]);
+    free(la);
+    free(lb);
 }
 
 static void test_sidecar(void) {
@@ -173,6 +214,8 @@ int main(void) {
     dsa_indexer_hp hp = {4, 32, 16, 100000.0f, 64, 1e-6f, 0};
     CHECK(dsa_indexer_new(&hp, m, 9, &ix, err, sizeof err) == 0, "%s", err);
     test_forward();
+    test_batch_sessions(DSA_SEL_INDEXER, 64);
+    test_batch_sessions(DSA_SEL_DENSE, 0);
     test_capture();
     test_sidecar();
     dsa_indexer_free(ix);

@@ -3,7 +3,7 @@
 # exact command to run and fails if anything is missing.
 set -euo pipefail
 
-PKGS=(build-essential cmake pkg-config python3 python3-pip libpcre2-dev libjansson-dev libxxhash-dev libopenblas-dev libsqlite3-dev sqlite3 libuv1-dev socat jq gnuplot-nox clang libclang-rt-dev)
+PKGS=(build-essential cmake pkg-config python3 python3-pip libpcre2-dev libjansson-dev libxxhash-dev libopenblas-dev libsqlite3-dev sqlite3 libuv1-dev socat jq gnuplot-nox clang libclang-rt-dev libncurses-dev tmux)
 
 missing=()
 for p in "${PKGS[@]}"; do

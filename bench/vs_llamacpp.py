@@ -2,7 +2,11 @@
 """dsachat vs llama.cpp on the same GGUF and thread count: prefill and decode speed.
 
     bench/vs_llamacpp.py [--model FILE] [--threads N] [--rounds 3] [--prompt-tokens 512] [--gen-tokens 128]
-                         [--dsa build/dsa] [--llama-bench PATH] [--json]
+                         [--contexts 2048,8192] [--dsa build/dsa] [--llama-bench PATH] [--json]
+
+With --contexts, decode at each context length instead: ours `dsa bench --contexts C` (the cache filled with C
+tokens, then G tokens decoded with dense attention and with DSA, same run) against `llama-bench -d C -p 0 -n G`
+(llama.cpp's dense decode after a C-token context); the ratios are our dense and our DSA over theirs.
 
 Each round runs ours, then theirs (alternating, so a slow spell of a shared machine hits both alike):
 
@@ -72,6 +76,55 @@ def theirs(args):
     return float(pp[0]["avg_ts"]), float(tg[0]["avg_ts"]), info
 
 
+def ours_ctx(args, c):
+    j = run_json([args.dsa, "bench", "--json", "--threads", str(args.threads), "--contexts", str(c),
+                  "--gen-tokens", str(args.gen_tokens), "-m", args.model], "dsa bench --contexts")
+    try:
+        r = j["contexts"][0]
+        return float(r["dense_tok_s"]), float(r["dsa_tok_s"]), int(r["k"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        die(f"dsa bench --contexts: unexpected output {json.dumps(j)[:200]}")
+
+
+def theirs_ctx(args, c):
+    j = run_json([args.llama_bench, "-m", args.model, "-t", str(args.threads), "-p", "0", "-n", str(args.gen_tokens),
+                  "-d", str(c), "-r", "1", "-o", "json"], "llama-bench -d")
+    tg = [t for t in j if t.get("n_gen") == args.gen_tokens]
+    if not tg:
+        die("llama-bench: no tg result in its JSON")
+    return float(tg[0]["avg_ts"])
+
+
+def contexts_main(args):
+    ctxs = [int(x) for x in args.contexts.split(",") if x.strip()]
+    med = statistics.median
+    rows = []
+    for c in ctxs:
+        dense, dsa, theirs_tg, k = [], [], [], 0
+        for r in range(args.rounds):
+            a, b, k = ours_ctx(args, c)
+            t = theirs_ctx(args, c)
+            dense.append(a), dsa.append(b), theirs_tg.append(t)
+            if not args.json:
+                print(f"context {c} round {r + 1}/{args.rounds}: ours dense {a:7.1f} DSA {b:7.1f} | llama.cpp {t:7.1f}",
+                      file=sys.stderr)
+        rows.append({"context": c, "k": k, "ours_dense_tok_s": med(dense), "ours_dsa_tok_s": med(dsa),
+                     "llamacpp_tok_s": med(theirs_tg), "dense_ratio": med(dense) / med(theirs_tg),
+                     "dsa_ratio": med(dsa) / med(theirs_tg), "samples": {"dense": dense, "dsa": dsa,
+                                                                         "llamacpp": theirs_tg}})
+    res = {"model": os.path.basename(args.model), "threads": args.threads, "rounds": args.rounds,
+           "gen_tokens": args.gen_tokens, "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
+           "contexts": rows}
+    if args.json:
+        print(json.dumps(res))
+        return
+    print(f"decode after a long context, {args.threads} threads, median of {args.rounds} alternating rounds")
+    print(f"{'context':>8s} {'ours dense':>11s} {'ours DSA':>9s} {'llama.cpp':>10s} {'dense/lc':>9s} {'DSA/lc':>7s}")
+    for r in rows:
+        print(f"{r['context']:8d} {r['ours_dense_tok_s']:11.1f} {r['ours_dsa_tok_s']:9.1f} {r['llamacpp_tok_s']:10.1f} "
+              f"{r['dense_ratio']:9.2f} {r['dsa_ratio']:7.2f}")
+
+
 def find_llama_bench():
     """The binary bench/build-llamacpp.sh makes (building it if needed: takes a while)."""
     p = subprocess.run(["bash", os.path.join(HERE, "build-llamacpp.sh")], stdout=subprocess.PIPE, text=True)
@@ -91,6 +144,7 @@ def main():
     ap.add_argument("--dsa", default=os.path.join(ROOT, "build", "dsa"))
     ap.add_argument("--llama-bench", default=None, help="llama-bench binary (default: bench/build-llamacpp.sh's)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument("--contexts", default=None, help="decode after these context lengths instead (e.g. 2048,8192)")
     args = ap.parse_args()
 
     if not os.path.isfile(args.model):
@@ -100,6 +154,9 @@ def main():
     if args.rounds < 1:
         die("--rounds must be >= 1")
     args.llama_bench = args.llama_bench or find_llama_bench()
+    if args.contexts:
+        contexts_main(args)
+        return
 
     ours_pp, ours_tg, their_pp, their_tg = [], [], [], []
     info = {}

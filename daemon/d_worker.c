@@ -228,13 +228,11 @@ static void sess_evict(int keep) {
     }
 }
 
-static int sparse_mode(int dsa_k, dsa_select_mode *mode, int *k) {
-    if (W.o.dense || dsa_k < 0 || !W.ix) {
-        *mode = DSA_SEL_DENSE, *k = 0;
-        return 0;
-    }
-    *mode = DSA_SEL_INDEXER, *k = dsa_k;
-    return 1;
+/* The attention a session's setting asks for: dense (-1, --dense, or no indexer), else DSA at k (0: default). */
+static void sparse_mode(int dsa_k, dsa_select_mode *mode, int *k) {
+    int dense = W.o.dense || dsa_k < 0 || !W.ix;
+    *mode = dense ? DSA_SEL_DENSE : DSA_SEL_INDEXER;
+    *k = dense ? 0 : dsa_k;
 }
 
 /* The in-memory session for id, opened (and its context made) when needed. */
@@ -285,6 +283,14 @@ static int toks_set(sess *s, const int32_t *ids, int n) {
 }
 
 /* ---- requests ----------------------------------------------------------------------------------------------- */
+
+/* Refuse a request on a session that is generating (an error reply sent): 1, else 0. */
+static int busy(d_conn c, const proto_request *r, int64_t id) {
+    sess *s = find_open(id);
+    if (!s || !s->g) return 0;
+    reply_error(c, r->id, PE_BUSY, "session %lld is generating a reply (cancel it or wait)", (long long)id);
+    return 1;
+}
 
 /* The session a request names (id, or exact name); 0 with *id, or an error reply already sent. */
 static int resolve(d_conn c, const proto_request *r, int64_t *id) {
@@ -374,12 +380,7 @@ static void gen_free(gen *g) {
 static int chat_send(d_conn c, const proto_request *r) {
     char err[512];
     int64_t id;
-    if (resolve(c, r, &id)) return 0;
-    sess *o = find_open(id);
-    if (o && o->g) {
-        reply_error(c, r->id, PE_BUSY, "session %lld is generating a reply (cancel it or wait)", (long long)id);
-        return 0;
-    }
+    if (resolve(c, r, &id) || busy(c, r, id)) return 0;
     ses_info in;
     if (ses_get(W.st, id, &in, err, sizeof err)) {
         reply_error(c, r->id, PE_INTERNAL, "%s", err);
@@ -578,24 +579,16 @@ static int handle(d_conn c, proto_request *r) {
         break;
     }
     case OP_SESSION_DELETE: {
-        if (resolve(c, r, &id)) break;
+        if (resolve(c, r, &id) || busy(c, r, id)) break;
         sess *s = find_open(id);
-        if (s && s->g) {
-            reply_error(c, r->id, PE_BUSY, "session %lld is generating a reply", (long long)id);
-            break;
-        }
         if (s) sess_close(s);
         if (ses_delete(W.st, id, err, sizeof err)) reply_error(c, r->id, PE_INTERNAL, "%s", err);
         else reply_ok(c, r->id, NULL);
         break;
     }
     case OP_SESSION_FORK: {
-        if (resolve(c, r, &id)) break;
+        if (resolve(c, r, &id) || busy(c, r, id)) break;
         sess *s = find_open(id);
-        if (s && s->g) {
-            reply_error(c, r->id, PE_BUSY, "session %lld is generating a reply", (long long)id);
-            break;
-        }
         int64_t at = r->has_message ? r->message : 0, nid;
         if (!at) { /* default: the last message */
             ses_message *m;

@@ -56,7 +56,7 @@ struct dsa_gpu_model {
     int debug_sel;        // keep every layer's selection of the last call (tests)
     int32_t *sel_log;     // [layer][MAX_ROWS][sel_ld]
     int *cnt_log;         // [layer][MAX_ROWS]
-    int sel_ld, logits_rows;
+    int sel_ld;
     // step parameters: pinned host copy and device copy (rows, then sequences, then output rows)
     void *par_h, *par_d;
     float *logits_h; // pinned: GEMV_ROWS × n_vocab
@@ -306,7 +306,6 @@ static int ensure_scratch(dsa_gpu_model *g, int grid_len, int topk, char *err, s
     }
     g->grid_cap = grid_len;
     g->sel_ld = topk;
-    g->logits_rows = GEMV_ROWS;
     return 0;
 }
 

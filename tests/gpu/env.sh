@@ -1,5 +1,8 @@
-# Sourced by tests/gpu/*.sh: the shared libraries a GPU test machine lacks (.devcarry/devlibs.tar.xz, unpacked under
-# /tmp) and the CUDA toolkit's cuBLAS on the library path.
+# Sourced by tests/gpu/*.sh from the repository root: where results go ($OUT), the sliced model, the shared
+# libraries a GPU test machine lacks (.devcarry/devlibs.tar.xz, unpacked under /tmp) and cuBLAS on the library path.
+OUT=${OUT:-/tmp/dsachat-gpu}
+mkdir -p "$OUT"
+SLICE=${DSA_GPU_SLICE:-.devcarry/slice2.gguf}
 if [ -f .devcarry/devlibs.tar.xz ]; then
   tar -C /tmp -xJf .devcarry/devlibs.tar.xz && export LD_LIBRARY_PATH=/tmp/devlibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi

@@ -5,9 +5,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${1:-build}
-OUT=${OUT:-/tmp/dsachat-gpu}
-mkdir -p "$OUT"
-SLICE=${DSA_GPU_SLICE:-.devcarry/slice2.gguf}
 . tests/gpu/env.sh
 chmod +x "$BIN/dsa" 2>/dev/null
 RAND=/tmp/dsachat-rand.gguf
@@ -17,9 +14,6 @@ for B in 1 16; do
   DSA_CUDA_PROFILE=1 timeout 120 "$BIN/dsa" bench -m "$RAND" --indexer /tmp/dsachat-rand.dsa.gguf --backend cuda \
     --contexts 128,8192 --batch $B --gen-tokens 64 2>&1 | tee -a "$OUT/profile.txt"
 done
-echo "== batch 1 without programmatic dependent launch (DSA_CUDA_NO_PDL)"
-DSA_CUDA_NO_PDL=1 DSA_CUDA_PROFILE=1 timeout 60 "$BIN/dsa" bench -m "$RAND" --indexer /tmp/dsachat-rand.dsa.gguf \
-  --backend cuda --contexts 128 --gen-tokens 64 2>&1 | tee -a "$OUT/profile.txt"
 echo "== one decode step under ncu"
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 timeout 150 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --launch-skip 400 --launch-count 200 \

@@ -14,12 +14,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${1:-build}
-OUT=${OUT:-/tmp/dsachat-gpu}
-mkdir -p "$OUT"
-SLICE=${DSA_GPU_SLICE:-.devcarry/slice2.gguf}
+. tests/gpu/env.sh
 log() { printf '== %s\n' "$*" | tee -a "$OUT/run.log"; }
 
-. tests/gpu/env.sh
 if [ ! -x "$BIN/dsa" ]; then
   log "building into $BIN"
   cmake -S . -B "$BIN" -DCMAKE_BUILD_TYPE=Release -DDSA_WERROR=ON >/dev/null && cmake --build "$BIN" -j"$(nproc)" || exit 1

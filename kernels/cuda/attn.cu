@@ -166,3 +166,9 @@ int cu_attention(const Shape &s, const float *q, int ldq, const RowDev *rows, in
     return -1;
 }
 
+
+int cu_flash_attention(const Shape &s, const float *q, int ldq, const RowDev *rows, int n, const SeqDev *seqs, int layer,
+                       float *att, __half *att_h) {
+    (void)s, (void)q, (void)ldq, (void)rows, (void)n, (void)seqs, (void)layer, (void)att, (void)att_h;
+    return -1; // not written yet: the caller uses cu_attention
+}

@@ -71,6 +71,11 @@ int dsa_cuk_topk(const dsa_cuk_rows *t, const float *score, int ld, int32_t *idx
  * CPU: dsa_attn_scores_f16(_idx), softmax, dsa_attn_sum_f16(_idx). */
 int dsa_cuk_attention(const dsa_cuk_rows *t, int H, int KVH, int D, const float *q, const int32_t *sel, int ldi,
                       const int *cnt, float *out);
+/* Dense causal attention of a prefill block: the rows are consecutive positions len[0]-1, len[0], ... of one
+ * sequence (dsa_cuk_rows_new with row_keys 0), each over its causal prefix; out n × H·D.  A tiled kernel (tensor
+ * cores, sm_80 and newer); -1 where the device or the shape has none, and the caller uses dsa_cuk_attention.
+ * CPU: dsa_attn_scores_f16, softmax, dsa_attn_sum_f16. */
+int dsa_cuk_flash_attention(const dsa_cuk_rows *t, int H, int KVH, int D, const float *q, float *out);
 /* FP8 e4m3 with a per-row scale (saturating, round to nearest even).  CPU counterpart: dsa_fp8_quant_row. */
 int dsa_cuk_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale);
 

@@ -68,6 +68,12 @@ int cu_attention(const Shape &s, const float *q, int ldq, const RowDev *rows, in
                  const int32_t *sel, int ldi, const int *cnt, int grid_len, float *part, int *counter, float *att,
                  __half *att_h);
 size_t cu_attention_part_floats(const Shape &s, int n, int grid_len);
+// Dense causal attention of n rows that are consecutive positions rows[0].pos, rows[0].pos + 1, ... of the sequence
+// rows[0].seq (the caller guarantees it), each over its causal prefix: a tiled kernel for prefill.  att n × E
+// (att_h, when set, the same in f16).  -1 (nothing launched) where the device (below sm_80) or the shape is not
+// supported; the caller then uses cu_attention.
+int cu_flash_attention(const Shape &s, const float *q, int ldq, const RowDev *rows, int n, const SeqDev *seqs, int layer,
+                       float *att, __half *att_h);
 int cu_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale);
 
 #endif

@@ -244,6 +244,11 @@ extern "C" int dsa_cuk_attention(const dsa_cuk_rows *t, int H, int KVH, int D, c
                         t->counter, out, NULL);
 }
 
+extern "C" int dsa_cuk_flash_attention(const dsa_cuk_rows *t, int H, int KVH, int D, const float *q, float *out) {
+    Shape s = {H * D, 0, H, KVH, D, 0, 0, 0, 0.f, 0, 0, 0, 0, 0.f};
+    return cu_flash_attention(s, q, H * D, t->rows, t->n, t->seqs, 0, out, NULL);
+}
+
 extern "C" int dsa_cuk_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale) {
     return cu_fp8_quant(n, d, x, q, scale);
 }

@@ -40,6 +40,10 @@ double dsa_cuda_time_ms(void (*fn)(void *), void *ud, int warmup, int reps);
 
 /* ---- kernels (device pointers; asynchronous: dsa_cuda_sync reports a fault) ----------------------------------- */
 
+/* The GEMV kernels below run on tensor cores (sm_80 and newer: f16 weights against the inputs split into two f16
+ * parts) or as f32 dot products; want 1 or 0 asks for one or the other, -1 keeps the choice.  Returns whether the
+ * tensor-core kernel is in use (0 when the device has none). */
+int dsa_cuk_gemv_mma(int want);
 /* Y[r][o] = Σ_c W[o][c]·X[r][c] (+ Y[r][o] when accumulate), W rows×cols f16, X n×cols f32, n <= 16.
  * With norm != NULL, X is first RMS-normalised per row and multiplied by norm (cols floats).
  * CPU counterpart: dsa_matmul over DSA_F16 (kernels/cpu/matmul.c) and the engine's rmsnorm. */

@@ -166,6 +166,41 @@ __device__ __forceinline__ Unit unit_rows(const GemvArgs &g, int u, int units_a)
     return t;
 }
 
+// The results y0, y1 of input row r for weight rows a and b (b < 0: none) of a unit: written plainly or added
+// (GEMV_PLAIN), as silu(gate)·up (GEMV_SWIGLU: a is the unit), or with bias and RoPE into q or the sequence's K/V
+// cache (GEMV_QKV).
+__device__ __forceinline__ void store_pair(const GemvArgs &g, int r, int a, int b, int rot, float y0, float y1) {
+    if (g.mode == GEMV_SWIGLU) {
+        g.Ya[(size_t)r * g.rows_a + a] = y0 / (1.0f + expf(-y0)) * y1;
+        return;
+    }
+    if (g.mode == GEMV_QKV) {
+        if (g.bias) y0 += g.bias[a], y1 += g.bias[b];
+        RowDev rw = g.rows[r];
+        if (rot >= 0) { // angles in double, products rounded as the CPU's
+            double ang = (double)rw.pos * g.freq[rot];
+            float cs = (float)cos(ang), sn = (float)sin(ang);
+            float t0 = __fsub_rn(__fmul_rn(y0, cs), __fmul_rn(y1, sn));
+            float t1 = __fadd_rn(__fmul_rn(y0, sn), __fmul_rn(y1, cs));
+            y0 = t0, y1 = t1;
+        }
+        if (a < g.s.E) { // query
+            g.Ya[(size_t)r * g.rows_a + a] = y0;
+            g.Ya[(size_t)r * g.rows_a + b] = y1;
+        } else { // key or value row: into the sequence's f16 cache
+            SeqDev sq = g.seqs[rw.seq];
+            int KV = g.s.KVH * g.s.D, isv = a >= g.s.E + KV, d0 = a - g.s.E - (isv ? KV : 0);
+            uint16_t *dst = (isv ? sq.vc : sq.kc) + ((size_t)g.layer * sq.n_ctx + rw.pos) * KV;
+            dst[d0] = __half_as_ushort(__float2half_rn(y0));
+            dst[d0 + (b - a)] = __half_as_ushort(__float2half_rn(y1));
+        }
+        return;
+    }
+    float *y = g.Ya + (size_t)r * g.rows_a;
+    y[a] = g.accumulate ? y[a] + y0 : y0;
+    if (b >= 0) y[b] = g.accumulate ? y[b] + y1 : y1;
+}
+
 template <int R>
 __global__ void __launch_bounds__(256) k_gemv(GemvArgs g) {
     extern __shared__ float xs[];
@@ -226,40 +261,10 @@ __global__ void __launch_bounds__(256) k_gemv(GemvArgs g) {
         dot2<R, __half>(pa, pb, g.Wa + (size_t)t.a * cols, t.b >= 0 ? g.Wa + (size_t)t.b * cols : nullptr, xin, cols, n,
                         lane, acc0, acc1);
         if (lane != 0) continue;
-        int a = t.a, b = t.b;
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r >= n) break;
-            float y0 = acc0[r], y1 = acc1[r];
-            if (g.mode == GEMV_SWIGLU) {
-                g.Ya[(size_t)r * g.rows_a + a] = y0 / (1.0f + expf(-y0)) * y1;
-                continue;
-            }
-            if (g.mode == GEMV_QKV) {
-                if (g.bias) y0 += g.bias[a], y1 += g.bias[b];
-                RowDev rw = g.rows[r];
-                if (t.rot >= 0) { // angles in double, products rounded as the CPU's
-                    double ang = (double)rw.pos * g.freq[t.rot];
-                    float cs = (float)cos(ang), sn = (float)sin(ang);
-                    float t0 = __fsub_rn(__fmul_rn(y0, cs), __fmul_rn(y1, sn));
-                    float t1 = __fadd_rn(__fmul_rn(y0, sn), __fmul_rn(y1, cs));
-                    y0 = t0, y1 = t1;
-                }
-                if (a < g.s.E) { // query
-                    g.Ya[(size_t)r * g.rows_a + a] = y0;
-                    g.Ya[(size_t)r * g.rows_a + b] = y1;
-                } else { // key or value row: into the sequence's f16 cache
-                    SeqDev sq = g.seqs[rw.seq];
-                    int KV = g.s.KVH * g.s.D, isv = a >= g.s.E + KV, d0 = a - g.s.E - (isv ? KV : 0);
-                    uint16_t *dst = (isv ? sq.vc : sq.kc) + ((size_t)g.layer * sq.n_ctx + rw.pos) * KV;
-                    dst[d0] = __half_as_ushort(__float2half_rn(y0));
-                    dst[d0 + (b - a)] = __half_as_ushort(__float2half_rn(y1));
-                }
-                continue;
-            }
-            float *y = g.Ya + (size_t)r * g.rows_a;
-            y[a] = g.accumulate ? y[a] + y0 : y0;
-            if (b >= 0) y[b] = g.accumulate ? y[b] + y1 : y1;
+            store_pair(g, r, t.a, t.b, t.rot, acc0[r], acc1[r]);
         }
     }
 }
@@ -278,10 +283,236 @@ template <int R> int launch_gemv_r(const GemvArgs &g) {
     return launch(k_gemv<R>, dim3(blocks), dim3(256), smem, g);
 }
 
+// ---- matrix × up to 16 vectors on tensor cores ------------------------------------------------------------------
+//
+// One block per tile of 16 weight rows; its 8 warps split the columns (32-column steps w, w + 8, ...), each warp
+// issuing mma.m16n8k16 with the tile as A (f16 straight from memory, exact) and the input rows as B, then the
+// block sums the warps' parts in a fixed order (deterministic).  The inputs (RMSNorm fused) go to shared memory as
+// hi = f16(x) and lo = f16(x - hi) and both are multiplied, so the products keep ~22 bits of x, like the f32 path.
+// A dot product may visit the columns in any order as long as A and B agree: lane (p, t) = (lane / 4, lane % 4)
+// loads 8 consecutive columns 8t..8t+7 of a step with one 16-byte load, and k-step kk of the two in a step takes
+// columns 8t + 4kk + {0, 1} as the fragment's k = 2t, 2t + 1 and 8t + 4kk + {2, 3} as k = 2t + 8, 2t + 9, for A
+// and B alike.  Rows p and p + 8 of a tile are a pair (RoPE partners, gate and up), so each lane's outputs carry
+// both halves of a pair and the epilogue needs no exchange.  Fallback (below sm_80): k_gemv.
+constexpr int MMV_WARPS = 8;
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800 // the host pass and sm_80+ see the kernel
+#define MMV_ARCH 1
+#else
+#define MMV_ARCH 0
+#endif
+#if MMV_ARCH
+constexpr int MMV_KMAX = 8; // 32-column steps a warp holds in registers at once (cols <= 2048 in one pass)
+
+__device__ __forceinline__ void mma16816(float *c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                                         unsigned b1) {
+#if defined(__CUDA_ARCH__)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    (void)c, (void)a0, (void)a1, (void)a2, (void)a3, (void)b0, (void)b1;
+#endif
+}
+
+#endif
+
+// Tiles of 16 weight rows of the f16 matrix.
+__host__ __device__ __forceinline__ int mmv_tiles(const GemvArgs &g) {
+    if (g.mode == GEMV_PLAIN) return (g.rows_a + 15) / 16;
+    return ((g.mode == GEMV_SWIGLU ? g.rows_a : g.rows_a / 2) + 7) / 8;
+}
+
+#if MMV_ARCH
+// The weight rows of tile rows p and p + 8 (-1: past the matrix), and the RoPE frequency index of a QKV pair.
+__device__ __forceinline__ void mmv_rows(const GemvArgs &g, int tile, int p, int *ra, int *rb, int *rot) {
+    *rot = -1;
+    if (g.mode == GEMV_PLAIN) {
+        int r0 = 16 * tile + p, r1 = r0 + 8;
+        *ra = r0 < g.rows_a ? r0 : -1;
+        *rb = r1 < g.rows_a ? r1 : -1;
+        return;
+    }
+    int u = 8 * tile + p, units = g.mode == GEMV_SWIGLU ? g.rows_a : g.rows_a / 2;
+    if (u >= units) {
+        *ra = *rb = -1;
+    } else if (g.mode == GEMV_SWIGLU) {
+        *ra = u, *rb = u + g.rows_a;
+    } else {
+        qkv_pair(g.s, u, ra, rb, rot);
+    }
+}
+
+#endif
+
+// Shared memory of a block: the f16 inputs (hi, lo), NP rows of stride halves each, then the warps' partial sums.
+// A row's stride is an odd number of 64-byte units, so that the 8 rows a quarter-warp reads fall in distinct banks.
+__host__ __device__ __forceinline__ int mmv_stride(int cols) {
+    int steps = (cols + 31) / 32;
+    return (steps + (steps % 2 ? 2 : 1)) * 32;
+}
+__host__ __device__ __forceinline__ size_t mmv_smem(int cols, int NP) {
+    return (size_t)2 * NP * mmv_stride(cols) * 2 + (size_t)MMV_WARPS * 16 * NP * 4;
+}
+
+template <int NT> // tiles of 8 input rows: 1 (n <= 8) or 2 (n <= 16)
+__global__ void __launch_bounds__(256) k_mmv(GemvArgs g, int tiles) {
+#if MMV_ARCH
+    extern __shared__ __align__(16) unsigned char smem[];
+    constexpr int NP = 8 * NT;
+    const int cols = g.cols, n = g.n, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if ((int)blockIdx.x >= tiles) { // the f32 matrix (the indexer's projection): two rows per warp, as k_gemv
+        float *xs = reinterpret_cast<float *>(smem);
+        int u = (blockIdx.x - tiles) * 8 + warp, ub = (g.rows_b + 1) / 2;
+        uint4 pa[PRE], pb[PRE];
+        int a = 2 * u, b = 2 * u + 1 < g.rows_b ? 2 * u + 1 : -1;
+        if (u < ub) preload<float>(g.Wb + (size_t)a * cols, b >= 0 ? g.Wb + (size_t)b * cols : nullptr, cols, lane, pa, pb);
+        for (int r = warp; r < n; r += MMV_WARPS) {
+            const float *x = g.X + (size_t)r * cols;
+            float sc = 1;
+            if (g.norm) {
+                float ss = 0;
+                for (int c = lane; c < cols; c += 32) ss += x[c] * x[c];
+                sc = 1.0f / sqrtf(warp_sum(ss) / cols + g.eps);
+            }
+            for (int c = lane; c < cols; c += 32)
+                xs[(size_t)r * cols + c] = g.norm ? __fmul_rn(__fmul_rn(x[c], sc), g.norm[c]) : x[c];
+        }
+        __syncthreads();
+        if (u >= ub) return;
+        float acc0[NP], acc1[NP];
+#pragma unroll
+        for (int r = 0; r < NP; r++) acc0[r] = acc1[r] = 0;
+        dot2<NP, float>(pa, pb, g.Wb + (size_t)a * cols, b >= 0 ? g.Wb + (size_t)b * cols : nullptr, xs, cols, n, lane,
+                        acc0, acc1);
+        if (lane == 0)
+#pragma unroll
+            for (int r = 0; r < NP; r++) {
+                if (r >= n) break;
+                g.Yb[(size_t)r * g.rows_b + a] = acc0[r];
+                if (b >= 0) g.Yb[(size_t)r * g.rows_b + b] = acc1[r];
+            }
+        return;
+    }
+    const int tile = blockIdx.x, p = lane >> 2, t = lane & 3, steps = (cols + 31) / 32, stride = mmv_stride(cols);
+    __half *xh = reinterpret_cast<__half *>(smem), *xl = xh + NP * stride;
+    float *red = reinterpret_cast<float *>(xl + NP * stride); // [warp][16 tile rows][NP]
+    int ra, rb, rot;
+    mmv_rows(g, tile, p, &ra, &rb, &rot);
+    const __half *wa = ra >= 0 ? g.Wa + (size_t)ra * cols : nullptr, *wb = rb >= 0 ? g.Wa + (size_t)rb * cols : nullptr;
+    uint4 A0[MMV_KMAX], A1[MMV_KMAX];
+    auto load = [&](int base) { // this warp's steps base + warp + 8j
+#pragma unroll
+        for (int j = 0; j < MMV_KMAX; j++) {
+            int c = (base + warp + MMV_WARPS * j) * 32 + 8 * t;
+            A0[j] = wa && c < cols ? __ldg(reinterpret_cast<const uint4 *>(wa + c)) : make_uint4(0, 0, 0, 0);
+            A1[j] = wb && c < cols ? __ldg(reinterpret_cast<const uint4 *>(wb + c)) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    load(0); // the weights are on their way before the inputs are ready
+    for (int r = warp; r < NP; r += MMV_WARPS) {
+        __half *dh = xh + r * stride, *dl = xl + r * stride;
+        const float *x = g.X + (size_t)r * cols;
+        float sc = 1;
+        if (g.norm && r < n) {
+            float ss = 0;
+            for (int c = lane; c < cols; c += 32) ss += x[c] * x[c];
+            sc = 1.0f / sqrtf(warp_sum(ss) / cols + g.eps);
+        }
+        for (int c = lane; c < stride; c += 32) {
+            float v = 0;
+            if (r < n && c < cols) v = g.norm ? __fmul_rn(__fmul_rn(x[c], sc), g.norm[c]) : x[c];
+            __half h = __float2half_rn(v);
+            dh[c] = h;
+            dl[c] = __float2half_rn(v - __half2float(h));
+        }
+    }
+    __syncthreads();
+    float acc[NT][4];
+#pragma unroll
+    for (int i = 0; i < NT; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0;
+    for (int base = 0; base < steps; base += MMV_WARPS * MMV_KMAX) {
+        if (base) load(base);
+#pragma unroll
+        for (int j = 0; j < MMV_KMAX; j++) {
+            int st = base + warp + MMV_WARPS * j;
+            if (st >= steps) break;
+            const unsigned *a0 = reinterpret_cast<const unsigned *>(&A0[j]);
+            const unsigned *a1 = reinterpret_cast<const unsigned *>(&A1[j]);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                size_t off = (size_t)(nt * 8 + p) * stride + st * 32 + 8 * t;
+                uint4 H = *reinterpret_cast<const uint4 *>(xh + off), L = *reinterpret_cast<const uint4 *>(xl + off);
+                const unsigned *h = reinterpret_cast<const unsigned *>(&H), *l = reinterpret_cast<const unsigned *>(&L);
+#pragma unroll
+                for (int kk = 0; kk < 2; kk++) {
+                    mma16816(acc[nt], a0[2 * kk], a1[2 * kk], a0[2 * kk + 1], a1[2 * kk + 1], h[2 * kk], h[2 * kk + 1]);
+                    mma16816(acc[nt], a0[2 * kk], a1[2 * kk], a0[2 * kk + 1], a1[2 * kk + 1], l[2 * kk], l[2 * kk + 1]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        int c = nt * 8 + 2 * t;
+        red[(warp * 16 + p) * NP + c] = acc[nt][0];
+        red[(warp * 16 + p) * NP + c + 1] = acc[nt][1];
+        red[(warp * 16 + p + 8) * NP + c] = acc[nt][2];
+        red[(warp * 16 + p + 8) * NP + c + 1] = acc[nt][3];
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < 8 * NP; e += blockDim.x) {
+        int pp = e / NP, r = e % NP;
+        if (r >= n) continue;
+        mmv_rows(g, tile, pp, &ra, &rb, &rot);
+        if (ra < 0) continue;
+        float y0 = 0, y1 = 0;
+#pragma unroll
+        for (int w = 0; w < MMV_WARPS; w++) {
+            y0 += red[(w * 16 + pp) * NP + r];
+            y1 += red[(w * 16 + pp + 8) * NP + r];
+        }
+        store_pair(g, r, ra, rb, rot, y0, y1);
+    }
+#else
+    (void)g, (void)tiles;
+#endif
+}
+
+int g_mmv = -1; // tensor-core GEMV: -1 not decided yet, 0 off (below sm_80, or switched off), 1 on
+
+template <int NT> int launch_mmv_t(const GemvArgs &g) {
+    constexpr int NP = 8 * NT;
+    int tiles = mmv_tiles(g), bblocks = (g.rows_b + 1) / 2;
+    bblocks = (bblocks + MMV_WARPS - 1) / MMV_WARPS;
+    size_t smem = mmv_smem(g.cols, NP), sb = (size_t)g.n * g.cols * sizeof(float);
+    if (bblocks && sb > smem) smem = sb;
+    static size_t smem_set = 48 * 1024;
+    if (smem > smem_set) {
+        if (cudaFuncSetAttribute(k_mmv<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+            return -1;
+        smem_set = smem;
+    }
+    return launch(k_mmv<NT>, dim3(tiles + bblocks), dim3(256), smem, g, tiles);
+}
+
+int launch_mmv(const GemvArgs &g) { return g.n <= 8 ? launch_mmv_t<1>(g) : launch_mmv_t<2>(g); }
+
+bool mmv_on(void) {
+    if (g_mmv < 0) {
+        int dev = 0, major = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+        g_mmv = major >= 8;
+    }
+    return g_mmv == 1;
+}
+
 int launch_gemv(const GemvArgs &g) {
     int n = g.n;
     if (n < 1 || n > 16 || g.cols % 8 || (g.mode == GEMV_QKV && (g.rows_a % 2 || g.s.D % 2 || g.s.rope_dim % 2)))
         return -1;
+    if (mmv_on()) return launch_mmv(g);
     if (n == 1) return launch_gemv_r<1>(g);
     if (n == 2) return launch_gemv_r<2>(g);
     if (n <= 4) return launch_gemv_r<4>(g);
@@ -538,6 +769,15 @@ __global__ void k_fp8_quant(int d, const float *__restrict__ x, uint8_t *__restr
 } // namespace
 
 // ---- launchers ----------------------------------------------------------------------------------------------------
+
+int cu_gemv_mma(int want) {
+    if (want >= 0) {
+        g_mmv = -1;
+        if (!mmv_on() && want) return 0;
+        g_mmv = want ? 1 : 0;
+    }
+    return mmv_on();
+}
 
 int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y,
                 int accumulate, int swiglu) {

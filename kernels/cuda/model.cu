@@ -12,7 +12,6 @@
 
 #define MAX_ROWS 256 // rows per forward call (the engine's prefill batch)
 #define GEMV_ROWS 16 // rows of logits per call
-#define GEMV_MAX 2   // up to this many rows the matrices go through our GEMV kernels, above it through cuBLAS
 #define BLAS_WS (32u << 20)
 #define MAX_GRAPHS 48
 
@@ -71,6 +70,8 @@ struct dsa_gpu_model {
     long prof_calls[2];
     int prof_graph;
     int ix_ctx_count;
+    int flash;    // dense prefill through the tiled attention kernel (DSA_CUDA_FLASH=0: the per-row kernel)
+    int gemv_max; // up to this many rows the matrices go through our GEMV kernels, above it through cuBLAS
 };
 
 struct dsa_gpu_ctx {
@@ -166,6 +167,8 @@ static int grid_round(int len) {
 }
 
 // ---- kernels on device pointers (tests) ----------------------------------------------------------------------------
+
+extern "C" int dsa_cuk_gemv_mma(int want) { return cu_gemv_mma(want); }
 
 extern "C" int dsa_cuk_gemv_f16(const uint16_t *W, int rows, int cols, const float *X, int n, const float *norm,
                                 float eps, float *Y, int accumulate) {
@@ -359,6 +362,13 @@ extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, c
         dsa_gpu_model_free(g);
         return fail(err, errlen, "model setup", e);
     }
+    // decode batches of up to 16 rows through the tensor-core GEMV (sm_80+); DSA_CUDA_GEMV=f32 keeps the f32
+    // kernel, which pays off only up to 2 rows (cuBLAS above)
+    const char *gv = getenv("DSA_CUDA_GEMV");
+    cu_gemv_mma(gv && !strcmp(gv, "f32") ? 0 : 1);
+    g->gemv_max = cu_gemv_mma(-1) ? GEMV_ROWS : 2;
+    const char *fl = getenv("DSA_CUDA_FLASH");
+    g->flash = !(fl && !strcmp(fl, "0"));
     if (getenv("DSA_CUDA_PROFILE")) {
         g->profile = 1;
         cudaEventCreate(&g->ev0);
@@ -567,9 +577,12 @@ static int sgemm(dsa_gpu_model *g, const float *W, int rows, int cols, const flo
 
 // Every launch of one forward call over n rows (parameters already in g->rows_d / g->seqs_d / g->which).  The same
 // sequence of launches is what a decode graph captures.
-static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on, int n_out, float *logits_d) {
+// Layers below flash_until attend through the tiled prefill kernel (the rows are consecutive positions of one
+// sequence and no row selects there).
+static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on, int n_out, float *logits_d,
+                  int flash_until) {
     const Shape &s = g->s;
-    int E = s.E, F = s.F, KV = s.KVH * s.D, Q = E + 2 * KV, blas = n > GEMV_MAX;
+    int E = s.E, F = s.F, KV = s.KVH * s.D, Q = E + 2 * KV, blas = n > g->gemv_max;
     float eps = s.eps;
     RowDev *rows = g->rows_d;
     SeqDev *seqs = g->seqs_d;
@@ -602,7 +615,8 @@ static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on,
                     return -1;
             }
         }
-        if (cu_attention(s, g->qkv, Q, rows, n, seqs, l, sel, g->sel_ld, cnt, grid_len, g->part, g->counter, g->att,
+        if ((l >= flash_until || cu_flash_attention(s, g->qkv, Q, rows, n, seqs, l, g->att, blas ? g->xh : NULL)) &&
+            cu_attention(s, g->qkv, Q, rows, n, seqs, l, sel, g->sel_ld, cnt, grid_len, g->part, g->counter, g->att,
                          blas ? g->xh : NULL))
             return -1;
         if (blas) {
@@ -618,7 +632,7 @@ static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on,
     }
     if (n_out > 0) {
         if (cu_gather_rows(g->x, E, g->which, n_out, g->xo)) return -1;
-        if (n_out > GEMV_MAX) {
+        if (n_out > g->gemv_max) {
             if (cu_rmsnorm_h(g->xo, g->output_norm, E, eps, n_out, g->xh, NULL) ||
                 gemm(g, g->output, s.V, E, g->xh, n_out, logits_d, 0))
                 return -1;
@@ -661,6 +675,14 @@ extern "C" int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const in
         if (c->sd.sparse && pos[r] + 1 > c->sd.topk) sel_on = 1; // some layer of this row selects
     }
     for (int i = 0; i < n_out; i++) hw[i] = out_rows[i];
+    // a prefill block of one sequence attends densely through the tiled kernel in the layers where no row selects
+    int flash_until = 0;
+    if (n_seq == 1 && n > GEMV_ROWS && g->flash) {
+        int consecutive = 1;
+        for (int r = 1; r < n; r++) consecutive &= pos[r] == pos[0] + r;
+        const SeqDev &sd = hs[0];
+        if (consecutive) flash_until = sd.sparse && sd.ik && max_len > sd.topk ? sd.dense_layers : g->n_layer;
+    }
     int grid_len = grid_round(max_len);
     if (ensure_scratch(g, grid_len, topk, err, errlen)) return -1;
     cudaStream_t st = dsa_cu_stream();
@@ -684,7 +706,7 @@ extern "C" int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const in
             if ((e = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal)) != cudaSuccess)
                 return fail(err, errlen, "graph capture", e);
             cudaMemcpyAsync(g->par_d, g->par_h, PAR_BYTES, cudaMemcpyHostToDevice, st);
-            int rc = record(g, n, grid_len, has_ix, sel_on, n_out, g->logits);
+            int rc = record(g, n, grid_len, has_ix, sel_on, n_out, g->logits, 0);
             if (n_out) cudaMemcpyAsync(g->logits_h, g->logits, (size_t)n_out * g->s.V * 4, cudaMemcpyDeviceToHost, st);
             e = cudaStreamEndCapture(st, &graph);
             if (rc || e != cudaSuccess) return fail(err, errlen, "graph capture", e != cudaSuccess ? e : cudaErrorLaunchFailure);
@@ -704,7 +726,7 @@ extern "C" int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const in
         g->prof_graph = 0;
         if ((e = cudaMemcpyAsync(g->par_d, g->par_h, PAR_BYTES, cudaMemcpyHostToDevice, st)) != cudaSuccess)
             return fail(err, errlen, "step parameters", e);
-        if (record(g, n, grid_len, has_ix, sel_on, n_out, g->logits))
+        if (record(g, n, grid_len, has_ix, sel_on, n_out, g->logits, flash_until))
             return fail(err, errlen, "a launch", cudaGetLastError());
         if (n_out && (e = cudaMemcpyAsync(g->logits_h, g->logits, (size_t)n_out * g->s.V * 4, cudaMemcpyDeviceToHost,
                                           st)) != cudaSuccess)

@@ -43,8 +43,8 @@ cudaStream_t dsa_cu_stream(void);
     } while (0)
 
 // Launchers (asynchronous on dsa_cu_stream; return 0 or -1 when the launch itself was refused).
-// The GEMV kernels below take up to 16 input rows: on tensor cores (sm_80 and newer) or, below that or when
-// switched off, the f32 kernel.  cu_gemv_mma(1 or 0) asks for one or the other (-1: keep); returns whether the
+// The GEMV kernels below take up to 16 input rows: as f32 dot products, or, after cu_gemv_mma(1) on a device of
+// sm_80 or newer, on tensor cores.  cu_gemv_mma(1 or 0) asks for one or the other (-1: keep); returns whether the
 // tensor-core kernel is now in use.
 int cu_gemv_mma(int want);
 int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y,

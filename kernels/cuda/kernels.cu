@@ -479,7 +479,7 @@ __global__ void __launch_bounds__(256) k_mmv(GemvArgs g, int tiles) {
 #endif
 }
 
-int g_mmv = -1; // tensor-core GEMV: -1 not decided yet, 0 off (below sm_80, or switched off), 1 on
+int g_mmv = 0; // the tensor-core GEMV in use (cu_gemv_mma)
 
 template <int NT> int launch_mmv_t(const GemvArgs &g) {
     constexpr int NP = 8 * NT;
@@ -498,14 +498,17 @@ template <int NT> int launch_mmv_t(const GemvArgs &g) {
 
 int launch_mmv(const GemvArgs &g) { return g.n <= 8 ? launch_mmv_t<1>(g) : launch_mmv_t<2>(g); }
 
-bool mmv_on(void) {
-    if (g_mmv < 0) {
+bool mmv_on(void) { return g_mmv == 1; }
+
+bool mmv_capable(void) {
+    static int cap = -1;
+    if (cap < 0) {
         int dev = 0, major = 0;
         cudaGetDevice(&dev);
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-        g_mmv = major >= 8;
+        cap = major >= 8;
     }
-    return g_mmv == 1;
+    return cap == 1;
 }
 
 int launch_gemv(const GemvArgs &g) {
@@ -771,12 +774,8 @@ __global__ void k_fp8_quant(int d, const float *__restrict__ x, uint8_t *__restr
 // ---- launchers ----------------------------------------------------------------------------------------------------
 
 int cu_gemv_mma(int want) {
-    if (want >= 0) {
-        g_mmv = -1;
-        if (!mmv_on() && want) return 0;
-        g_mmv = want ? 1 : 0;
-    }
-    return mmv_on();
+    if (want >= 0) g_mmv = want && mmv_capable();
+    return g_mmv;
 }
 
 int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y,

@@ -70,7 +70,7 @@ struct dsa_gpu_model {
     long prof_calls[2];
     int prof_graph;
     int ix_ctx_count;
-    int flash;    // dense prefill through the tiled attention kernel (DSA_CUDA_FLASH=0: the per-row kernel)
+    int flash;    // dense prefill through the tiled attention kernel (DSA_CUDA_FLASH=1)
     int gemv_max; // up to this many rows the matrices go through our GEMV kernels, above it through cuBLAS
 };
 
@@ -362,13 +362,13 @@ extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, c
         dsa_gpu_model_free(g);
         return fail(err, errlen, "model setup", e);
     }
-    // decode batches of up to 16 rows through the tensor-core GEMV (sm_80+); DSA_CUDA_GEMV=f32 keeps the f32
-    // kernel, which pays off only up to 2 rows (cuBLAS above)
-    const char *gv = getenv("DSA_CUDA_GEMV");
-    cu_gemv_mma(gv && !strcmp(gv, "f32") ? 0 : 1);
+    // Kernels written without a GPU at hand stay opt-in until a GPU run has checked them (docs/cuda.md):
+    // DSA_CUDA_GEMV=mma takes decode batches of up to 16 rows through the tensor-core GEMV (sm_80+) instead of the
+    // f32 kernel (up to 2 rows) and cuBLAS; DSA_CUDA_FLASH=1 takes dense prefill through the tiled attention kernel.
+    const char *gv = getenv("DSA_CUDA_GEMV"), *fl = getenv("DSA_CUDA_FLASH");
+    cu_gemv_mma(gv && !strcmp(gv, "mma") ? 1 : 0);
     g->gemv_max = cu_gemv_mma(-1) ? GEMV_ROWS : 2;
-    const char *fl = getenv("DSA_CUDA_FLASH");
-    g->flash = !(fl && !strcmp(fl, "0"));
+    g->flash = fl && !strcmp(fl, "1");
     if (getenv("DSA_CUDA_PROFILE")) {
         g->profile = 1;
         cudaEventCreate(&g->ev0);

@@ -54,6 +54,8 @@ static json_t *report;
 
 /* ---- kernels ------------------------------------------------------------------------------------------------- */
 
+static int gemv_mma; /* the GEMV kernels under test: 0 f32, 1 tensor cores */
+
 static void test_gemv(int rows, int cols, int n, int use_norm, int accumulate, int swiglu) {
     int wrows = swiglu ? 2 * rows : rows;
     uint16_t *W = malloc((size_t)wrows * cols * 2);
@@ -91,8 +93,8 @@ static void test_gemv(int rows, int cols, int n, int use_norm, int accumulate, i
     CHECK(rc == 0 && dsa_cuda_sync(err, sizeof err) == 0, "gemv launch: %s", err);
     dsa_cuda_get(Y, dY, (size_t)n * rows * 4);
     double e = rel_err(Y, ref, (size_t)n * rows);
-    CHECK(e < 1e-5, "gemv %dx%d n=%d norm=%d acc=%d swiglu=%d: rel err %.3g", rows, cols, n, use_norm, accumulate,
-          swiglu, e);
+    CHECK(e < 1e-5, "gemv%s %dx%d n=%d norm=%d acc=%d swiglu=%d: rel err %.3g", gemv_mma ? " (tensor cores)" : "", rows,
+          cols, n, use_norm, accumulate, swiglu, e);
     dsa_cuda_free(dW), dsa_cuda_free(dX), dsa_cuda_free(dN), dsa_cuda_free(dY);
     free(W), free(X), free(norm), free(Y0), free(Y), free(ref);
 }
@@ -121,7 +123,7 @@ static void test_gemv_f32(int rows, int cols, int n) {
           "gemv_f32: %s", err);
     dsa_cuda_get(Y, dY, (size_t)n * rows * 4);
     double e = rel_err(Y, ref, (size_t)n * rows);
-    CHECK(e < 1e-5, "gemv_f32 %dx%d n=%d: rel err %.3g", rows, cols, n, e);
+    CHECK(e < 1e-5, "gemv_f32%s %dx%d n=%d: rel err %.3g", gemv_mma ? " (tensor-core launch)" : "", rows, cols, n, e);
     dsa_cuda_free(dW), dsa_cuda_free(dX), dsa_cuda_free(dN), dsa_cuda_free(dY);
     free(W), free(X), free(norm), free(Y), free(ref);
 }
@@ -479,6 +481,28 @@ static void test_model(void) {
     CHECK(sqrt(num / den) <= 1e-2, "batched prefill logits rel err %.3g", sqrt(num / den));
     json_object_set_new(report, "prefill_blas_rel_err", json_real(sqrt(num / den)));
 
+    /* dense attention (no indexer): 600 rows in one call, through the tiled prefill kernel where it is switched on
+     * (DSA_CUDA_FLASH=1) and the per-row kernel otherwise; the last logits agree */
+    {
+        dsa_ctx *dc, *dg;
+        int nd = n < 600 ? n : 600;
+        CHECK(dsa_ctx_new(m, 2048, 0, &dc, err, sizeof err) == 0 && dsa_ctx_new(m, 2048, 0, &dg, err, sizeof err) == 0,
+              "%s", err);
+        CHECK(dsa_ctx_set_backend(dc, DSA_BACKEND_CPU, err, sizeof err) == 0, "%s", err);
+        CHECK(dsa_ctx_set_backend(dg, DSA_BACKEND_CUDA, err, sizeof err) == 0, "%s", err);
+        CHECK(dsa_ctx_eval(dc, ids.ids, nd, l1, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+        CHECK(dsa_ctx_eval(dg, ids.ids, nd, l2, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+        num = den = 0;
+        for (int v = 0; v < V; v++)
+            num += ((double)l2[v] - l1[v]) * ((double)l2[v] - l1[v]), den += (double)l1[v] * l1[v];
+        printf("dense prefill of %d rows: last logits rel err %.2e, top-1 %s\n", nd, sqrt(num / den),
+               tu_argmax(l1, V) == tu_argmax(l2, V) ? "equal" : "DIFFERENT");
+        CHECK(sqrt(num / den) <= 1e-2, "dense prefill logits rel err %.3g", sqrt(num / den));
+        json_object_set_new(report, "prefill_dense_rel_err", json_real(sqrt(num / den)));
+        dsa_ctx_free(dc);
+        dsa_ctx_free(dg);
+    }
+
     /* the GPU's caches moved into a CPU context: the next token's logits match the CPU's own continuation */
     dsa_ctx *moved;
     CHECK(dsa_ctx_new(m, 2048, 0, &moved, err, sizeof err) == 0, "%s", err);
@@ -521,13 +545,22 @@ int main(void) {
     report = json_object();
     json_object_set_new(report, "device", json_string(name));
     test_fp8();
-    test_gemv(960, 576, 1, 1, 0, 0);
-    test_gemv(576, 576, 3, 0, 1, 0);
-    test_gemv(1536, 576, 16, 1, 0, 1);
-    test_gemv(576, 1536, 7, 0, 1, 0);
-    test_gemv(49152, 576, 2, 1, 0, 0);
-    test_gemv_f32(324, 576, 1);
-    test_gemv_f32(324, 576, 16);
+    for (gemv_mma = 0; gemv_mma < 2; gemv_mma++) { /* the f32 kernel, then the tensor-core one */
+        if (dsa_cuk_gemv_mma(gemv_mma) != gemv_mma) {
+            printf("gemv on tensor cores: skipped (the device is below sm_80)\n");
+            break;
+        }
+        test_gemv(960, 576, 1, 1, 0, 0);
+        test_gemv(576, 576, 3, 0, 1, 0);
+        test_gemv(1536, 576, 16, 1, 0, 1);
+        test_gemv(576, 1536, 7, 0, 1, 0);
+        test_gemv(49152, 576, 2, 1, 0, 0);
+        test_gemv(1000, 584, 9, 1, 1, 0); /* rows, columns and inputs not multiples of the tiles */
+        test_gemv(24, 2056, 16, 0, 0, 1);  /* more columns than one pass of registers holds */
+        test_gemv_f32(324, 576, 1);
+        test_gemv_f32(324, 576, 16);
+    }
+    dsa_cuk_gemv_mma(0);
     test_index_scores();
     test_topk();
     test_attention(9, 3, 64);

@@ -355,15 +355,18 @@ __host__ __device__ __forceinline__ size_t mmv_smem(int cols, int NP) {
     return (size_t)2 * NP * mmv_stride(cols) * 2 + (size_t)MMV_WARPS * 16 * NP * 4;
 }
 
+// Block vb of a launch of tiles + f32 blocks (256 threads; smem: mmv_smem, or n·cols floats for an f32 block).  The
+// whole block calls it with the same vb; it starts with a barrier, so that a persistent block may call it again
+// for its next vb while shared memory is still being read.
 template <int NT> // tiles of 8 input rows: 1 (n <= 8) or 2 (n <= 16)
-__global__ void __launch_bounds__(256) k_mmv(GemvArgs g, int tiles) {
+__device__ void mmv_block(const GemvArgs &g, int tiles, int vb, unsigned char *smem) {
 #if MMV_ARCH
-    extern __shared__ __align__(16) unsigned char smem[];
     constexpr int NP = 8 * NT;
     const int cols = g.cols, n = g.n, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if ((int)blockIdx.x >= tiles) { // the f32 matrix (the indexer's projection): two rows per warp, as k_gemv
+    __syncthreads();
+    if (vb >= tiles) { // the f32 matrix (the indexer's projection): two rows per warp, as k_gemv
         float *xs = reinterpret_cast<float *>(smem);
-        int u = (blockIdx.x - tiles) * 8 + warp, ub = (g.rows_b + 1) / 2;
+        int u = (vb - tiles) * 8 + warp, ub = (g.rows_b + 1) / 2;
         uint4 pa[PRE], pb[PRE];
         int a = 2 * u, b = 2 * u + 1 < g.rows_b ? 2 * u + 1 : -1;
         if (u < ub) preload<float>(g.Wb + (size_t)a * cols, b >= 0 ? g.Wb + (size_t)b * cols : nullptr, cols, lane, pa, pb);
@@ -394,7 +397,7 @@ __global__ void __launch_bounds__(256) k_mmv(GemvArgs g, int tiles) {
             }
         return;
     }
-    const int tile = blockIdx.x, p = lane >> 2, t = lane & 3, steps = (cols + 31) / 32, stride = mmv_stride(cols);
+    const int tile = vb, p = lane >> 2, t = lane & 3, steps = (cols + 31) / 32, stride = mmv_stride(cols);
     __half *xh = reinterpret_cast<__half *>(smem), *xl = xh + NP * stride;
     float *red = reinterpret_cast<float *>(xl + NP * stride); // [warp][16 tile rows][NP]
     int ra, rb, rot;
@@ -475,8 +478,13 @@ __global__ void __launch_bounds__(256) k_mmv(GemvArgs g, int tiles) {
         store_pair(g, r, ra, rb, rot, y0, y1);
     }
 #else
-    (void)g, (void)tiles;
+    (void)g, (void)tiles, (void)vb, (void)smem;
 #endif
+}
+
+template <int NT> __global__ void __launch_bounds__(256) k_mmv(GemvArgs g, int tiles) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    mmv_block<NT>(g, tiles, blockIdx.x, smem);
 }
 
 int g_mmv = 0; // the tensor-core GEMV in use (cu_gemv_mma)
@@ -681,13 +689,12 @@ __global__ void k_ix_project(Shape s, const float *__restrict__ proj, const floa
 
 // The same for d = 64 with no block-wide barrier: one warp per vector (H query heads, then the key), two elements
 // per lane (e and e + 32), the Hadamard butterflies through shuffles.  Same operations, same order as the CPU.
-__global__ void k_ix_project64(Shape s, const float *__restrict__ proj, const float *__restrict__ ln,
-                               const float *__restrict__ freq, const RowDev *__restrict__ rows,
-                               const SeqDev *__restrict__ seqs, int layer, float *__restrict__ iq,
-                               float *__restrict__ iw) {
-    __shared__ float buf[32][64];
-    int r = blockIdx.x, H = s.ixH, half = s.ix_rope_dim / 2;
-    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+// Vector w (0..H-1: query heads, H: the key) of row r, by one warp; buf is the warp's 64 floats of shared memory.
+__device__ void ix_vec64(const Shape &s, const float *__restrict__ proj, const float *__restrict__ ln,
+                         const float *__restrict__ freq, const RowDev *__restrict__ rows,
+                         const SeqDev *__restrict__ seqs, int layer, float *__restrict__ iq, float *__restrict__ iw,
+                         int r, int w, float *buf) {
+    int H = s.ixH, half = s.ix_rope_dim / 2, l = threadIdx.x & 31;
     RowDev rw = rows[r];
     const float *p = proj + (size_t)r * s.ix_rows;
     float x0 = p[w * 64 + l], x1 = p[w * 64 + l + 32];
@@ -701,17 +708,17 @@ __global__ void k_ix_project64(Shape s, const float *__restrict__ proj, const fl
         x1 = __fadd_rn(__fmul_rn(__fmul_rn((float)(x1 - mean), rs), g[l + 32]), b[l + 32]);
     }
     if (half > 0) { // RoPE on dims i and i + half, through the warp's row of shared memory
-        buf[w][l] = x0, buf[w][l + 32] = x1;
+        buf[l] = x0, buf[l + 32] = x1;
         __syncwarp();
         if (l < half) {
             double ang = (double)rw.pos * freq[l];
             float cs = (float)cos(ang), sn = (float)sin(ang);
-            float a = buf[w][l], c = buf[w][l + half];
-            buf[w][l] = __fsub_rn(__fmul_rn(a, cs), __fmul_rn(c, sn));
-            buf[w][l + half] = __fadd_rn(__fmul_rn(a, sn), __fmul_rn(c, cs));
+            float a = buf[l], c = buf[l + half];
+            buf[l] = __fsub_rn(__fmul_rn(a, cs), __fmul_rn(c, sn));
+            buf[l + half] = __fadd_rn(__fmul_rn(a, sn), __fmul_rn(c, cs));
         }
         __syncwarp();
-        x0 = buf[w][l], x1 = buf[w][l + 32];
+        x0 = buf[l], x1 = buf[l + 32];
     }
 #pragma unroll
     for (int h = 1; h < 32; h <<= 1) {
@@ -743,6 +750,15 @@ __global__ void k_ix_project64(Shape s, const float *__restrict__ proj, const fl
     q8[l] = f32_to_fp8(__fmul_rn(x0, inv));
     q8[l + 32] = f32_to_fp8(__fmul_rn(x1, inv));
     if (l == 0) sq.iks[slot] = amax / 448.0f;
+}
+
+__global__ void k_ix_project64(Shape s, const float *__restrict__ proj, const float *__restrict__ ln,
+                               const float *__restrict__ freq, const RowDev *__restrict__ rows,
+                               const SeqDev *__restrict__ seqs, int layer, float *__restrict__ iq,
+                               float *__restrict__ iw) {
+    __shared__ float buf[32][64];
+    int w = threadIdx.x >> 5;
+    ix_vec64(s, proj, ln, freq, rows, seqs, layer, iq, iw, blockIdx.x, w, buf[w]);
 }
 
 __global__ void k_fp8_quant(int d, const float *__restrict__ x, uint8_t *__restrict__ q, float *__restrict__ scale) {

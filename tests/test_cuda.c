@@ -499,6 +499,25 @@ static void test_model(void) {
                tu_argmax(l1, V) == tu_argmax(l2, V) ? "equal" : "DIFFERENT");
         CHECK(sqrt(num / den) <= 1e-2, "dense prefill logits rel err %.3g", sqrt(num / den));
         json_object_set_new(report, "prefill_dense_rel_err", json_real(sqrt(num / den)));
+        /* dense decode steps (no row selects: the persistent kernel where DSA_CUDA_PERSIST=1), both following the
+         * CPU's greedy tokens */
+        double worst_d = 0;
+        int same_d = 0, steps_d = 16;
+        for (int i = 0; i < steps_d; i++) {
+            int32_t t = tu_argmax(l1, V);
+            CHECK(dsa_ctx_eval(dc, &t, 1, l1, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+            CHECK(dsa_ctx_eval(dg, &t, 1, l2, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+            num = den = 0;
+            for (int v = 0; v < V; v++)
+                num += ((double)l2[v] - l1[v]) * ((double)l2[v] - l1[v]), den += (double)l1[v] * l1[v];
+            if (!(sqrt(num / den) <= worst_d)) worst_d = sqrt(num / den);
+            same_d += tu_argmax(l1, V) == tu_argmax(l2, V);
+        }
+        printf("dense decode %d steps: worst logits rel err %.2e, top-1 equal %d/%d\n", steps_d, worst_d, same_d,
+               steps_d);
+        CHECK(worst_d <= 5e-2, "dense decode logits rel err %.3g", worst_d);
+        CHECK(same_d >= steps_d - 1, "dense decode: top-1 equal at %d of %d steps", same_d, steps_d);
+        json_object_set_new(report, "decode_dense_worst_rel_err", json_real(worst_d));
         dsa_ctx_free(dc);
         dsa_ctx_free(dg);
     }

@@ -80,4 +80,27 @@ int cu_flash_attention(const Shape &s, const float *q, int ldq, const RowDev *ro
                        float *att, __half *att_h);
 int cu_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale);
 
+// The persistent decode step: every layer of n <= 16 rows (one token per sequence, no row selecting) in one
+// cooperative launch, grid-wide barriers between the phases (QKV; the indexer's key and the attention chunks; Wo;
+// gate/up; down), then the logits of every row.  The phases are the same device code as the kernels above (the
+// tensor-core GEMV, ix_vec64, attn_chunk).
+struct DecodeLayer {
+    const __half *wqkv, *wo, *wgu, *wdown;
+    const float *bqkv, *attn_norm, *ffn_norm, *wix; // wix: the indexer's f32 projection, or NULL
+};
+struct DecodeArgs {
+    Shape s;
+    int n_layer, n, grid_len; // grid_len: as for cu_attention (the part buffer's size)
+    int maxch;                // set by cu_decode
+    const DecodeLayer *L; // device array of n_layer
+    const RowDev *rows;
+    const SeqDev *seqs;
+    const __half *embd, *output;
+    const float *output_norm, *rope_freq, *ixln, *ix_freq;
+    float *x, *qkv, *att, *hb, *ixproj, *iq, *iw, *part, *logits;
+    int *counter;
+};
+// -1 (nothing launched) where the device, the shape or the occupancy does not allow it.
+int cu_decode(const DecodeArgs &a);
+
 #endif

@@ -5,6 +5,9 @@
 #include "cuda.h"
 #include "internal.cuh"
 #include "common.cuh"
+#include "attn.cuh"
+
+#include <cooperative_groups.h>
 
 #include <math.h>
 
@@ -531,6 +534,7 @@ int launch_gemv(const GemvArgs &g) {
     return launch_gemv_r<16>(g);
 }
 
+
 // ---- small per-row kernels ------------------------------------------------------------------------------------
 
 __global__ void k_embed(const __half *__restrict__ embd, int E, const RowDev *__restrict__ rows,
@@ -785,6 +789,98 @@ __global__ void k_fp8_quant(int d, const float *__restrict__ x, uint8_t *__restr
 
 
 
+// ---- the persistent decode step ---------------------------------------------------------------------------------
+
+#if MMV_ARCH
+// Every block of a GEMV launch, spread over the persistent grid.
+template <int NT> __device__ void gemv_all(const GemvArgs &g, unsigned char *smem) {
+    int tiles = mmv_tiles(g), total = tiles + ((g.rows_b + 1) / 2 + MMV_WARPS - 1) / MMV_WARPS;
+    for (int vb = blockIdx.x; vb < total; vb += gridDim.x) mmv_block<NT>(g, tiles, vb, smem);
+}
+#endif
+
+template <int NT, int D>
+__global__ void __launch_bounds__(256) k_decode(DecodeArgs a) {
+#if MMV_ARCH
+    extern __shared__ __align__(16) unsigned char smem[];
+    cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+    const Shape s = a.s;
+    const int E = s.E, n = a.n, KV = s.KVH * s.D, Q = E + 2 * KV;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n * E; i += gridDim.x * blockDim.x)
+        a.x[i] = __half2float(a.embd[(size_t)a.rows[i / E].tok * E + i % E]);
+    grid.sync();
+    for (int l = 0; l < a.n_layer; l++) {
+        const DecodeLayer L = a.L[l];
+        GemvArgs g = {};
+        g.Wa = L.wqkv, g.rows_a = Q, g.Wb = L.wix, g.rows_b = L.wix ? s.ix_rows : 0, g.cols = E, g.X = a.x, g.n = n;
+        g.norm = L.attn_norm, g.eps = s.eps, g.Ya = a.qkv, g.Yb = a.ixproj, g.mode = GEMV_QKV, g.bias = L.bqkv;
+        g.s = s, g.rows = a.rows, g.seqs = a.seqs, g.layer = l, g.freq = a.rope_freq;
+        gemv_all<NT>(g, smem);
+        grid.sync();
+        // the indexer's key into the FP8 cache (no row selects here: its queries are not needed), and attention
+        int ixt = L.wix ? n : 0, tasks = ixt + n * s.KVH * a.maxch;
+        for (int vb = blockIdx.x; vb < tasks; vb += gridDim.x) {
+            if (vb < ixt) {
+                __syncthreads(); // smem may still be read by this block's previous task
+                if (threadIdx.x < 32)
+                    ix_vec64(s, a.ixproj, a.ixln, a.ix_freq, a.rows, a.seqs, l, a.iq, a.iw, vb, s.ixH,
+                             reinterpret_cast<float *>(smem));
+                continue;
+            }
+            int t = vb - ixt, c = t % a.maxch, kh = t / a.maxch % s.KVH, r = t / (a.maxch * s.KVH);
+            attn_chunk<D, 256>(s, a.qkv, Q, a.rows, a.seqs, l, nullptr, 0, nullptr, a.part, a.maxch, a.counter, a.att,
+                               nullptr, c, kh, r);
+        }
+        grid.sync();
+        g = GemvArgs{};
+        g.Wa = L.wo, g.rows_a = E, g.cols = E, g.X = a.att, g.n = n, g.Ya = a.x, g.accumulate = 1, g.mode = GEMV_PLAIN;
+        gemv_all<NT>(g, smem);
+        grid.sync();
+        g = GemvArgs{};
+        g.Wa = L.wgu, g.rows_a = s.F, g.cols = E, g.X = a.x, g.n = n, g.norm = L.ffn_norm, g.eps = s.eps, g.Ya = a.hb;
+        g.mode = GEMV_SWIGLU;
+        gemv_all<NT>(g, smem);
+        grid.sync();
+        g = GemvArgs{};
+        g.Wa = L.wdown, g.rows_a = E, g.cols = s.F, g.X = a.hb, g.n = n, g.Ya = a.x, g.accumulate = 1, g.mode = GEMV_PLAIN;
+        gemv_all<NT>(g, smem);
+        grid.sync();
+    }
+    GemvArgs g = {};
+    g.Wa = a.output, g.rows_a = s.V, g.cols = E, g.X = a.x, g.n = n, g.norm = a.output_norm, g.eps = s.eps;
+    g.Ya = a.logits, g.mode = GEMV_PLAIN;
+    gemv_all<NT>(g, smem);
+#else
+    (void)a;
+#endif
+}
+
+template <int NT, int D> int launch_decode(const DecodeArgs &a) {
+    constexpr int NP = 8 * NT;
+    const Shape &s = a.s;
+    size_t smem = mmv_smem(s.E, NP), sf = mmv_smem(s.F, NP), sb = (size_t)a.n * s.E * sizeof(float);
+    if (sf > smem) smem = sf;
+    if (sb > smem) smem = sb;
+    static size_t smem_set = 48 * 1024;
+    static int per_sm = -1;
+    if (smem > smem_set || per_sm < 0) {
+        if (smem > 48 * 1024 && cudaFuncSetAttribute(k_decode<NT, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     (int)smem) != cudaSuccess)
+            return -1;
+        if (smem > smem_set) smem_set = smem;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_decode<NT, D>, 256, smem) != cudaSuccess)
+            per_sm = 0;
+    }
+    if (per_sm < 1) return -1;
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].val.cooperative = 1;
+    cfg.gridDim = dim3(sms() * (per_sm < 2 ? per_sm : 2)), cfg.blockDim = dim3(256), cfg.dynamicSmemBytes = smem;
+    cfg.stream = dsa_cu_stream(), cfg.attrs = attr, cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, k_decode<NT, D>, a) == cudaSuccess ? 0 : -1;
+}
+
 } // namespace
 
 // ---- launchers ----------------------------------------------------------------------------------------------------
@@ -792,6 +888,22 @@ __global__ void k_fp8_quant(int d, const float *__restrict__ x, uint8_t *__restr
 int cu_gemv_mma(int want) {
     if (want >= 0) g_mmv = want && mmv_capable();
     return g_mmv;
+}
+
+int cu_decode(const DecodeArgs &a) {
+    const Shape &s = a.s;
+    int attr = 0, dev = 0;
+    cudaGetDevice(&dev);
+    if (cudaDeviceGetAttribute(&attr, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess || !attr || !mmv_capable())
+        return -1;
+    if (a.n < 1 || a.n > 16 || s.E % 8 || s.F % 8 || s.H % s.KVH || s.H / s.KVH > GMAX || s.D % 2 || s.rope_dim % 2 ||
+        (a.L && s.ixH && (s.ixd != 64 || s.ixH >= 32)))
+        return -1;
+    DecodeArgs b = a;
+    b.maxch = (a.grid_len + CH - 1) / CH;
+    if (s.D == 64) return b.n <= 8 ? launch_decode<1, 64>(b) : launch_decode<2, 64>(b);
+    if (s.D == 128) return b.n <= 8 ? launch_decode<1, 128>(b) : launch_decode<2, 128>(b);
+    return -1;
 }
 
 int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y,

@@ -66,11 +66,14 @@ struct dsa_gpu_model {
     // DSA_CUDA_PROFILE: device time of each call (events) against its wall time, printed when the model is freed
     int profile;
     cudaEvent_t ev0, ev1;
-    double prof_gpu_ms[2], prof_wall_ms[2]; // [0] direct launches, [1] graph replays
-    long prof_calls[2];
+    double prof_gpu_ms[3], prof_wall_ms[3]; // [0] direct launches, [1] graph replays, [2] persistent steps
+    long prof_calls[3];
     int prof_graph;
     int ix_ctx_count;
     int flash;    // dense prefill through the tiled attention kernel (DSA_CUDA_FLASH=1)
+    int persist;  // decode steps without selection as one persistent kernel (DSA_CUDA_PERSIST=1)
+    DecodeLayer *dlayers; // its per-layer weights (device), made at its first use
+    int dlayers_ix;       // ... with the indexer's projection
     int gemv_max; // up to this many rows the matrices go through our GEMV kernels, above it through cuBLAS
 };
 
@@ -369,6 +372,8 @@ extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, c
     cu_gemv_mma(gv && !strcmp(gv, "mma") ? 1 : 0);
     g->gemv_max = cu_gemv_mma(-1) ? GEMV_ROWS : 2;
     g->flash = fl && !strcmp(fl, "1");
+    const char *pe = getenv("DSA_CUDA_PERSIST");
+    g->persist = pe && !strcmp(pe, "1");
     if (getenv("DSA_CUDA_PROFILE")) {
         g->profile = 1;
         cudaEventCreate(&g->ev0);
@@ -384,10 +389,11 @@ extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, c
 extern "C" void dsa_gpu_model_free(dsa_gpu_model *g) {
     if (!g) return;
     cudaStreamSynchronize(dsa_cu_stream());
-    for (int k = 0; k < 2; k++)
+    static const char *prof_what[3] = {"direct calls", "graph replays", "persistent decode steps"};
+    for (int k = 0; k < 3; k++)
         if (g->profile && g->prof_calls[k])
             fprintf(stderr, "cuda profile: %ld %s: device %.1f us, wall %.1f us per call\n", g->prof_calls[k],
-                    k ? "graph replays" : "direct calls", 1000 * g->prof_gpu_ms[k] / g->prof_calls[k],
+                    prof_what[k], 1000 * g->prof_gpu_ms[k] / g->prof_calls[k],
                     1000 * g->prof_wall_ms[k] / g->prof_calls[k]);
     free_scratch(g);
     if (g->L)
@@ -402,6 +408,7 @@ extern "C" void dsa_gpu_model_free(dsa_gpu_model *g) {
     cudaFree(g->output_norm);
     cudaFree(g->rope_freq);
     cudaFree(g->ixW), cudaFree(g->ixln), cudaFree(g->ix_freq);
+    cudaFree(g->dlayers);
     cudaFreeHost(g->par_h);
     cudaFreeHost(g->logits_h);
     cudaFree(g->par_d);
@@ -473,6 +480,8 @@ extern "C" int dsa_gpu_set_indexer(dsa_gpu_model *g, const void *key, const dsa_
     g->s.ix_rows = rows;
     g->s.ix_eps = ix->norm_eps;
     g->ix_key = key;
+    cudaFree(g->dlayers); // they point at the indexer's projection
+    g->dlayers = NULL;
     free_scratch(g); // the indexer's scratch joins at the next call
     return 0;
 }
@@ -643,6 +652,50 @@ static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on,
     return 0;
 }
 
+// One decode step as the persistent kernel (parameters already in the pinned block); 1 when it ran, 0 when the
+// kernel cannot be used here (the caller takes the usual path), -1 on a CUDA error.
+static int persistent_step(dsa_gpu_model *g, int n, int grid_len, int has_ix, char *err, size_t errlen) {
+    const Shape &s = g->s;
+    cudaError_t e;
+    if (!g->dlayers || g->dlayers_ix != has_ix) {
+        cudaFree(g->dlayers);
+        g->dlayers = NULL;
+        DecodeLayer *h = (DecodeLayer *)calloc((size_t)g->n_layer, sizeof *h);
+        if (!h) return snprintf(err, errlen, "out of memory"), -1;
+        for (int l = 0; l < g->n_layer; l++) {
+            const GLayer *L = &g->L[l];
+            h[l] = DecodeLayer{L->wqkv, L->wo, L->wgu, L->wdown, L->bqkv, L->attn_norm, L->ffn_norm,
+                               has_ix ? g->ixW + (size_t)l * s.ix_rows * s.E : NULL};
+        }
+        size_t bytes = (size_t)g->n_layer * sizeof *h;
+        if ((e = cudaMalloc((void **)&g->dlayers, bytes)) != cudaSuccess ||
+            (e = cudaMemcpy(g->dlayers, h, bytes, cudaMemcpyHostToDevice)) != cudaSuccess) {
+            free(h);
+            cudaFree(g->dlayers);
+            g->dlayers = NULL;
+            return fail(err, errlen, "the persistent kernel's layers", e);
+        }
+        free(h);
+        g->dlayers_ix = has_ix;
+    }
+    DecodeArgs a = {};
+    a.s = s, a.n_layer = g->n_layer, a.n = n, a.grid_len = grid_len, a.L = g->dlayers, a.rows = g->rows_d;
+    a.seqs = g->seqs_d, a.embd = g->embd, a.output = g->output, a.output_norm = g->output_norm;
+    a.rope_freq = g->rope_freq, a.ixln = g->ixln, a.ix_freq = g->ix_freq, a.x = g->x, a.qkv = g->qkv, a.att = g->att;
+    a.hb = g->hb, a.ixproj = g->ixproj, a.iq = g->iq, a.iw = g->iw, a.part = g->part, a.logits = g->logits;
+    a.counter = g->counter;
+    cudaStream_t st = dsa_cu_stream();
+    if ((e = cudaMemcpyAsync(g->par_d, g->par_h, PAR_BYTES, cudaMemcpyHostToDevice, st)) != cudaSuccess)
+        return fail(err, errlen, "step parameters", e);
+    if (cu_decode(a)) {
+        cudaGetLastError(); // a refused launch leaves nothing behind
+        return 0;
+    }
+    if ((e = cudaMemcpyAsync(g->logits_h, g->logits, (size_t)n * s.V * 4, cudaMemcpyDeviceToHost, st)) != cudaSuccess)
+        return fail(err, errlen, "reading the logits", e);
+    return 1;
+}
+
 extern "C" int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const int *pos, int n, const int *out_rows,
                             int n_out, float *logits, char *err, size_t errlen) {
     if (n < 1 || n > MAX_ROWS) return snprintf(err, errlen, "CUDA: %d rows in one call (1..%d)", n, MAX_ROWS), -1;
@@ -688,9 +741,23 @@ extern "C" int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const in
     cudaStream_t st = dsa_cu_stream();
     struct timespec tw0;
     clock_gettime(CLOCK_MONOTONIC, &tw0);
-    // the parameter block and the launches: replayed from a graph for decode steps, issued directly otherwise
+    // the parameter block and the launches: one persistent kernel or a graph replay for decode steps, issued
+    // directly otherwise
     int use_graph = distinct && n <= GEMV_ROWS && !getenv("DSA_CUDA_NO_GRAPH");
-    if (use_graph) {
+    int ran = 0;
+    if (use_graph && g->persist && !sel_on && n_out == n) {
+        int in_order = 1;
+        for (int i = 0; i < n; i++) in_order &= out_rows[i] == i;
+        if (in_order) {
+            if (g->profile) cudaEventRecord(g->ev0, st);
+            ran = persistent_step(g, n, grid_len, has_ix, err, errlen);
+            if (ran < 0) return -1;
+            if (ran && g->profile) cudaEventRecord(g->ev1, st);
+            if (ran) g->prof_graph = 2;
+            else g->persist = 0; // not on this device or shape: the graph path from now on
+        }
+    }
+    if (!ran && use_graph) {
         Graph *gr = NULL;
         for (int i = 0; i < g->n_graphs; i++)
             if (g->graphs[i].n == n && g->graphs[i].grid_len == grid_len && g->graphs[i].has_ix == has_ix &&
@@ -721,7 +788,7 @@ extern "C" int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const in
         if ((e = cudaGraphLaunch(gr->exec, st)) != cudaSuccess) return fail(err, errlen, "graph launch", e);
         if (g->profile) cudaEventRecord(g->ev1, st);
         g->prof_graph = 1;
-    } else {
+    } else if (!ran) {
         if (g->profile) cudaEventRecord(g->ev0, st);
         g->prof_graph = 0;
         if ((e = cudaMemcpyAsync(g->par_d, g->par_h, PAR_BYTES, cudaMemcpyHostToDevice, st)) != cudaSuccess)

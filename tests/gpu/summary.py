@@ -19,7 +19,7 @@ kern = load("kernels.json")
 # the shipped kernels, and the opt-in ones (run.sh's NEW_ENV) when that run is there
 variants = [("", "shipped kernels")]
 if load("agreement_new.json") or load("bench_new_b1.json"):
-    variants.append(("_new", "opt-in kernels (DSA_CUDA_GEMV=mma DSA_CUDA_FLASH=1)"))
+    variants.append(("_new", "opt-in kernels (DSA_CUDA_GEMV=mma DSA_CUDA_FLASH=1 DSA_CUDA_PERSIST=1)"))
 dev = ""
 try:
     with open(os.path.join(out, "device.txt")) as f:
@@ -53,7 +53,8 @@ for v, label in variants:
               f"top-k overlap with the CPU indexer {dec['topk_overlap']:.4f}")
         bar("top-k overlap >= 99%" + sfx, dec["topk_overlap"], dec["topk_overlap"] >= 0.99)
     for key, what in (("prefill_blas_rel_err", "batched prefill (cuBLAS), sparse"),
-                      ("prefill_dense_rel_err", "batched prefill, dense attention")):
+                      ("prefill_dense_rel_err", "batched prefill, dense attention"),
+                      ("decode_dense_worst_rel_err", "dense decode, worst step")):
         if key in agree:
             print(f"- {what}: last logits rel err {agree[key]:.2e}")
     print()

@@ -82,8 +82,9 @@ int cu_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale);
 
 // The persistent decode step: every layer of n <= 16 rows (one token per sequence, no row selecting) in one
 // cooperative launch, grid-wide barriers between the phases (QKV; the indexer's key and the attention chunks; Wo;
-// gate/up; down), then the logits of every row.  The phases are the same device code as the kernels above (the
-// tensor-core GEMV, ix_vec64, attn_chunk).
+// gate/up; down), leaving the last hidden states in x (the logits are a GEMV launch of their own, wide enough to
+// keep HBM busy).  The phases are the same device code as the kernels above (the tensor-core GEMV, ix_vec64,
+// attn_chunk).
 struct DecodeLayer {
     const __half *wqkv, *wo, *wgu, *wdown;
     const float *bqkv, *attn_norm, *ffn_norm, *wix; // wix: the indexer's f32 projection, or NULL
@@ -97,7 +98,7 @@ struct DecodeArgs {
     const SeqDev *seqs;
     const __half *embd, *output;
     const float *output_norm, *rope_freq, *ixln, *ix_freq;
-    float *x, *qkv, *att, *hb, *ixproj, *iq, *iw, *part, *logits;
+    float *x, *qkv, *att, *hb, *ixproj, *iq, *iw, *part;
     int *counter;
 };
 // -1 (nothing launched) where the device, the shape or the occupancy does not allow it.

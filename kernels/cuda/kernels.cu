@@ -844,12 +844,8 @@ __global__ void __launch_bounds__(256) k_decode(DecodeArgs a) {
         g = GemvArgs{};
         g.Wa = L.wdown, g.rows_a = E, g.cols = s.F, g.X = a.hb, g.n = n, g.Ya = a.x, g.accumulate = 1, g.mode = GEMV_PLAIN;
         gemv_all<NT>(g, smem);
-        grid.sync();
+        if (l + 1 < a.n_layer) grid.sync();
     }
-    GemvArgs g = {};
-    g.Wa = a.output, g.rows_a = s.V, g.cols = E, g.X = a.x, g.n = n, g.norm = a.output_norm, g.eps = s.eps;
-    g.Ya = a.logits, g.mode = GEMV_PLAIN;
-    gemv_all<NT>(g, smem);
 #else
     (void)a;
 #endif

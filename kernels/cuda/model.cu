@@ -682,7 +682,7 @@ static int persistent_step(dsa_gpu_model *g, int n, int grid_len, int has_ix, ch
     a.s = s, a.n_layer = g->n_layer, a.n = n, a.grid_len = grid_len, a.L = g->dlayers, a.rows = g->rows_d;
     a.seqs = g->seqs_d, a.embd = g->embd, a.output = g->output, a.output_norm = g->output_norm;
     a.rope_freq = g->rope_freq, a.ixln = g->ixln, a.ix_freq = g->ix_freq, a.x = g->x, a.qkv = g->qkv, a.att = g->att;
-    a.hb = g->hb, a.ixproj = g->ixproj, a.iq = g->iq, a.iw = g->iw, a.part = g->part, a.logits = g->logits;
+    a.hb = g->hb, a.ixproj = g->ixproj, a.iq = g->iq, a.iw = g->iw, a.part = g->part;
     a.counter = g->counter;
     cudaStream_t st = dsa_cu_stream();
     if ((e = cudaMemcpyAsync(g->par_d, g->par_h, PAR_BYTES, cudaMemcpyHostToDevice, st)) != cudaSuccess)
@@ -691,6 +691,8 @@ static int persistent_step(dsa_gpu_model *g, int n, int grid_len, int has_ix, ch
         cudaGetLastError(); // a refused launch leaves nothing behind
         return 0;
     }
+    if (cu_gemv_f16(g->output, s.V, s.E, g->x, n, g->output_norm, s.eps, g->logits, 0, 0))
+        return fail(err, errlen, "the logits", cudaGetLastError());
     if ((e = cudaMemcpyAsync(g->logits_h, g->logits, (size_t)n * s.V * 4, cudaMemcpyDeviceToHost, st)) != cudaSuccess)
         return fail(err, errlen, "reading the logits", e);
     return 1;

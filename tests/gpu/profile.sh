@@ -9,10 +9,13 @@ BIN=${1:-build}
 chmod +x "$BIN/dsa" 2>/dev/null
 RAND=/tmp/dsachat-rand.gguf
 [ -f $RAND ] || "$BIN/dsa" synth-model --like "$SLICE" --layers 30 --seed 1 -o "$RAND" --indexer-out /tmp/dsachat-rand.dsa.gguf >/dev/null 2>&1
-for B in 1 16; do
-  echo "== batch $B, context 128 and 8192"
-  DSA_CUDA_PROFILE=1 timeout 120 "$BIN/dsa" bench -m "$RAND" --indexer /tmp/dsachat-rand.dsa.gguf --backend cuda \
-    --contexts 128,8192 --batch $B --gen-tokens 64 2>&1 | tee -a "$OUT/profile.txt"
+# the shipped kernels, then the opt-in ones (tests/gpu/run.sh's NEW_ENV)
+for V in "DSA_CUDA_SHIPPED=1" "DSA_CUDA_GEMV=mma DSA_CUDA_FLASH=1 DSA_CUDA_PERSIST=1"; do
+  for B in 1 16; do
+    echo "== batch $B, context 128 and 8192, $V" | tee -a "$OUT/profile.txt"
+    env $V DSA_CUDA_PROFILE=1 timeout 120 "$BIN/dsa" bench -m "$RAND" --indexer /tmp/dsachat-rand.dsa.gguf \
+      --backend cuda --contexts 128,8192 --batch $B --gen-tokens 64 2>&1 | tee -a "$OUT/profile.txt"
+  done
 done
 echo "== one decode step under ncu"
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)

@@ -147,29 +147,36 @@ int main(void) {
     sj.q = dev_random((size_t)sj.B * sj.H * sj.d * 4, 0);
     sj.w = dev_random((size_t)sj.B * sj.H * 4, 0);
     sj.out = dsa_cuda_alloc((size_t)sj.B * sj.L * 4);
-    ms = dsa_cuda_time_ms(run_scores, &sj, 5, 50);
     double bytes = (double)sj.B * sj.L * (sj.d + 4 + 4);
     const char *one_call = "one call between CUDA events (launch latency included), median of 50";
     const char *b2b = "8 calls back to back over the 8 buffer sets between one pair of CUDA events, divided by 8 "
                       "(launch latency overlapped with the previous call), median of 20";
-    json_object_set_new(J, "index_scores_8k_b16",
-                        json_pack("{s:f,s:f,s:f,s:s}", "ms", ms, "GBps", bytes / (ms * 1e-3) / 1e9, "hbm_fraction",
-                                  bytes / (ms * 1e-3) / hbm, "timing", one_call));
     for (int s = 0; s < SETS; s++) score_outs[s] = dsa_cuda_alloc((size_t)sj.B * sj.L * 4);
-    ms = dsa_cuda_time_ms(run_scores_b2b, &sj, 2, 20) / SETS;
-    json_object_set_new(J, "index_scores_8k_b16_b2b",
-                        json_pack("{s:f,s:f,s:f,s:i,s:s}", "ms", ms, "GBps", bytes / (ms * 1e-3) / 1e9, "hbm_fraction",
-                                  bytes / (ms * 1e-3) / hbm, "calls", SETS, "timing", b2b));
-
-    /* top-k 512 of 8192 for 16 rows (the scores come from L2) */
     topk_job tj = {8192, 512, dsa_cuk_rows_new(16, lens, 8192, 512, (uint8_t *)sj.q, NULL, 0, 64, NULL, NULL, 0, 0),
                    sj.out, dsa_cuda_alloc(64), dsa_cuda_alloc((size_t)16 * 512 * 4)};
-    ms = dsa_cuda_time_ms(run_topk, &tj, 5, 50);
-    json_object_set_new(J, "topk_512_of_8k_b16", json_pack("{s:f,s:s}", "ms", ms, "timing", one_call));
-    /* back to back over the 8 sets' scores (written by the calls above) */
-    ms = dsa_cuda_time_ms(run_topk_b2b, &tj, 2, 20) / SETS;
-    json_object_set_new(J, "topk_512_of_8k_b16_b2b",
-                        json_pack("{s:f,s:i,s:s}", "ms", ms, "calls", SETS, "timing", b2b));
+    /* the shipped kernels, then the new ones (tensor-core scores, register top-k; keys ending in _new) */
+    for (int nw = 0; nw < 2; nw++) {
+        if (dsa_cuk_select_new(nw) != nw) break;
+        char key[64];
+        const char *sfx = nw ? "_new" : "";
+        ms = dsa_cuda_time_ms(run_scores, &sj, 5, 50);
+        snprintf(key, sizeof key, "index_scores_8k_b16%s", sfx);
+        json_object_set_new(J, key, json_pack("{s:f,s:f,s:f,s:s}", "ms", ms, "GBps", bytes / (ms * 1e-3) / 1e9,
+                                              "hbm_fraction", bytes / (ms * 1e-3) / hbm, "timing", one_call));
+        ms = dsa_cuda_time_ms(run_scores_b2b, &sj, 2, 20) / SETS;
+        snprintf(key, sizeof key, "index_scores_8k_b16_b2b%s", sfx);
+        json_object_set_new(J, key, json_pack("{s:f,s:f,s:f,s:i,s:s}", "ms", ms, "GBps", bytes / (ms * 1e-3) / 1e9,
+                                              "hbm_fraction", bytes / (ms * 1e-3) / hbm, "calls", SETS, "timing", b2b));
+        /* top-k 512 of 8192 for 16 rows (the scores come from L2) */
+        ms = dsa_cuda_time_ms(run_topk, &tj, 5, 50);
+        snprintf(key, sizeof key, "topk_512_of_8k_b16%s", sfx);
+        json_object_set_new(J, key, json_pack("{s:f,s:s}", "ms", ms, "timing", one_call));
+        /* back to back over the 8 sets' scores (written by the calls above) */
+        ms = dsa_cuda_time_ms(run_topk_b2b, &tj, 2, 20) / SETS;
+        snprintf(key, sizeof key, "topk_512_of_8k_b16_b2b%s", sfx);
+        json_object_set_new(J, key, json_pack("{s:f,s:i,s:s}", "ms", ms, "calls", SETS, "timing", b2b));
+    }
+    dsa_cuk_select_new(0);
 
     /* GEMV: the output projection (49152 × 576 f16, 56.6 MB), 1 and 16 rows */
     gemv_job gj = {49152, 576, 1, 0, {0}, 0, 0, 0};
@@ -177,16 +184,20 @@ int main(void) {
     gj.x = dev_random((size_t)16 * gj.cols * 4, 0);
     gj.norm = dev_random((size_t)gj.cols * 4, 0);
     gj.y = dsa_cuda_alloc((size_t)16 * gj.rows * 4);
-    json_t *gv = json_array();
-    int ns[] = {1, 4, 16};
-    for (int i = 0; i < 3; i++) {
-        gj.n = ns[i];
-        ms = dsa_cuda_time_ms(run_gemv, &gj, 5, 50);
-        double b = (double)gj.rows * gj.cols * 2;
-        json_array_append_new(gv, json_pack("{s:i,s:f,s:f,s:f}", "rows_in", gj.n, "ms", ms, "GBps", b / (ms * 1e-3) / 1e9,
-                                            "hbm_fraction", b / (ms * 1e-3) / hbm));
+    for (int mma = 0; mma < 2; mma++) { /* the f32 kernel, then the tensor-core one (gemv_49152x576_mma) */
+        if (dsa_cuk_gemv_mma(mma) != mma) break;
+        json_t *gv = json_array();
+        int ns[] = {1, 4, 16};
+        for (int i = 0; i < 3; i++) {
+            gj.n = ns[i];
+            ms = dsa_cuda_time_ms(run_gemv, &gj, 5, 50);
+            double b = (double)gj.rows * gj.cols * 2;
+            json_array_append_new(gv, json_pack("{s:i,s:f,s:f,s:f}", "rows_in", gj.n, "ms", ms, "GBps",
+                                                b / (ms * 1e-3) / 1e9, "hbm_fraction", b / (ms * 1e-3) / hbm));
+        }
+        json_object_set_new(J, mma ? "gemv_49152x576_mma" : "gemv_49152x576", gv);
     }
-    json_object_set_new(J, "gemv_49152x576", gv);
+    dsa_cuk_gemv_mma(0);
 
     /* attention over 8K positions, 16 rows, 9/3 heads × 64: dense vs 512 selected */
     attn_job aj = {9, 3, 64, 512, NULL, 0, 0, 0, 0};

@@ -63,6 +63,9 @@ typedef struct dsa_cuk_rows dsa_cuk_rows;
 dsa_cuk_rows *dsa_cuk_rows_new(int n, const int *len, int n_ctx, int topk, const uint8_t *k8, const float *kscale,
                                size_t row_keys, int d, const uint16_t *K, const uint16_t *V, int KVH, int D);
 void dsa_cuk_rows_free(dsa_cuk_rows *t);
+/* The index-score and top-k kernels below: the tensor-core scores and the register top-k (want 1), or the per-key
+ * scores and the global-memory top-k (want 0, the default); -1 keeps the choice.  Returns it. */
+int dsa_cuk_select_new(int want);
 /* Index scores out[r][s] = scale[s]·Σ_j w[r][j]·ReLU(q[r][j]·k8[s]) for s < len[r], from query rows of H·d and H
  * floats.  CPU counterpart: dsa_indexer_scores. */
 int dsa_cuk_index_scores(const dsa_cuk_rows *t, int H, int d, const float *q, const float *w, float *out, int ld);

@@ -63,6 +63,9 @@ int cu_rope_kv(const Shape &s, float *qkv, const float *bias, const RowDev *rows
                const SeqDev *seqs, int layer, const float *rope_freq);
 int cu_ix_project(const Shape &s, float *proj, const float *ln, const float *rope_freq, const RowDev *rows, int n,
                   const SeqDev *seqs, int layer, float *iq, float *iw);
+// The index scores on tensor cores (sm_80+) and the top-k from registers after cu_select_new(1); the per-key f32
+// scores and the global-memory top-k otherwise (-1: keep).  Returns the setting.
+int cu_select_new(int want);
 int cu_index_scores(int H, int d, const RowDev *rows, int n, const SeqDev *seqs, int layer, const float *iq,
                     const float *iw, int grid_len, float *out, int ld);
 int cu_topk(const RowDev *rows, int n, const SeqDev *seqs, int layer, const float *score, int ld, int32_t *idx,

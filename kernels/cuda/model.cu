@@ -172,6 +172,7 @@ static int grid_round(int len) {
 // ---- kernels on device pointers (tests) ----------------------------------------------------------------------------
 
 extern "C" int dsa_cuk_gemv_mma(int want) { return cu_gemv_mma(want); }
+extern "C" int dsa_cuk_select_new(int want) { return cu_select_new(want); }
 
 extern "C" int dsa_cuk_gemv_f16(const uint16_t *W, int rows, int cols, const float *X, int n, const float *norm,
                                 float eps, float *Y, int accumulate) {
@@ -368,7 +369,9 @@ extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, c
     // Kernels written without a GPU at hand stay opt-in until a GPU run has checked them (docs/cuda.md):
     // DSA_CUDA_GEMV=mma takes decode batches of up to 16 rows through the tensor-core GEMV (sm_80+) instead of the
     // f32 kernel (up to 2 rows) and cuBLAS; DSA_CUDA_FLASH=1 takes dense prefill through the tiled attention kernel.
-    const char *gv = getenv("DSA_CUDA_GEMV"), *fl = getenv("DSA_CUDA_FLASH");
+    // DSA_CUDA_SELECT=new: the index scores on tensor cores and the top-k from registers.
+    const char *gv = getenv("DSA_CUDA_GEMV"), *fl = getenv("DSA_CUDA_FLASH"), *se = getenv("DSA_CUDA_SELECT");
+    cu_select_new(se && !strcmp(se, "new"));
     cu_gemv_mma(gv && !strcmp(gv, "mma") ? 1 : 0);
     g->gemv_max = cu_gemv_mma(-1) ? GEMV_ROWS : 2;
     g->flash = fl && !strcmp(fl, "1");

@@ -430,6 +430,108 @@ __global__ void __launch_bounds__(TOPK_THREADS) k_topk(const RowDev *__restrict_
     else topk_row<0>(sc, len, sq.topk, out, cnt + r, sm);
 }
 
+// ---- the shipped top-k (opt out of the new one above until a GPU run has checked it) --------------------------
+
+
+// Exclusive prefix sum over the block (TOPK_THREADS threads); *total gets the sum.
+__device__ int block_scan(int v, int *wsum, int *total) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    int x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        int y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    __syncthreads();
+    if (lane == 31) wsum[w] = x;
+    __syncthreads();
+    if (w == 0) {
+        int t = lane < (int)(blockDim.x >> 5) ? wsum[lane] : 0;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            int y = __shfl_up_sync(0xffffffffu, t, o);
+            if (lane >= o) t += y;
+        }
+        wsum[lane] = t; // inclusive over warps
+    }
+    __syncthreads();
+    *total = wsum[(blockDim.x >> 5) - 1];
+    return x - v + (w ? wsum[w - 1] : 0);
+}
+
+// One block per row: four 8-bit radix passes over global memory find the k-th largest key exactly, then one pass writes the selected
+// positions in ascending order (ties at the threshold go to the later positions).  CPU: dsa_topk.
+__global__ void __launch_bounds__(TOPK_THREADS) k_topk_global(const RowDev *__restrict__ rows,
+                                                       const SeqDev *__restrict__ seqs, int layer,
+                                                       const float *__restrict__ score, int ld,
+                                                       int32_t *__restrict__ idx, int ldi, int *__restrict__ cnt) {
+    __shared__ unsigned hist[256];
+    __shared__ unsigned s_pref;
+    __shared__ int s_need;
+    __shared__ int wsum[32];
+    int r = blockIdx.x;
+    RowDev rw = rows[r];
+    SeqDev sq = seqs[rw.seq];
+    int len = rw.pos + 1;
+    if (!row_selects(sq, layer, len)) {
+        if (threadIdx.x == 0) cnt[r] = -1;
+        return;
+    }
+    int k = sq.topk;
+    const float *sc = score + (size_t)r * ld;
+    unsigned pref = 0, mask = 0;
+    int need = k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int i = threadIdx.x; i < len; i += blockDim.x) {
+            unsigned u = rank_key(sc[i]);
+            if ((u & mask) == pref) atomicAdd(&hist[(u >> shift) & 255u], 1u);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int c = 0, b = 255;
+            for (; b > 0; b--) {
+                if (c + (int)hist[b] >= need) break;
+                c += (int)hist[b];
+            }
+            s_need = need - c;
+            s_pref = pref | ((unsigned)b << shift);
+        }
+        __syncthreads();
+        pref = s_pref;
+        need = s_need;
+        mask |= 255u << shift;
+        __syncthreads();
+    }
+    // pref is the k-th largest key; take every key above it and the last `need` keys equal to it
+    int per = (len + blockDim.x - 1) / blockDim.x, i0 = threadIdx.x * per, i1 = min(len, i0 + per);
+    int gt = 0, eq = 0;
+    for (int i = i0; i < i1; i++) {
+        unsigned u = rank_key(sc[i]);
+        gt += u > pref;
+        eq += u == pref;
+    }
+    int eq_total;
+    int eq_before = block_scan(eq, wsum, &eq_total);
+    int eq_after = eq_total - eq_before - eq;
+    int take = need - eq_after;
+    take = take < 0 ? 0 : take > eq ? eq : take;
+    int total;
+    int off = block_scan(gt + take, wsum, &total);
+    int skip = eq - take;
+    int32_t *out = idx + (size_t)r * ldi;
+    for (int i = i0; i < i1; i++) {
+        unsigned u = rank_key(sc[i]);
+        if (u > pref) out[off++] = i;
+        else if (u == pref) {
+            if (skip > 0) skip--;
+            else out[off++] = i;
+        }
+    }
+    if (threadIdx.x == 0) cnt[r] = total;
+}
+
 // ---- launchers --------------------------------------------------------------------------------------------------
 
 // Whether the tensor-core kernels run here: a device of sm_80 or newer running code compiled for it (a device
@@ -447,6 +549,10 @@ bool tc_ready(void) {
     return g_tc;
 }
 
+// The tensor-core scores and the register top-k were written without a GPU at hand: opt-in (cu_select_new) until a
+// GPU run has checked them.
+int g_select_new = 0;
+
 template <int D>
 int launch_index_scores_tc(int H, const RowDev *rows, int n, const SeqDev *seqs, int layer, const float *iq,
                            const float *iw, int grid_len, float *out, int ld) {
@@ -462,7 +568,7 @@ int launch_index_scores_tc(int H, const RowDev *rows, int n, const SeqDev *seqs,
 
 int cu_index_scores(int H, int d, const RowDev *rows, int n, const SeqDev *seqs, int layer, const float *iq,
                     const float *iw, int grid_len, float *out, int ld) {
-    if (H >= 1 && H <= 8 && (d == 32 || d == 64 || d == 128) && tc_ready()) {
+    if (g_select_new && H >= 1 && H <= 8 && (d == 32 || d == 64 || d == 128) && tc_ready()) {
         switch (d) {
         case 32: return launch_index_scores_tc<32>(H, rows, n, seqs, layer, iq, iw, grid_len, out, ld);
         case 64: return launch_index_scores_tc<64>(H, rows, n, seqs, layer, iq, iw, grid_len, out, ld);
@@ -481,5 +587,11 @@ int cu_index_scores(int H, int d, const RowDev *rows, int n, const SeqDev *seqs,
 
 int cu_topk(const RowDev *rows, int n, const SeqDev *seqs, int layer, const float *score, int ld, int32_t *idx,
             int ldi, int *cnt) {
-    return launch(k_topk, dim3(n), dim3(TOPK_THREADS), 0, rows, seqs, layer, score, ld, idx, ldi, cnt);
+    return launch(g_select_new ? k_topk : k_topk_global, dim3(n), dim3(TOPK_THREADS), 0, rows, seqs, layer, score, ld,
+                  idx, ldi, cnt);
+}
+
+int cu_select_new(int want) {
+    if (want >= 0) g_select_new = want != 0;
+    return g_select_new;
 }

@@ -10,7 +10,7 @@ chmod +x "$BIN/dsa" 2>/dev/null
 RAND=/tmp/dsachat-rand.gguf
 [ -f $RAND ] || "$BIN/dsa" synth-model --like "$SLICE" --layers 30 --seed 1 -o "$RAND" --indexer-out /tmp/dsachat-rand.dsa.gguf >/dev/null 2>&1
 # the shipped kernels, then the opt-in ones (tests/gpu/run.sh's NEW_ENV)
-for V in "DSA_CUDA_SHIPPED=1" "DSA_CUDA_GEMV=mma DSA_CUDA_FLASH=1 DSA_CUDA_PERSIST=1"; do
+for V in "DSA_CUDA_SHIPPED=1" "DSA_CUDA_GEMV=mma DSA_CUDA_FLASH=1 DSA_CUDA_PERSIST=1 DSA_CUDA_SELECT=new"; do
   for B in 1 16; do
     echo "== batch $B, context 128 and 8192, $V" | tee -a "$OUT/profile.txt"
     env $V DSA_CUDA_PROFILE=1 timeout 120 "$BIN/dsa" bench -m "$RAND" --indexer /tmp/dsachat-rand.dsa.gguf \

@@ -30,7 +30,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 
 # Kernels written without a GPU at hand are opt-in until a run like this one has checked them (docs/cuda.md);
 # everything below runs with the shipped kernels and again with these switched on.
-NEW_ENV=(DSA_CUDA_GEMV=mma DSA_CUDA_FLASH=1 DSA_CUDA_PERSIST=1)
+NEW_ENV=(DSA_CUDA_GEMV=mma DSA_CUDA_FLASH=1 DSA_CUDA_PERSIST=1 DSA_CUDA_SELECT=new)
 
 log "kernels and model against the CPU backend (test_cuda)"
 DSA_MODEL=$SLICE DSA_CUDA_REPORT=$OUT/agreement.json timeout 300 "$BIN/tests/test_cuda" 2>&1 | tee "$OUT/test_cuda.log" | tail -n 14

@@ -21,6 +21,7 @@ int main(void) {
 }
 #else
 #include "../kernels/cuda/cuda.h"
+#include <cuda_runtime_api.h> /* the device's compute capability: the tiled attention needs sm_80 */
 
 static uint64_t rng = 0x243F6A8885A308D3ull;
 static float frand(void) { return (float)((tu_splitmix(&rng) >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
@@ -152,14 +153,13 @@ static void test_fp8(void) {
     free(x), free(sc), free(sc_ref), free(q), free(q_ref);
 }
 
-static void test_index_scores(void) {
-    int n = 6, H = 4, d = 64, max_len = 3000;
-    int lens[6] = {1, 17, 255, 256, 1500, 3000};
+/* n rows of one sequence (lens[r] keys each) against dsa_indexer_scores */
+static void index_scores_case(int n, const int *lens, int max_len, int H, int d) {
     uint8_t *k8 = malloc((size_t)max_len * d);
     float *ks = malloc((size_t)max_len * 4), *q = malloc((size_t)n * H * d * 4), *w = malloc((size_t)n * H * 4);
     float *out = malloc((size_t)n * max_len * 4), *ref = malloc((size_t)max_len * 4);
     for (int s = 0; s < max_len; s++) {
-        float row[64];
+        float row[128];
         for (int i = 0; i < d; i++) row[i] = frand();
         dsa_fp8_quant_row(d, row, k8 + (size_t)s * d, ks + s);
     }
@@ -183,11 +183,85 @@ static void test_index_scores(void) {
             num += (g - ref[s]) * (double)(g - ref[s]);
             den += (double)ref[s] * ref[s];
         }
-        CHECK(nan == 0 && sqrt(num / (den > 0 ? den : 1)) < 1e-5, "index scores row %d (len %d): %d unwritten, rel err %.3g",
-              r, lens[r], nan, sqrt(num / (den > 0 ? den : 1)));
+        CHECK(nan == 0 && sqrt(num / (den > 0 ? den : 1)) < 1e-5,
+              "index scores H %d d %d, row %d of %d (len %d): %d unwritten, rel err %.3g", H, d, r, n, lens[r], nan,
+              sqrt(num / (den > 0 ? den : 1)));
     }
     dsa_cuda_free(dk), dsa_cuda_free(dks), dsa_cuda_free(dq), dsa_cuda_free(dw), dsa_cuda_free(dout);
     free(k8), free(ks), free(q), free(w), free(out), free(ref);
+}
+
+static void test_index_scores(void) {
+    int lens[6] = {1, 17, 255, 256, 1500, 3000};
+    index_scores_case(6, lens, 3000, 4, 64);
+    /* the tensor-core kernel's shapes: d 32 and 128, 1 to 8 heads (padded to 8), lengths off the 16-key tiles */
+    int lens5[5] = {1, 31, 33, 1000, 2999};
+    index_scores_case(5, lens5, 3000, 1, 32);
+    index_scores_case(5, lens5, 3000, 8, 128);
+    index_scores_case(5, lens5, 3000, 3, 64);
+    index_scores_case(5, lens5, 3000, 9, 64); /* more than 8 heads: the one-thread-per-key kernel */
+    /* 16 rows over an 8K grid: enough blocks for 4 tiles per warp */
+    int lens16[16] = {8000, 7999, 4097, 4096, 33, 1, 17, 2000, 6000, 7000, 5000, 3000, 100, 16, 15, 7777};
+    index_scores_case(16, lens16, 8000, 4, 64);
+    index_scores_case(16, lens16, 8000, 8, 128);
+}
+
+/* One launch over N rows of one sequence (row r: lens[r] scores at sc + r·LD) against dsa_topk */
+static void topk_rows(const char *what, int N, const int *lens, int LD, int k, const float *sc) {
+    void *dsc = dput(sc, (size_t)N * LD * 4), *dummy = dsa_cuda_alloc(64);
+    void *didx = dpoison((size_t)N * k * 4), *dcnt = dpoison((size_t)N * 4);
+    dsa_cuk_rows *t = dsa_cuk_rows_new(N, lens, LD, k, dummy, NULL, 0, 64, NULL, NULL, 0, 0);
+    char err[256] = "";
+    CHECK(t && dsa_cuk_topk(t, dsc, LD, didx, k, dcnt) == 0 && dsa_cuda_sync(err, sizeof err) == 0,
+          "topk (%s) launch %s", what, err);
+    dsa_cuk_rows_free(t);
+    int32_t *idx = malloc((size_t)N * k * 4), *ref = malloc((size_t)k * 4);
+    int *cnt = malloc((size_t)N * 4);
+    uint64_t *scratch = malloc((size_t)LD * 8);
+    dsa_cuda_get(idx, didx, (size_t)N * k * 4);
+    dsa_cuda_get(cnt, dcnt, (size_t)N * 4);
+    for (int r = 0; r < N; r++) {
+        if (lens[r] <= k) {
+            CHECK(cnt[r] == -1, "topk (%s) row %d (len %d <= k %d): cnt %d, expected -1", what, r, lens[r], k, cnt[r]);
+            continue;
+        }
+        int m = dsa_topk(lens[r], sc + (size_t)r * LD, k, ref, scratch);
+        CHECK(cnt[r] == m && memcmp(idx + (size_t)r * k, ref, (size_t)m * 4) == 0,
+              "topk (%s) row %d (len %d, k %d): %d selected, the set or order differs from dsa_topk", what, r, lens[r],
+              k, cnt[r]);
+    }
+    dsa_cuda_free(dsc), dsa_cuda_free(dummy), dsa_cuda_free(didx), dsa_cuda_free(dcnt);
+    free(idx), free(ref), free(cnt), free(scratch);
+}
+
+/* The kernel's paths and corners: rows held in registers (up to 4, 8, 16 keys a thread) or re-read (> 16384),
+ * rows that start off a 16-byte boundary (odd LD), a selection that ends among NaNs, all-equal rows, ±0 and ±inf,
+ * ties in the low bits, and k = 1, a k that is most of the row. */
+static void test_topk_edge(void) {
+    enum { N = 12, LD = 32769 };
+    int lens[N] = {12000, 16384, 16385, 8193, 32768, 9000, 5000, 3000, 20000, 7000, 4097, 10000};
+    float *sc = malloc((size_t)N * LD * 4);
+    for (int r = 0; r < N; r++)
+        for (int s = 0; s < LD; s++) {
+            float v = frand();
+            if (r == 3 && s == lens[r] - 1) v = 2.0f;                   /* the last key, alone in its thread */
+            if (r == 5) v = s % 50 == 0 ? v : NAN;                      /* 180 numbers: the rest of k are NaNs */
+            if (r == 6) v = 0.25f;                                      /* all equal: the last k */
+            if (r == 7) v = (s * 7) % 3 ? 0.0f : -0.0f;                 /* ±0 only */
+            if (r == 8 && s % 11 == 0) v = INFINITY;
+            if (r == 8 && s % 13 == 0) v = -INFINITY;
+            if (r == 9) v = (s * 2654435761u >> 7) & 1 ? 1.0f : -1.0f; /* two values */
+            if (r == 10) v = 1.0f + (float)((s * 37) % 5) * 1.1920929e-7f; /* ties in the low bits */
+            if (r == 11) v = (float)s;                                  /* ascending: the last k */
+            sc[(size_t)r * LD + s] = v;
+        }
+    topk_rows("k 512, corners", N, lens, LD, 512, sc);
+    int lens1[3] = {2, 4097, 17000};
+    topk_rows("k 1", 3, lens1, LD, 1, sc);
+    int lens2[3] = {2001, 9000, 20000};
+    for (int s = 0; s < LD; s++) sc[(size_t)LD + s] = (float)(int)(frand() * 8) / 8; /* row 1: heavy ties */
+    topk_rows("k 2000", 3, lens2, LD, 2000, sc);
+    free(sc);
 }
 
 static void test_topk(void) {
@@ -227,6 +301,7 @@ static void test_topk(void) {
     }
     dsa_cuda_free(dsc), dsa_cuda_free(dummy), dsa_cuda_free(didx), dsa_cuda_free(dcnt);
     free(sc), free(idx), free(ref), free(scratch);
+    test_topk_edge();
 }
 
 static void softmax_d(float *x, int n) {
@@ -293,6 +368,60 @@ static void test_attention(int H, int KVH, int D) {
     dsa_cuda_free(dK), dsa_cuda_free(dV), dsa_cuda_free(dq), dsa_cuda_free(dsel);
     dsa_cuda_free(dcnt), dsa_cuda_free(dout);
     free(K), free(V), free(q), free(out), free(sc), free(ref), free(o), free(sel);
+}
+
+/* The tiled prefill attention: n rows at consecutive positions pos0.. of one sequence, each over its causal prefix,
+ * against the same CPU functions as test_attention.  -1 (no kernel) is a skip only below sm_80. */
+static void test_flash_attention(int H, int KVH, int D, int pos0, int n) {
+    int CTX = pos0 + n, KV = KVH * D, E = H * D, G = H / KVH;
+    uint16_t *K = malloc((size_t)CTX * KV * 2), *V = malloc((size_t)CTX * KV * 2);
+    float *q = malloc((size_t)n * E * 4), *out = malloc((size_t)n * E * 4), *sc = malloc((size_t)CTX * 4);
+    float *o = malloc((size_t)D * 4);
+    double *ref = malloc((size_t)n * E * sizeof *ref);
+    int *lens = malloc((size_t)n * sizeof *lens);
+    for (size_t i = 0; i < (size_t)CTX * KV; i++) {
+        float a = frand(), b = frand();
+        dsa_f32_to_f16_row(1, &a, &K[i]);
+        dsa_f32_to_f16_row(1, &b, &V[i]);
+    }
+    for (int i = 0; i < n * E; i++) q[i] = frand() * 4;
+    for (int r = 0; r < n; r++) {
+        lens[r] = pos0 + r + 1;
+        for (int h = 0; h < H; h++) {
+            const uint16_t *Kh = K + (h / G) * D, *Vh = V + (h / G) * D;
+            dsa_attn_scores_f16(lens[r], D, Kh, KV, q + (size_t)r * E + h * D, 1.0f / sqrtf((float)D), sc);
+            softmax_d(sc, lens[r]);
+            dsa_attn_sum_f16(lens[r], D, sc, Vh, KV, o);
+            for (int i = 0; i < D; i++) ref[(size_t)r * E + h * D + i] = o[i];
+        }
+    }
+    void *dK = dput(K, (size_t)CTX * KV * 2), *dV = dput(V, (size_t)CTX * KV * 2), *dq = dput(q, (size_t)n * E * 4);
+    void *dout = dpoison((size_t)n * E * 4);
+    dsa_cuk_rows *t = dsa_cuk_rows_new(n, lens, CTX, 0, NULL, NULL, 0, 0, dK, dV, KVH, D);
+    char err[256] = "";
+    CHECK(t != NULL, "flash attention: rows");
+    int rc = t ? dsa_cuk_flash_attention(t, H, KVH, D, dq, dout) : -1, dev = 0, major = 0;
+    if (t && rc == -1) {
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+        if (major < 8)
+            printf("flash attention H %d/%d D %d pos %d+%d: skipped (sm_%d0, the kernel needs sm_80)\n", H, KVH, D, pos0,
+                   n, major);
+        else
+            CHECK(0, "flash attention H %d/%d D %d pos %d+%d: refused on sm_%d0", H, KVH, D, pos0, n, major);
+    } else if (t) {
+        CHECK(rc == 0 && dsa_cuda_sync(err, sizeof err) == 0, "flash attention launch: %s", err);
+        dsa_cuda_get(out, dout, (size_t)n * E * 4);
+        int nan = 0;
+        for (size_t i = 0; i < (size_t)n * E; i++) nan += out[i] != out[i];
+        double e = rel_err(out, ref, (size_t)n * E);
+        CHECK(nan == 0 && e < 1e-3, "flash attention H %d/%d D %d pos %d+%d: %d NaN, rel err %.3g", H, KVH, D, pos0, n,
+              nan, e);
+        printf("flash attention H %d/%d D %d pos %d+%d: rel err %.2e\n", H, KVH, D, pos0, n, e);
+    }
+    dsa_cuk_rows_free(t);
+    dsa_cuda_free(dK), dsa_cuda_free(dV), dsa_cuda_free(dq), dsa_cuda_free(dout);
+    free(K), free(V), free(q), free(out), free(sc), free(o), free(ref), free(lens);
 }
 
 /* ---- the whole model on both backends ---------------------------------------------------------------------- */
@@ -580,11 +709,20 @@ int main(void) {
         test_gemv_f32(324, 576, 16);
     }
     dsa_cuk_gemv_mma(0);
-    test_index_scores();
-    test_topk();
+    for (int sel_new = 0; sel_new < 2; sel_new++) { /* the shipped scores and top-k, then the new ones */
+        dsa_cuk_select_new(sel_new);
+        printf("index scores and top-k: %s kernels\n", sel_new ? "new (tensor-core scores, register top-k)" : "shipped");
+        test_index_scores();
+        test_topk();
+    }
+    dsa_cuk_select_new(0);
     test_attention(9, 3, 64);
     test_attention(8, 8, 128);
     test_attention(14, 2, 64);
+    test_flash_attention(9, 3, 64, 0, 256);
+    test_flash_attention(9, 3, 64, 1000, 200);
+    test_flash_attention(8, 8, 128, 37, 100);
+    test_flash_attention(14, 2, 64, 0, 1);
     json_object_set_new(report, "kernel_checks_failed", json_integer(tu_failures));
     test_model();
     const char *rp = getenv("DSA_CUDA_REPORT");

@@ -83,9 +83,9 @@ int cu_flash_attention(const Shape &s, const float *q, int ldq, const RowDev *ro
                        float *att, __half *att_h);
 int cu_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale);
 
-// The persistent decode step: every layer of n <= 16 rows (one token per sequence, no row selecting) in one
-// cooperative launch, grid-wide barriers between the phases (QKV; the indexer's key and the attention chunks; Wo;
-// gate/up; down), leaving the last hidden states in x (the logits are a GEMV launch of their own, wide enough to
+// The persistent decode step: every layer of n <= 16 rows (one token per sequence) in one cooperative launch,
+// grid-wide barriers between the phases (QKV; in layers where a row selects, the indexer's vectors, the scores and
+// the top-k; the attention chunks, with the indexer's key where no row selects; Wo; gate/up; down), leaving the last hidden states in x (the logits are a GEMV launch of their own, wide enough to
 // keep HBM busy).  The phases are the same device code as the kernels above (the tensor-core GEMV, ix_vec64,
 // attn_chunk).
 struct DecodeLayer {
@@ -103,6 +103,13 @@ struct DecodeArgs {
     const float *output_norm, *rope_freq, *ixln, *ix_freq;
     float *x, *qkv, *att, *hb, *ixproj, *iq, *iw, *part;
     int *counter;
+    // the selection, in layers where a row selects: scores (score_ld floats a row), the positions (sel_ld a row)
+    // and their counts; with sel_layer / cnt_layer > 0 each layer's go that far apart (kept for the tests)
+    float *scores;
+    int score_ld, sel_ld;
+    int32_t *sel;
+    int *cnt;
+    size_t sel_layer, cnt_layer;
 };
 // -1 (nothing launched) where the device, the shape or the occupancy does not allow it.
 int cu_decode(const DecodeArgs &a);

@@ -6,6 +6,7 @@
 #include "internal.cuh"
 #include "common.cuh"
 #include "attn.cuh"
+#include "select.cuh"
 
 #include <cooperative_groups.h>
 
@@ -791,7 +792,7 @@ __global__ void k_fp8_quant(int d, const float *__restrict__ x, uint8_t *__restr
 
 // ---- the persistent decode step ---------------------------------------------------------------------------------
 
-#if MMV_ARCH
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 // Every block of a GEMV launch, spread over the persistent grid.
 template <int NT> __device__ void gemv_all(const GemvArgs &g, unsigned char *smem) {
     int tiles = mmv_tiles(g), total = tiles + ((g.rows_b + 1) / 2 + MMV_WARPS - 1) / MMV_WARPS;
@@ -801,8 +802,9 @@ template <int NT> __device__ void gemv_all(const GemvArgs &g, unsigned char *sme
 
 template <int NT, int D>
 __global__ void __launch_bounds__(256) k_decode(DecodeArgs a) {
-#if MMV_ARCH
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ TopkShared topk_sm;
     cooperative_groups::grid_group grid = cooperative_groups::this_grid();
     const Shape s = a.s;
     const int E = s.E, n = a.n, KV = s.KVH * s.D, Q = E + 2 * KV;
@@ -817,8 +819,56 @@ __global__ void __launch_bounds__(256) k_decode(DecodeArgs a) {
         g.s = s, g.rows = a.rows, g.seqs = a.seqs, g.layer = l, g.freq = a.rope_freq;
         gemv_all<NT>(g, smem);
         grid.sync();
-        // the indexer's key into the FP8 cache (no row selects here: its queries are not needed), and attention
-        int ixt = L.wix ? n : 0, tasks = ixt + n * s.KVH * a.maxch;
+        // Does a row select in this layer, and how many positions does the widest row attend?  (Every block
+        // works it out alike.)
+        int sel_on = 0, need = 1;
+        for (int r = 0; r < n; r++) {
+            RowDev rw = a.rows[r];
+            SeqDev sq = a.seqs[rw.seq];
+            int len = rw.pos + 1, sl = row_selects(sq, l, len);
+            sel_on |= sl;
+            need = max(need, sl ? sq.topk : len);
+        }
+        int32_t *sel = a.sel ? a.sel + (size_t)l * a.sel_layer : nullptr;
+        int *cnt = a.cnt ? a.cnt + (size_t)l * a.cnt_layer : nullptr;
+        int ixt = L.wix ? n : 0;
+        if (sel_on) {
+            // the indexer's queries, weights and key (a row per block, a vector per warp), the scores of every
+            // key (16 per warp task), the top-k of each selecting row (a row per block)
+            for (int vb = blockIdx.x; vb < n; vb += gridDim.x) {
+                __syncthreads();
+                int w = threadIdx.x >> 5;
+                if (w <= s.ixH)
+                    ix_vec64(s, a.ixproj, a.ixln, a.ix_freq, a.rows, a.seqs, l, a.iq, a.iw, vb, w,
+                             reinterpret_cast<float *>(smem) + 64 * w);
+            }
+            grid.sync();
+            int tiles = (a.grid_len + 15) / 16;
+            for (int wt = blockIdx.x * 8 + (threadIdx.x >> 5); wt < n * tiles; wt += gridDim.x * 8)
+                ix_scores_warp<64, 1>(s.ixH, a.rows, a.seqs, l, a.iq, a.iw, a.scores, a.score_ld, wt / tiles,
+                                      wt % tiles * 16);
+            grid.sync();
+            for (int r = blockIdx.x; r < n; r += gridDim.x) {
+                __syncthreads(); // topk's shared memory may still be read by this block's previous row
+                RowDev rw = a.rows[r];
+                SeqDev sq = a.seqs[rw.seq];
+                int len = rw.pos + 1;
+                if (!row_selects(sq, l, len)) {
+                    if (threadIdx.x == 0) cnt[r] = -1;
+                    continue;
+                }
+                const float *sc = a.scores + (size_t)r * a.score_ld;
+                int32_t *out = sel + (size_t)r * a.sel_ld;
+                if (len <= 16 * 256) topk_row<16, 256>(sc, len, sq.topk, out, cnt + r, topk_sm);
+                else if (len <= 32 * 256) topk_row<32, 256>(sc, len, sq.topk, out, cnt + r, topk_sm);
+                else topk_row<0, 256>(sc, len, sq.topk, out, cnt + r, topk_sm);
+            }
+            grid.sync();
+            ixt = 0;
+        }
+        // without selection, the indexer's key into the FP8 cache rides with the attention tasks (its queries are
+        // not needed); then the attention over each row's selection or causal prefix
+        int chunks = (need + CH - 1) / CH, tasks = ixt + n * s.KVH * chunks;
         for (int vb = blockIdx.x; vb < tasks; vb += gridDim.x) {
             if (vb < ixt) {
                 __syncthreads(); // smem may still be read by this block's previous task
@@ -827,9 +877,9 @@ __global__ void __launch_bounds__(256) k_decode(DecodeArgs a) {
                              reinterpret_cast<float *>(smem));
                 continue;
             }
-            int t = vb - ixt, c = t % a.maxch, kh = t / a.maxch % s.KVH, r = t / (a.maxch * s.KVH);
-            attn_chunk<D, 256>(s, a.qkv, Q, a.rows, a.seqs, l, nullptr, 0, nullptr, a.part, a.maxch, a.counter, a.att,
-                               nullptr, c, kh, r);
+            int t = vb - ixt, c = t % chunks, kh = t / chunks % s.KVH, r = t / (chunks * s.KVH);
+            attn_chunk<D, 256>(s, a.qkv, Q, a.rows, a.seqs, l, sel_on ? sel : nullptr, a.sel_ld,
+                               sel_on ? cnt : nullptr, a.part, a.maxch, a.counter, a.att, nullptr, c, kh, r);
         }
         grid.sync();
         g = GemvArgs{};
@@ -893,7 +943,7 @@ int cu_decode(const DecodeArgs &a) {
     if (cudaDeviceGetAttribute(&attr, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess || !attr || !mmv_capable())
         return -1;
     if (a.n < 1 || a.n > 16 || s.E % 8 || s.F % 8 || s.H % s.KVH || s.H / s.KVH > GMAX || s.D % 2 || s.rope_dim % 2 ||
-        (a.L && s.ixH && (s.ixd != 64 || s.ixH >= 32)))
+        (s.ixH && (s.ixd != 64 || s.ixH > 8)))
         return -1;
     DecodeArgs b = a;
     b.maxch = (a.grid_len + CH - 1) / CH;

@@ -71,7 +71,7 @@ struct dsa_gpu_model {
     int prof_graph;
     int ix_ctx_count;
     int flash;    // dense prefill through the tiled attention kernel (DSA_CUDA_FLASH=1)
-    int persist;  // decode steps without selection as one persistent kernel (DSA_CUDA_PERSIST=1)
+    int persist;  // decode steps as one persistent kernel: 0 no, 1 steps without selection, 2 all (DSA_CUDA_PERSIST)
     DecodeLayer *dlayers; // its per-layer weights (device), made at its first use
     int dlayers_ix;       // ... with the indexer's projection
     int gemv_max; // up to this many rows the matrices go through our GEMV kernels, above it through cuBLAS
@@ -375,8 +375,9 @@ extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, c
     cu_gemv_mma(gv && !strcmp(gv, "mma") ? 1 : 0);
     g->gemv_max = cu_gemv_mma(-1) ? GEMV_ROWS : 2;
     g->flash = fl && !strcmp(fl, "1");
+    // DSA_CUDA_PERSIST=1 takes decode steps through the persistent kernel (=dense: only steps without selection).
     const char *pe = getenv("DSA_CUDA_PERSIST");
-    g->persist = pe && !strcmp(pe, "1");
+    g->persist = !pe ? 0 : !strcmp(pe, "1") ? 2 : !strcmp(pe, "dense") ? 1 : 0;
     if (getenv("DSA_CUDA_PROFILE")) {
         g->profile = 1;
         cudaEventCreate(&g->ev0);
@@ -687,6 +688,9 @@ static int persistent_step(dsa_gpu_model *g, int n, int grid_len, int has_ix, ch
     a.rope_freq = g->rope_freq, a.ixln = g->ixln, a.ix_freq = g->ix_freq, a.x = g->x, a.qkv = g->qkv, a.att = g->att;
     a.hb = g->hb, a.ixproj = g->ixproj, a.iq = g->iq, a.iw = g->iw, a.part = g->part;
     a.counter = g->counter;
+    a.scores = g->scores, a.score_ld = g->grid_cap, a.sel_ld = g->sel_ld, a.sel = g->sel, a.cnt = g->cnt;
+    if (g->sel_log) // every layer's selection kept for the tests
+        a.sel = g->sel_log, a.cnt = g->cnt_log, a.sel_layer = (size_t)MAX_ROWS * g->sel_ld, a.cnt_layer = MAX_ROWS;
     cudaStream_t st = dsa_cu_stream();
     if ((e = cudaMemcpyAsync(g->par_d, g->par_h, PAR_BYTES, cudaMemcpyHostToDevice, st)) != cudaSuccess)
         return fail(err, errlen, "step parameters", e);
@@ -750,7 +754,7 @@ extern "C" int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const in
     // directly otherwise
     int use_graph = distinct && n <= GEMV_ROWS && !getenv("DSA_CUDA_NO_GRAPH");
     int ran = 0;
-    if (use_graph && g->persist && !sel_on && n_out == n) {
+    if (use_graph && g->persist > sel_on && n_out == n) {
         int in_order = 1;
         for (int i = 0; i < n; i++) in_order &= out_rows[i] == i;
         if (in_order) {

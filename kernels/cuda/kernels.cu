@@ -837,10 +837,9 @@ __global__ void __launch_bounds__(256) k_decode(DecodeArgs a) {
             // key (16 per warp task), the top-k of each selecting row (a row per block)
             for (int vb = blockIdx.x; vb < n; vb += gridDim.x) {
                 __syncthreads();
-                int w = threadIdx.x >> 5;
-                if (w <= s.ixH)
+                for (int w = threadIdx.x >> 5; w <= s.ixH; w += 8)
                     ix_vec64(s, a.ixproj, a.ixln, a.ix_freq, a.rows, a.seqs, l, a.iq, a.iw, vb, w,
-                             reinterpret_cast<float *>(smem) + 64 * w);
+                             reinterpret_cast<float *>(smem) + 64 * (threadIdx.x >> 5));
             }
             grid.sync();
             int tiles = (a.grid_len + 15) / 16;

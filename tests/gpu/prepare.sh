@@ -6,8 +6,12 @@
 # .devcarry/ must be ignored: echo /.devcarry/ >> .git/info/exclude
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BUILD=${1:-build}
-scripts/build.sh >/dev/null
+BUILD=${1:-build-gpu}
+# a build of its own with the CUDA backend (sm_90 code), whatever build/ was configured with
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DDSA_WERROR=ON -DDSA_CUDA=ON >/dev/null
+grep -q '^CMAKE_CUDA_ARCHITECTURES:STRING=.*90' "$BUILD/CMakeCache.txt" ||
+  { echo "prepare.sh: $BUILD has no sm_90 code (CMAKE_CUDA_ARCHITECTURES); remove it and run again" >&2; exit 1; }
+cmake --build "$BUILD" -j"$(nproc)" --target dsa test_cuda bench_cuda >/dev/null
 model=$(scripts/fetch-model.sh)
 mkdir -p .devcarry/build/tests .devcarry/build/bench
 "$BUILD/dsa" slice-model -m "$model" --layers 2 -o .devcarry/slice2.gguf \

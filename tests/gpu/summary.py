@@ -23,7 +23,7 @@ if load("agreement_new.json") or load("bench_new_b1.json"):
 dev = ""
 try:
     with open(os.path.join(out, "device.txt")) as f:
-        dev = f.read().strip().splitlines()[-1]
+        dev = (f.read().strip().splitlines() or [""])[-1]
 except OSError:
     pass
 rows, bars = [], []

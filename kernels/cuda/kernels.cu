@@ -832,6 +832,8 @@ __global__ void __launch_bounds__(256) k_decode(DecodeArgs a) {
         int32_t *sel = a.sel ? a.sel + (size_t)l * a.sel_layer : nullptr;
         int *cnt = a.cnt ? a.cnt + (size_t)l * a.cnt_layer : nullptr;
         int ixt = L.wix ? n : 0;
+        if (!sel_on && cnt && a.cnt_layer) // the tests' per-layer log: -1 (no selection), as k_topk leaves it
+            for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < n; r += gridDim.x * blockDim.x) cnt[r] = -1;
         if (sel_on) {
             // the indexer's queries, weights and key (a row per block, a vector per warp), the scores of every
             // key (16 per warp task), the top-k of each selecting row (a row per block)

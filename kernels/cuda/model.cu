@@ -308,6 +308,7 @@ static int ensure_scratch(dsa_gpu_model *g, int grid_len, int topk, char *err, s
         if (g->debug_sel) {
             ALLOC(g->sel_log, (size_t)g->n_layer * R * (topk > 0 ? topk : 1) * 4);
             ALLOC(g->cnt_log, (size_t)g->n_layer * R * 4);
+            if (e == cudaSuccess) e = cudaMemsetAsync(g->cnt_log, 0xFF, (size_t)g->n_layer * R * 4, dsa_cu_stream());
         }
     }
     ALLOC(g->part, cu_attention_part_floats(s, MAX_ROWS, grid_len) * 4);
@@ -499,7 +500,7 @@ extern "C" int dsa_gpu_debug_selection(dsa_gpu_model *g, int on) {
 
 extern "C" int dsa_gpu_selection(dsa_gpu_model *g, int layer, int row, int32_t *idx, int *cnt) {
     if (!g->sel_log || layer < 0 || layer >= g->n_layer || row < 0 || row >= MAX_ROWS) return -1;
-    if (dsa_cuda_get(cnt, g->cnt_log + (size_t)layer * MAX_ROWS + row, sizeof *cnt)) return -1;
+    if (dsa_cuda_get(cnt, g->cnt_log + (size_t)layer * MAX_ROWS + row, sizeof *cnt) || *cnt > g->sel_ld) return -1;
     if (*cnt > 0 && dsa_cuda_get(idx, g->sel_log + ((size_t)layer * MAX_ROWS + row) * g->sel_ld, (size_t)*cnt * 4))
         return -1;
     return 0;

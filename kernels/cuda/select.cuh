@@ -114,7 +114,7 @@ __device__ void ix_scores_warp(int H, const RowDev *__restrict__ rows, const Seq
     const float *qh = iq + ((size_t)r * H + g) * D;
 #pragma unroll
     for (int w = 0; w < NW; w++) {
-        float4 f = g < H ? __ldg(reinterpret_cast<const float4 *>(qh + ix_word_off<D>(t, w)))
+        float4 f = g < H ? __ldcg(reinterpret_cast<const float4 *>(qh + ix_word_off<D>(t, w)))
                          : make_float4(0.f, 0.f, 0.f, 0.f);
         q[4 * w] = f.x, q[4 * w + 1] = f.y, q[4 * w + 2] = f.z, q[4 * w + 3] = f.w;
     }
@@ -139,9 +139,9 @@ __device__ void ix_scores_warp(int H, const RowDev *__restrict__ rows, const Seq
         }
     // this lane's C columns are heads 2t and 2t+1: weight · 2^(8 - p) of each (lane 4n holds head n's p)
     const int pa = __shfl_sync(0xffffffffu, p, 8 * t), pb = __shfl_sync(0xffffffffu, p, 8 * t + 4);
-    const float fa = 2 * t < H ? __ldg(iw + (size_t)r * H + 2 * t) * __uint_as_float((uint32_t)(135 - pa) << 23) : 0.f;
+    const float fa = 2 * t < H ? __ldcg(iw + (size_t)r * H + 2 * t) * __uint_as_float((uint32_t)(135 - pa) << 23) : 0.f;
     const float fb =
-        2 * t + 1 < H ? __ldg(iw + (size_t)r * H + 2 * t + 1) * __uint_as_float((uint32_t)(135 - pb) << 23) : 0.f;
+        2 * t + 1 < H ? __ldcg(iw + (size_t)r * H + 2 * t + 1) * __uint_as_float((uint32_t)(135 - pb) << 23) : 0.f;
 
     float *o = out + (size_t)r * ld;
 #pragma unroll
@@ -271,7 +271,7 @@ __device__ void topk_row(const float *__restrict__ sc, int len, int k, int32_t *
 #pragma unroll
         for (int j = 0; j < P; j += 4) {
             if (vec && j + 4 <= nv) {
-                float4 f = __ldg(reinterpret_cast<const float4 *>(sc + base + j));
+                float4 f = __ldcg(reinterpret_cast<const float4 *>(sc + base + j));
                 u[j] = rank_key(f.x), u[j + 1] = rank_key(f.y), u[j + 2] = rank_key(f.z), u[j + 3] = rank_key(f.w);
             } else {
 #pragma unroll

@@ -416,6 +416,7 @@ __device__ void mmv_block(const GemvArgs &g, int tiles, int vb, unsigned char *s
             A1[j] = wb && c < cols ? __ldg(reinterpret_cast<const uint4 *>(wb + c)) : make_uint4(0, 0, 0, 0);
         }
     };
+    __shared__ int xexp[NP]; // input row r is staged times 2^xexp[r]
     load(0); // the weights are on their way before the inputs are ready
     for (int r = warp; r < NP; r += MMV_WARPS) {
         __half *dh = xh + r * stride, *dl = xl + r * stride;
@@ -426,9 +427,14 @@ __device__ void mmv_block(const GemvArgs &g, int tiles, int vb, unsigned char *s
             for (int c = lane; c < cols; c += 32) ss += x[c] * x[c];
             sc = 1.0f / sqrtf(warp_sum(ss) / cols + g.eps);
         }
+        float mx = 0;
+        for (int c = lane; r < n && c < cols; c += 32) mx = fmaxf(mx, fabsf(g.norm ? x[c] * sc * g.norm[c] : x[c]));
+        int e = 0; // 2^e puts the row's largest |v| in [2^14, 2^15): hi below f16's overflow, lo above its subnormals
+        if (r < n && (mx = warp_max(mx)) > 0 && mx <= 3.4e38f) frexpf(mx, &e), e = 15 - e;
+        if (lane == 0) xexp[r] = e;
         for (int c = lane; c < stride; c += 32) {
             float v = 0;
-            if (r < n && c < cols) v = g.norm ? __fmul_rn(__fmul_rn(x[c], sc), g.norm[c]) : x[c];
+            if (r < n && c < cols) v = ldexpf(g.norm ? __fmul_rn(__fmul_rn(x[c], sc), g.norm[c]) : x[c], e);
             __half h = __float2half_rn(v);
             dh[c] = h;
             dl[c] = __float2half_rn(v - __half2float(h));
@@ -479,7 +485,7 @@ __device__ void mmv_block(const GemvArgs &g, int tiles, int vb, unsigned char *s
             y0 += red[(w * 16 + pp) * NP + r];
             y1 += red[(w * 16 + pp + 8) * NP + r];
         }
-        store_pair(g, r, ra, rb, rot, y0, y1);
+        store_pair(g, r, ra, rb, rot, ldexpf(y0, -xexp[r]), ldexpf(y1, -xexp[r]));
     }
 #else
     (void)g, (void)tiles, (void)vb, (void)smem;
@@ -512,6 +518,14 @@ int launch_mmv(const GemvArgs &g) { return g.n <= 8 ? launch_mmv_t<1>(g) : launc
 
 bool mmv_on(void) { return g_mmv == 1; }
 
+bool mmv_fits(const GemvArgs &g) { // launch_mmv's shared memory fits the device (else the f32 kernel takes it)
+    static int optin = -1, dev = 0;
+    if (optin < 0 && (cudaGetDevice(&dev) != cudaSuccess ||
+                      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess))
+        optin = 0;
+    return mmv_smem(g.cols, g.n <= 8 ? 8 : 16) <= (size_t)optin;
+}
+
 bool mmv_capable(void) {
     static int cap = -1;
     if (cap < 0) {
@@ -527,7 +541,7 @@ int launch_gemv(const GemvArgs &g) {
     int n = g.n;
     if (n < 1 || n > 16 || g.cols % 8 || (g.mode == GEMV_QKV && (g.rows_a % 2 || g.s.D % 2 || g.s.rope_dim % 2)))
         return -1;
-    if (mmv_on()) return launch_mmv(g);
+    if (mmv_on() && mmv_fits(g)) return launch_mmv(g);
     if (n == 1) return launch_gemv_r<1>(g);
     if (n == 2) return launch_gemv_r<2>(g);
     if (n <= 4) return launch_gemv_r<4>(g);

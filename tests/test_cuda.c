@@ -55,7 +55,8 @@ static json_t *report;
 
 /* ---- kernels ------------------------------------------------------------------------------------------------- */
 
-static int gemv_mma; /* the GEMV kernels under test: 0 f32, 1 tensor cores */
+static int gemv_mma;            /* the GEMV kernels under test: 0 f32, 1 tensor cores */
+static float gemv_xscale = 3;   /* the inputs' magnitude */
 
 static void test_gemv(int rows, int cols, int n, int use_norm, int accumulate, int swiglu) {
     int wrows = swiglu ? 2 * rows : rows;
@@ -67,7 +68,7 @@ static void test_gemv(int rows, int cols, int n, int use_norm, int accumulate, i
         float f = frand() * 0.1f;
         dsa_f32_to_f16_row(1, &f, &W[i]);
     }
-    for (size_t i = 0; i < (size_t)n * cols; i++) X[i] = frand() * 3;
+    for (size_t i = 0; i < (size_t)n * cols; i++) X[i] = frand() * gemv_xscale;
     for (int i = 0; i < cols; i++) norm[i] = 0.5f + frand() * 0.25f;
     for (size_t i = 0; i < (size_t)n * rows; i++) Y0[i] = frand();
     for (int r = 0; r < n; r++) {
@@ -94,8 +95,8 @@ static void test_gemv(int rows, int cols, int n, int use_norm, int accumulate, i
     CHECK(rc == 0 && dsa_cuda_sync(err, sizeof err) == 0, "gemv launch: %s", err);
     dsa_cuda_get(Y, dY, (size_t)n * rows * 4);
     double e = rel_err(Y, ref, (size_t)n * rows);
-    CHECK(e < 1e-5, "gemv%s %dx%d n=%d norm=%d acc=%d swiglu=%d: rel err %.3g", gemv_mma ? " (tensor cores)" : "", rows,
-          cols, n, use_norm, accumulate, swiglu, e);
+    CHECK(e < 1e-5, "gemv%s %dx%d n=%d norm=%d acc=%d swiglu=%d |x| ~%g: rel err %.3g",
+          gemv_mma ? " (tensor cores)" : "", rows, cols, n, use_norm, accumulate, swiglu, gemv_xscale, e);
     dsa_cuda_free(dW), dsa_cuda_free(dX), dsa_cuda_free(dN), dsa_cuda_free(dY);
     free(W), free(X), free(norm), free(Y0), free(Y), free(ref);
 }
@@ -705,6 +706,11 @@ int main(void) {
         test_gemv(49152, 576, 2, 1, 0, 0);
         test_gemv(1000, 584, 9, 1, 1, 0); /* rows, columns and inputs not multiples of the tiles */
         test_gemv(24, 2056, 16, 0, 0, 1);  /* more columns than one pass of registers holds */
+        for (int k = 0; k < 2; k++) {      /* unnormalised inputs far from 1 (f16 parts: overflow, subnormals) */
+            gemv_xscale = k ? 3e5f : 3e-4f;
+            test_gemv(576, 1536, 9, 0, 1, 0);
+        }
+        gemv_xscale = 3;
         test_gemv_f32(324, 576, 1);
         test_gemv_f32(324, 576, 16);
     }

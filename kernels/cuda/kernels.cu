@@ -526,13 +526,17 @@ bool mmv_fits(const GemvArgs &g) { // launch_mmv's shared memory fits the device
     return mmv_smem(g.cols, g.n <= 8 ? 8 : 16) <= (size_t)optin;
 }
 
+// A device of sm_80 or newer running code compiled for it: a device that JIT-compiles the compute_75 PTX gets
+// k_mmv and k_decode without their bodies.  Asked once.
 bool mmv_capable(void) {
     static int cap = -1;
     if (cap < 0) {
         int dev = 0, major = 0;
-        cudaGetDevice(&dev);
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-        cap = major >= 8;
+        cudaFuncAttributes fa;
+        cap = cudaGetDevice(&dev) == cudaSuccess &&
+              cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 8 &&
+              cudaFuncGetAttributes(&fa, k_mmv<1>) == cudaSuccess && fa.ptxVersion >= 80;
+        if (!cap) cudaGetLastError(); // a refused query leaves nothing behind
     }
     return cap == 1;
 }
@@ -946,15 +950,18 @@ template <int NT, int D> int launch_decode(const DecodeArgs &a) {
     size_t smem = mmv_smem(s.E, NP), sf = mmv_smem(s.F, NP), sb = (size_t)a.n * s.E * sizeof(float);
     if (sf > smem) smem = sf;
     if (sb > smem) smem = sb;
-    static size_t smem_set = 48 * 1024;
+    static size_t smem_set = 48 * 1024, smem_asked = 0; // the attribute set; the size per_sm was worked out for
     static int per_sm = -1;
-    if (smem > smem_set || per_sm < 0) {
-        if (smem > 48 * 1024 && cudaFuncSetAttribute(k_decode<NT, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                     (int)smem) != cudaSuccess)
-            return -1;
-        if (smem > smem_set) smem_set = smem;
+    if (smem != smem_asked) {
+        if (smem > smem_set) {
+            if (cudaFuncSetAttribute(k_decode<NT, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) !=
+                cudaSuccess)
+                return -1;
+            smem_set = smem;
+        }
         if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_decode<NT, D>, 256, smem) != cudaSuccess)
             per_sm = 0;
+        smem_asked = smem;
     }
     if (per_sm < 1) return -1;
     cudaLaunchConfig_t cfg = {};

@@ -373,7 +373,8 @@ extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, c
     // DSA_CUDA_SELECT=new: the index scores on tensor cores and the top-k from registers.
     const char *gv = getenv("DSA_CUDA_GEMV"), *fl = getenv("DSA_CUDA_FLASH"), *se = getenv("DSA_CUDA_SELECT");
     cu_select_new(se && !strcmp(se, "new"));
-    cu_gemv_mma(gv && !strcmp(gv, "mma") ? 1 : 0);
+    if (cu_gemv_mma(gv && !strcmp(gv, "mma") ? 1 : 0) == 0 && gv && !strcmp(gv, "mma"))
+        fprintf(stderr, "dsa: CUDA: DSA_CUDA_GEMV=mma: no tensor-core code for this device; the f32 GEMV runs\n");
     g->gemv_max = cu_gemv_mma(-1) ? GEMV_ROWS : 2;
     g->flash = fl && !strcmp(fl, "1");
     // DSA_CUDA_PERSIST=1 takes decode steps through the persistent kernel (=dense: only steps without selection).
@@ -629,9 +630,16 @@ static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on,
                     return -1;
             }
         }
-        if ((l >= flash_until || cu_flash_attention(s, g->qkv, Q, rows, n, seqs, l, g->att, blas ? g->xh : NULL)) &&
-            cu_attention(s, g->qkv, Q, rows, n, seqs, l, sel, g->sel_ld, cnt, grid_len, g->part, g->counter, g->att,
-                         blas ? g->xh : NULL))
+        int flashed = l < flash_until && !cu_flash_attention(s, g->qkv, Q, rows, n, seqs, l, g->att, blas ? g->xh : NULL);
+        if (l < flash_until && !flashed) { // not on this device or shape: the per-row kernel, and say so once
+            cudaGetLastError();
+            fprintf(stderr, "dsa: CUDA: DSA_CUDA_FLASH: the tiled attention kernel cannot run here; prefill uses the "
+                            "per-row kernel\n");
+            g->flash = 0;
+            flash_until = 0;
+        }
+        if (!flashed && cu_attention(s, g->qkv, Q, rows, n, seqs, l, sel, g->sel_ld, cnt, grid_len, g->part,
+                                     g->counter, g->att, blas ? g->xh : NULL))
             return -1;
         if (blas) {
             if (gemm(g, L->wo, E, E, g->xh, n, g->x, 1) || cu_rmsnorm_h(g->x, L->ffn_norm, E, eps, n, g->xh, NULL) ||
@@ -674,7 +682,8 @@ static int persistent_step(dsa_gpu_model *g, int n, int grid_len, int has_ix, ch
         }
         size_t bytes = (size_t)g->n_layer * sizeof *h;
         if ((e = cudaMalloc((void **)&g->dlayers, bytes)) != cudaSuccess ||
-            (e = cudaMemcpy(g->dlayers, h, bytes, cudaMemcpyHostToDevice)) != cudaSuccess) {
+            (e = cudaMemcpyAsync(g->dlayers, h, bytes, cudaMemcpyHostToDevice, dsa_cu_stream())) != cudaSuccess ||
+            (e = cudaStreamSynchronize(dsa_cu_stream())) != cudaSuccess) {
             free(h);
             cudaFree(g->dlayers);
             g->dlayers = NULL;
@@ -763,8 +772,13 @@ extern "C" int dsa_gpu_eval(dsa_gpu_ctx *const *cs, const int32_t *ids, const in
             ran = persistent_step(g, n, grid_len, has_ix, err, errlen);
             if (ran < 0) return -1;
             if (ran && g->profile) cudaEventRecord(g->ev1, st);
-            if (ran) g->prof_graph = 2;
-            else g->persist = 0; // not on this device or shape: the graph path from now on
+            if (ran) {
+                g->prof_graph = 2;
+            } else { // not on this device or shape: the graph path from now on, and say so once
+                fprintf(stderr, "dsa: CUDA: DSA_CUDA_PERSIST: the persistent decode kernel cannot run here (%d rows); "
+                                "decode steps replay graphs instead\n", n);
+                g->persist = 0;
+            }
         }
     }
     if (!ran && use_graph) {

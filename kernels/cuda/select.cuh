@@ -64,12 +64,12 @@ __device__ __forceinline__ void ix_load_share(const uint8_t *__restrict__ row, i
         return;
     }
     if constexpr (D == 32) {
-        uint2 v = __ldg(reinterpret_cast<const uint2 *>(row + 8 * t));
+        uint2 v = __ldcg(reinterpret_cast<const uint2 *>(row + 8 * t));
         w[0] = v.x, w[1] = v.y;
     } else {
 #pragma unroll
         for (int c = 0; c < D / 64; c++) {
-            uint4 v = __ldg(reinterpret_cast<const uint4 *>(row + 64 * c + 16 * t));
+            uint4 v = __ldcg(reinterpret_cast<const uint4 *>(row + 64 * c + 16 * t));
             w[4 * c] = v.x, w[4 * c + 1] = v.y, w[4 * c + 2] = v.z, w[4 * c + 3] = v.w;
         }
     }
@@ -106,7 +106,7 @@ __device__ void ix_scores_warp(int H, const RowDev *__restrict__ rows, const Seq
 #pragma unroll
     for (int i = 0; i < TPW; i++) {
         int s = s0 + 16 * i + g + 8 * (t & 1);
-        scl[i] = t < 2 && s < len ? __ldg(sq.iks + slot0 + s) : 0.0f;
+        scl[i] = t < 2 && s < len ? __ldcg(sq.iks + slot0 + s) : 0.0f;
     }
 
     // head g's query dims of this lane's share (zeros past H), its largest |q| over the quad, and 2^p

@@ -22,6 +22,8 @@ for f in dsa tests/test_cuda bench/bench_cuda; do
 done
 # packed: with sm_90 code and the PTX the binaries are too large to travel as they are (tests/gpu/env.sh unpacks)
 tar -C .devcarry -cf - build | xz -T0 -9 > .devcarry/build.tar.xz && rm -rf .devcarry/build
+# the fingerprint of the sources they were built from (tests/gpu/run.sh refuses stale binaries)
+git ls-files -z CMakeLists.txt kernels engine sessions tools tests bench | xargs -0 sha256sum > .devcarry/sources.sha256
 libs=$(mktemp -d)
 mkdir "$libs/devlibs"
 ldd "$BUILD/dsa" | awk '/=>/{print $3}' | grep -v -E '/(libc|libm|libgcc_s|ld-linux|libpthread|libdl|librt|libstdc\+\+|libcublas|libcublasLt)\.' |

@@ -16,6 +16,15 @@ cd "$(dirname "$0")/../.."
 BIN=${1:-build}
 . tests/gpu/env.sh
 log() { printf '== %s\n' "$*" | tee -a "$OUT/run.log"; }
+# At most 8 files come back from the machine, also from a run cut short by its time limit: each step's results
+# go into raw.tar as soon as they are written.
+keep() { (cd "$OUT" && for f in "$@"; do [ ! -e "$f" ] || { tar -rf raw.tar "$f" && rm -f "$f"; }; done); }
+
+# the carried binaries must have been built from this tree (tests/gpu/prepare.sh writes the fingerprint)
+if [ -f .devcarry/sources.sha256 ] && ! sha256sum --quiet -c .devcarry/sources.sha256 >/dev/null 2>&1; then
+  log "the carried binaries are older than this tree: run tests/gpu/prepare.sh again"
+  exit 1
+fi
 
 if [ ! -x "$BIN/dsa" ]; then
   log "building into $BIN"
@@ -26,6 +35,7 @@ chmod +x "$BIN/dsa" "$BIN/tests/test_cuda" "$BIN/bench/bench_cuda" 2>/dev/null
 log "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader |
   tee "$OUT/device.txt" | tee -a "$OUT/run.log"
+keep device.txt
 "$BIN/dsa" info -m "$SLICE" --backend cuda 2>&1 | tee -a "$OUT/run.log" | grep -E 'cuda|dsa'
 
 # Kernels written without a GPU at hand are opt-in until a run like this one has checked them (docs/cuda.md);
@@ -33,16 +43,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 NEW_ENV=(DSA_CUDA_GEMV=mma DSA_CUDA_FLASH=1 DSA_CUDA_PERSIST=1 DSA_CUDA_SELECT=new)
 
 log "kernels and model against the CPU backend (test_cuda)"
-DSA_MODEL=$SLICE DSA_CUDA_REPORT=$OUT/agreement.json timeout 300 "$BIN/tests/test_cuda" 2>&1 | tee "$OUT/test_cuda.log" | tail -n 14
+DSA_MODEL=$SLICE DSA_CUDA_REPORT=$OUT/agreement.json timeout 150 "$BIN/tests/test_cuda" 2>&1 | tee "$OUT/test_cuda.log" | tail -n 14
 echo "test_cuda exit ${PIPESTATUS[0]}" | tee -a "$OUT/run.log"
+keep test_cuda.log agreement.json
 log "the model against the CPU backend with ${NEW_ENV[*]}"
-env "${NEW_ENV[@]}" DSA_MODEL=$SLICE DSA_CUDA_REPORT=$OUT/agreement_new.json timeout 300 "$BIN/tests/test_cuda" 2>&1 |
+env "${NEW_ENV[@]}" DSA_MODEL=$SLICE DSA_CUDA_REPORT=$OUT/agreement_new.json timeout 150 "$BIN/tests/test_cuda" 2>&1 |
   tee "$OUT/test_cuda_new.log" | tail -n 8
 echo "test_cuda (${NEW_ENV[*]}) exit ${PIPESTATUS[0]}" | tee -a "$OUT/run.log"
+keep test_cuda_new.log agreement_new.json
 
 log "kernels against their floor (bench_cuda)"
-timeout 120 "$BIN/bench/bench_cuda" > "$OUT/kernels.json" 2> >(tee -a "$OUT/run.log" >&2)
+timeout 90 "$BIN/bench/bench_cuda" > "$OUT/kernels.json" 2> >(tee -a "$OUT/run.log" >&2)
 cat "$OUT/kernels.json"
+keep kernels.json
 
 log "a seeded random model of the default shape"
 RAND=/tmp/dsachat-rand.gguf
@@ -52,15 +65,18 @@ for V in "" _new; do
   for B in 1 16; do
     log "decode and prefill, batch $B${V:+ (${NEW_ENV[*]})}"
     if [ -n "$V" ]; then vars=("${NEW_ENV[@]}"); else vars=(DSA_CUDA_SHIPPED=1); fi
-    env "${vars[@]}" timeout 200 "$BIN/dsa" bench -m "$RAND" --indexer /tmp/dsachat-rand.dsa.gguf --backend cuda \
+    env "${vars[@]}" timeout 100 "$BIN/dsa" bench -m "$RAND" --indexer /tmp/dsachat-rand.dsa.gguf --backend cuda \
       --contexts 128,1024,8192 --batch "$B" --gen-tokens 128 --reps 2 --json > "$OUT/bench${V}_b$B.json" \
       2> >(tee -a "$OUT/run.log" >&2)
     cat "$OUT/bench${V}_b$B.json"
+    keep "bench${V}_b$B.json"
   done
 done
 
 log "summary"
-python3 tests/gpu/summary.py "$OUT" | tee "$OUT/summary.md"
-# at most 8 files come back from the machine: the raw results travel as one archive
-cd "$OUT" && tar -czf raw.tgz --remove-files device.txt test_cuda*.log agreement*.json kernels.json bench*_b*.json 2>/dev/null
+raw=$(mktemp -d)
+tar -C "$raw" -xf "$OUT/raw.tar" 2>/dev/null
+python3 tests/gpu/summary.py "$raw" | tee "$OUT/summary.md"
+mv "$raw/summary.json" "$OUT/" 2>/dev/null
+rm -rf "$raw"
 ls "$OUT"

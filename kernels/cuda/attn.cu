@@ -25,13 +25,6 @@ __global__ void __launch_bounds__(128) k_attn(Shape s, const float *__restrict__
 // ---- flash attention: PTX primitives (sm_80 and newer: compiled only there) ------------------------------------
 
 #if __CUDA_ARCH__ >= 800
-// D += A·B on tensor cores: A 16×16 f16 (row), B 16×8 f16 (col), D 16×8 f32; fragments as in the PTX ISA
-// ("Matrix Fragments for mma.m16n8k16 with floating point type").
-__device__ __forceinline__ void fa_mma(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 // Four 8×8 f16 matrices from shared memory; lanes 8j..8j+7 give the row addresses of matrix j (16-byte aligned).
 __device__ __forceinline__ void fa_ldsm4(uint32_t r[4], const void *p) {
     unsigned a = (unsigned)__cvta_generic_to_shared(p);
@@ -174,10 +167,10 @@ __global__ void __launch_bounds__(256) k_flash_attn(Shape s, const float *__rest
             for (int j = 0; j < 4; j++) {
                 uint32_t b[4]; // b0, b1 of k-step 2kp, then of 2kp+1: K rows 8j.., columns 32kp + 8·(lane/8)
                 fa_ldsm4(b, Ks + (j * 8 + (lane & 7)) * LD + kp * 32 + (lane >> 3) * 8);
-                fa_mma(sc[j], ql[2 * kp], b[0], b[1]);
-                fa_mma(sc[j], qh[2 * kp], b[0], b[1]);
-                fa_mma(sc[j], ql[2 * kp + 1], b[2], b[3]);
-                fa_mma(sc[j], qh[2 * kp + 1], b[2], b[3]);
+                mma_16816(sc[j], ql[2 * kp], b[0], b[1]);
+                mma_16816(sc[j], qh[2 * kp], b[0], b[1]);
+                mma_16816(sc[j], ql[2 * kp + 1], b[2], b[3]);
+                mma_16816(sc[j], qh[2 * kp + 1], b[2], b[3]);
             }
         __syncwarp(); // every lane is done with Ks
         if (c + KS < nc) fa_load<D>(Ks, Kg, KV, (c + KS) * FA_C, pmax, lane);
@@ -225,8 +218,8 @@ __global__ void __launch_bounds__(256) k_flash_attn(Shape s, const float *__rest
             for (int dp = 0; dp < D / 16; dp++) {
                 uint32_t b[4]; // transposed: b0, b1 of n-tile 2dp (V columns 16dp..), then of 2dp+1
                 fa_ldsm4t(b, Vs + (kk * 16 + (lane & 7) + (lane & 8)) * LD + dp * 16 + (lane >> 4) * 8);
-                fa_mma(o[2 * dp], a, b[0], b[1]);
-                fa_mma(o[2 * dp + 1], a, b[2], b[3]);
+                mma_16816(o[2 * dp], a, b[0], b[1]);
+                mma_16816(o[2 * dp + 1], a, b[2], b[3]);
             }
         }
         __syncwarp(); // every lane is done with Vs

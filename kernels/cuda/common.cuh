@@ -81,6 +81,20 @@ int sms(void) {
     return g_sms;
 }
 
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800 // sm_80+ code (and the host pass, which only parses it)
+// c += A·B on tensor cores: A 16×16 f16 (row), B 16×8 f16 (col), c 16×8 f32, in the PTX ISA's fragment layouts
+// ("Matrix Fragments for mma.m16n8k16 with floating point type").
+__device__ __forceinline__ void mma_16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+#ifdef __CUDA_ARCH__
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    (void)c, (void)a, (void)b0, (void)b1;
+#endif
+}
+#endif
+
 } // namespace
 
 #endif

@@ -306,19 +306,6 @@ constexpr int MMV_WARPS = 8;
 #endif
 #if MMV_ARCH
 constexpr int MMV_KMAX = 8; // 32-column steps a warp holds in registers at once (cols <= 2048 in one pass)
-
-__device__ __forceinline__ void mma16816(float *c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
-                                         unsigned b1) {
-#if defined(__CUDA_ARCH__)
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#else
-    (void)c, (void)a0, (void)a1, (void)a2, (void)a3, (void)b0, (void)b1;
-#endif
-}
-
 #endif
 
 // Tiles of 16 weight rows of the f16 matrix.
@@ -459,8 +446,9 @@ __device__ void mmv_block(const GemvArgs &g, int tiles, int vb, unsigned char *s
                 const unsigned *h = reinterpret_cast<const unsigned *>(&H), *l = reinterpret_cast<const unsigned *>(&L);
 #pragma unroll
                 for (int kk = 0; kk < 2; kk++) {
-                    mma16816(acc[nt], a0[2 * kk], a1[2 * kk], a0[2 * kk + 1], a1[2 * kk + 1], h[2 * kk], h[2 * kk + 1]);
-                    mma16816(acc[nt], a0[2 * kk], a1[2 * kk], a0[2 * kk + 1], a1[2 * kk + 1], l[2 * kk], l[2 * kk + 1]);
+                    const uint32_t a[4] = {a0[2 * kk], a1[2 * kk], a0[2 * kk + 1], a1[2 * kk + 1]};
+                    mma_16816(acc[nt], a, h[2 * kk], h[2 * kk + 1]);
+                    mma_16816(acc[nt], a, l[2 * kk], l[2 * kk + 1]);
                 }
             }
         }

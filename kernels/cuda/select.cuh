@@ -18,13 +18,6 @@ __device__ __forceinline__ uint32_t prmt_x0(uint32_t x, uint32_t sel) {
     return d;
 }
 
-// c += A·B on tensor cores: A 16×16 f16 (row), B 16×8 f16 (col), c 16×8 f32, in the PTX ISA's fragment layouts.
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 #endif
 
 // ---- the lightning indexer's scores on tensor cores (sm_80+, H <= 8) ------------------------------------------

@@ -89,6 +89,56 @@ static void run_gemv(void *u) {
     dsa_cuk_gemv_f16(j->W[s], j->rows, j->cols, j->x, j->n, j->norm, 1e-5f, j->y, 0);
 }
 
+/* ---- a decode step's matrix products: 30 layers of the default shape, then the logits; f16 or quantised ---- */
+#define STEP_LAYERS 30
+enum { SE = 576, SF = 1536, SQKV = 960, SV = 49152 };
+typedef struct {
+    int n, quant;
+    void *qkv[STEP_LAYERS], *wo[STEP_LAYERS], *gu[STEP_LAYERS], *down[STEP_LAYERS], *out; /* f16 or repacked blocks */
+    float *x, *y, *h, *logits, *norm;
+} step_job;
+static void run_step(void *u) {
+    step_job *j = u;
+    for (int l = 0; l < STEP_LAYERS; l++) {
+        if (j->quant) {
+            dsa_cuk_gemv_q(DSA_Q4_1, j->qkv[l], SQKV, SE, j->x, j->n, j->norm, 1e-5f, j->y, 0, 0);
+            dsa_cuk_gemv_q(DSA_Q4_1, j->wo[l], SE, SE, j->y, j->n, NULL, 1e-5f, j->x, 1, 0);
+            dsa_cuk_gemv_q(DSA_Q4_1, j->gu[l], SF, SE, j->x, j->n, j->norm, 1e-5f, j->h, 0, 1);
+            dsa_cuk_gemv_q(DSA_Q4_1, j->down[l], SE, SF, j->h, j->n, NULL, 1e-5f, j->x, 1, 0);
+        } else {
+            dsa_cuk_gemv_f16(j->qkv[l], SQKV, SE, j->x, j->n, j->norm, 1e-5f, j->y, 0);
+            dsa_cuk_gemv_f16(j->wo[l], SE, SE, j->y, j->n, NULL, 1e-5f, j->x, 1);
+            dsa_cuk_gemv_swiglu(j->gu[l], SF, SE, j->x, j->n, j->norm, 1e-5f, j->h);
+            dsa_cuk_gemv_f16(j->down[l], SE, SF, j->h, j->n, NULL, 1e-5f, j->x, 1);
+        }
+    }
+    if (j->quant) dsa_cuk_gemv_q(DSA_Q8_0, j->out, SV, SE, j->x, j->n, j->norm, 1e-5f, j->logits, 0, 0);
+    else dsa_cuk_gemv_f16(j->out, SV, SE, j->x, j->n, j->norm, 1e-5f, j->logits, 0);
+}
+
+/* A rows × cols matrix of random GGUF blocks of type (Q4_1: d ~ 0.003, m ~ -0.02; Q8_0: d ~ 0.0004), repacked and
+ * in device memory. */
+static void *dev_qrandom(int type, int rows, int cols) {
+    size_t rsz = dsa_row_size(type, cols), qb = dsa_cuda_q_bytes(type, rows, cols);
+    uint8_t *B = malloc((size_t)rows * rsz), *Q = malloc(qb);
+    void *d = dsa_cuda_alloc(qb);
+    if (!B || !Q || !d) {
+        fprintf(stderr, "bench_cuda: out of memory (%zu bytes)\n", qb);
+        exit(1);
+    }
+    int bsz = type == DSA_Q4_1 ? 20 : 34;
+    for (size_t b = 0; b < (size_t)rows * cols / 32; b++) {
+        uint8_t *blk = B + b * bsz;
+        float dm[2] = {type == DSA_Q4_1 ? 0.003f : 0.0004f, -0.02f};
+        dsa_f32_to_f16_row(type == DSA_Q4_1 ? 2 : 1, dm, (uint16_t *)blk);
+        for (int i = type == DSA_Q4_1 ? 4 : 2; i < bsz; i++) blk[i] = (uint8_t)((rs = rs * 6364136223846793005ull + 1) >> 56);
+    }
+    dsa_cuda_q_repack(type, B, rows, cols, Q);
+    dsa_cuda_put(d, Q, qb);
+    free(B), free(Q);
+    return d;
+}
+
 typedef struct {
     int L, k;
     dsa_cuk_rows *rows;
@@ -198,6 +248,56 @@ int main(void) {
         json_object_set_new(J, mma ? "gemv_49152x576_mma" : "gemv_49152x576", gv);
     }
     dsa_cuk_gemv_mma(0);
+
+    /* The measured choice of the weights' form (docs/cuda.md): a decode step's matrix products (30 layers of the
+     * default shape, then the logits) with f16 weights against the GGUF's blocks (Q4_1 layers, Q8_0 logits) read
+     * by k_gemv_q, 1, 2 and 16 rows; 121 launches back to back between one pair of events.  f16 on tensor cores
+     * too where the device has them (f16_mma). */
+    {
+        step_job f = {0}, q = {0};
+        for (int l = 0; l < STEP_LAYERS; l++) {
+            f.qkv[l] = dev_random((size_t)SQKV * SE * 2, 1), f.wo[l] = dev_random((size_t)SE * SE * 2, 1);
+            f.gu[l] = dev_random((size_t)2 * SF * SE * 2, 1), f.down[l] = dev_random((size_t)SE * SF * 2, 1);
+            q.qkv[l] = dev_qrandom(DSA_Q4_1, SQKV, SE), q.wo[l] = dev_qrandom(DSA_Q4_1, SE, SE);
+            q.gu[l] = dev_qrandom(DSA_Q4_1, 2 * SF, SE), q.down[l] = dev_qrandom(DSA_Q4_1, SE, SF);
+        }
+        f.out = dev_random((size_t)SV * SE * 2, 1);
+        q.out = dev_qrandom(DSA_Q8_0, SV, SE);
+        q.quant = 1;
+        float *x = dev_random((size_t)16 * SF * 4, 0);
+        float *y = dev_random((size_t)16 * SQKV * 4, 0), *h = dev_random((size_t)16 * SF * 4, 0);
+        float *lg = dsa_cuda_alloc((size_t)16 * SV * 4), *nm = dev_random((size_t)SF * 4, 0);
+        f.x = q.x = x, f.y = q.y = y, f.h = q.h = h, f.logits = q.logits = lg, f.norm = q.norm = nm;
+        double per_layer = (double)SQKV * SE + SE * SE + 2.0 * SF * SE + SE * SF;
+        double fbytes = (STEP_LAYERS * per_layer + (double)SV * SE) * 2;
+        double qbytes = STEP_LAYERS * (dsa_cuda_q_bytes(DSA_Q4_1, SQKV, SE) + dsa_cuda_q_bytes(DSA_Q4_1, SE, SE) +
+                                       dsa_cuda_q_bytes(DSA_Q4_1, 2 * SF, SE) + dsa_cuda_q_bytes(DSA_Q4_1, SE, SF)) +
+                        (double)dsa_cuda_q_bytes(DSA_Q8_0, SV, SE);
+        json_t *arr = json_array();
+        int ns[] = {1, 2, 16};
+        for (int i = 0; i < 3; i++) {
+            f.n = q.n = ns[i];
+            double fm = dsa_cuda_time_ms(run_step, &f, 2, 20), qm = dsa_cuda_time_ms(run_step, &q, 2, 20), mm = -1;
+            if (dsa_cuk_gemv_mma(1) == 1) mm = dsa_cuda_time_ms(run_step, &f, 2, 20);
+            dsa_cuk_gemv_mma(0);
+            json_t *o = json_pack("{s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "rows_in", ns[i], "f16_ms", fm, "quant_ms", qm,
+                                  "quant_speedup", fm / qm, "f16_GBps", fbytes / (fm * 1e-3) / 1e9, "quant_GBps",
+                                  qbytes / (qm * 1e-3) / 1e9, "f16_floor_ms", fbytes / hbm * 1e3, "quant_floor_ms",
+                                  qbytes / hbm * 1e3);
+            if (mm > 0) json_object_set_new(o, "f16_mma_ms", json_real(mm));
+            json_array_append_new(arr, o);
+        }
+        json_object_set_new(J, "decode_matmuls_f16_vs_quant",
+                            json_pack("{s:o,s:f,s:f,s:s}", "runs", arr, "f16_MB", fbytes / 1e6, "quant_MB", qbytes / 1e6,
+                                      "timing", "30 layers (QKV, Wo, gate/up + SwiGLU, down) and the logits, 121 "
+                                                "launches back to back between one pair of CUDA events, median of 20"));
+        for (int l = 0; l < STEP_LAYERS; l++) {
+            dsa_cuda_free(f.qkv[l]), dsa_cuda_free(f.wo[l]), dsa_cuda_free(f.gu[l]), dsa_cuda_free(f.down[l]);
+            dsa_cuda_free(q.qkv[l]), dsa_cuda_free(q.wo[l]), dsa_cuda_free(q.gu[l]), dsa_cuda_free(q.down[l]);
+        }
+        dsa_cuda_free(f.out), dsa_cuda_free(q.out), dsa_cuda_free(x), dsa_cuda_free(y), dsa_cuda_free(h);
+        dsa_cuda_free(lg), dsa_cuda_free(nm);
+    }
 
     /* attention over 8K positions, 16 rows, 9/3 heads × 64: dense vs 512 selected */
     attn_job aj = {9, 3, 64, 512, NULL, 0, 0, 0, 0};

@@ -438,6 +438,46 @@ static void to_f16(const wmat *w, uint16_t *dst, float *row) {
     }
 }
 
+/* DSA_CUDA_QUANT=1: matrices stacked from parts of one type (Q4_1 or Q8_0) also go up as their GGUF blocks, row
+ * after row, for the decode GEMV; parts of mixed or other types keep the f16 copy only (type 0). */
+static dsa_gpu_qmat gpu_qmat(const wmat *const *parts, int n, void **keep) {
+    dsa_gpu_qmat q = {0, NULL};
+    enum dsa_type t = parts[0]->type;
+    if (t != DSA_Q4_1 && t != DSA_Q8_0) return q;
+    size_t bytes = 0;
+    for (int i = 0; i < n; i++) {
+        if (parts[i]->type != t) return q;
+        bytes += (size_t)parts[i]->rows * dsa_row_size(t, parts[i]->cols);
+    }
+    if (n == 1) return (dsa_gpu_qmat){(int)t, parts[0]->data};
+    char *buf = malloc(bytes);
+    if (!buf) return q;
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        size_t b = (size_t)parts[i]->rows * dsa_row_size(t, parts[i]->cols);
+        memcpy(buf + off, parts[i]->data, b);
+        off += b;
+    }
+    *keep = buf;
+    return (dsa_gpu_qmat){(int)t, buf};
+}
+
+static int gpu_model_quant(dsa_model *m, dsa_gpu_model *g, char *err, size_t errlen) {
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        const layer *L = &m->layers[l];
+        const wmat *qkv[3] = {&L->wq, &L->wk, &L->wv}, *gu[2] = {&L->gate, &L->up}, *wo = &L->wo, *down = &L->down;
+        void *k1 = NULL, *k2 = NULL;
+        dsa_gpu_layer_q q = {gpu_qmat(qkv, 3, &k1), gpu_qmat(&wo, 1, NULL), gpu_qmat(gu, 2, &k2), gpu_qmat(&down, 1, NULL)};
+        int rc = dsa_gpu_set_layer_q(g, l, &q, err, errlen);
+        free(k1);
+        free(k2);
+        if (rc) return -1;
+    }
+    const wmat *out = m->hp.tied_output ? &m->embd : &m->output;
+    dsa_gpu_qmat qo = gpu_qmat(&out, 1, NULL);
+    return dsa_gpu_set_output_q(g, &qo, err, errlen);
+}
+
 static int gpu_model(dsa_model *m, char *err, size_t errlen) {
     if (m->gpu) return 0;
     const dsa_hparams *hp = &m->hp;
@@ -490,6 +530,7 @@ static int gpu_model(dsa_model *m, char *err, size_t errlen) {
         free(out);
         if (r2) goto done;
     }
+    if (dsa_gpu_wants_quant(g) && gpu_model_quant(m, g, err, errlen)) goto done;
     m->gpu = g;
     g = NULL;
     rc = 0;

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "dsa.h"
+#include "kernels.h"
 #include "model.h"
 
 #ifndef DSA_HAVE_CUDA
@@ -99,6 +100,105 @@ static void test_gemv(int rows, int cols, int n, int use_norm, int accumulate, i
           gemv_mma ? " (tensor cores)" : "", rows, cols, n, use_norm, accumulate, swiglu, gemv_xscale, e);
     dsa_cuda_free(dW), dsa_cuda_free(dX), dsa_cuda_free(dN), dsa_cuda_free(dY);
     free(W), free(X), free(norm), free(Y0), free(Y), free(ref);
+}
+
+/* The GEMV on weights kept quantised (DSA_CUDA_QUANT): random GGUF blocks of `type` (Q4_1 or Q8_0), repacked by
+ * dsa_cuda_q_repack, against the CPU's own dequantisation of the same blocks (dsa_traits_ref) and a double sum. */
+static void test_gemv_q(int type, int rows, int cols, int n, int use_norm, int accumulate, int swiglu) {
+    int wrows = swiglu ? 2 * rows : rows;
+    size_t rs = dsa_row_size(type, cols), qb = dsa_cuda_q_bytes(type, wrows, cols);
+    CHECK(qb > 0, "dsa_cuda_q_bytes(%s, %d, %d) refused", dsa_type_name(type), wrows, cols);
+    if (!qb) return;
+    uint8_t *B = malloc((size_t)wrows * rs), *Q = malloc(qb);
+    float *W = malloc((size_t)wrows * cols * 4), *X = malloc((size_t)n * cols * 4), *norm = malloc((size_t)cols * 4);
+    float *Y0 = malloc((size_t)n * rows * 4), *Y = malloc((size_t)n * rows * 4);
+    double *ref = malloc((size_t)n * rows * sizeof *ref);
+    int bsz = type == DSA_Q4_1 ? 20 : 34;
+    for (size_t b = 0; b < (size_t)wrows * cols / 32; b++) { /* f16 d (and m), then random quants */
+        uint8_t *blk = B + b * bsz;
+        float d = (0.5f + 0.5f * fabsf(frand())) * 0.01f, m = -0.08f * fabsf(frand());
+        uint16_t h;
+        dsa_f32_to_f16_row(1, &d, &h);
+        memcpy(blk, &h, 2);
+        if (type == DSA_Q4_1) {
+            dsa_f32_to_f16_row(1, &m, &h);
+            memcpy(blk + 2, &h, 2);
+        }
+        for (int j = type == DSA_Q4_1 ? 4 : 2; j < bsz; j++) blk[j] = (uint8_t)(tu_splitmix(&rng) >> 56);
+    }
+    for (int r = 0; r < wrows; r++) dsa_traits_ref(type)->to_float(B + (size_t)r * rs, W + (size_t)r * cols, cols);
+    for (size_t i = 0; i < (size_t)n * cols; i++) X[i] = frand() * 3;
+    for (int i = 0; i < cols; i++) norm[i] = 0.5f + frand() * 0.25f;
+    for (size_t i = 0; i < (size_t)n * rows; i++) Y0[i] = frand();
+    for (int r = 0; r < n; r++) {
+        const float *x = X + (size_t)r * cols;
+        double ss = 0, sc = 1;
+        for (int c = 0; c < cols; c++) ss += (double)x[c] * x[c];
+        if (use_norm) sc = 1.0 / sqrt(ss / cols + 1e-5);
+        for (int o = 0; o < rows; o++) {
+            double a = 0, u = 0;
+            for (int c = 0; c < cols; c++) {
+                double xv = x[c] * sc * (use_norm ? norm[c] : 1);
+                a += (double)W[(size_t)o * cols + c] * xv;
+                if (swiglu) u += (double)W[(size_t)(o + rows) * cols + c] * xv;
+            }
+            if (swiglu) a = a / (1 + exp(-a)) * u;
+            ref[(size_t)r * rows + o] = a + (accumulate ? Y0[(size_t)r * rows + o] : 0);
+        }
+    }
+    CHECK(dsa_cuda_q_repack(type, B, wrows, cols, Q) == 0, "dsa_cuda_q_repack refused");
+    void *dQ = dput(Q, qb), *dX = dput(X, (size_t)n * cols * 4), *dN = dput(norm, (size_t)cols * 4);
+    void *dY = accumulate ? dput(Y0, (size_t)n * rows * 4) : dpoison((size_t)n * rows * 4);
+    char err[256] = "";
+    int rc = dsa_cuk_gemv_q(type, dQ, rows, cols, dX, n, use_norm ? dN : NULL, 1e-5f, dY, accumulate, swiglu);
+    CHECK(rc == 0 && dsa_cuda_sync(err, sizeof err) == 0, "gemv_q launch: %s", err);
+    dsa_cuda_get(Y, dY, (size_t)n * rows * 4);
+    double e = rel_err(Y, ref, (size_t)n * rows);
+    CHECK(e < 1e-5, "gemv %s %dx%d n=%d norm=%d acc=%d swiglu=%d: rel err %.3g", dsa_type_name(type), rows, cols, n,
+          use_norm, accumulate, swiglu, e);
+    dsa_cuda_free(dQ), dsa_cuda_free(dX), dsa_cuda_free(dN), dsa_cuda_free(dY);
+    free(B), free(Q), free(W), free(X), free(norm), free(Y0), free(Y), free(ref);
+}
+
+/* The repacked layout (internal.cuh, struct QMat) read back on the host, weight by weight, against the CPU's
+ * dequantisation of the GGUF blocks: runs without a device. */
+static void test_q_repack(int type) {
+    int rows = 3, cols = 96, nb = cols / 32;
+    size_t rs = dsa_row_size(type, cols), qb = dsa_cuda_q_bytes(type, rows, cols);
+    uint8_t *B = malloc((size_t)rows * rs), *Q = malloc(qb);
+    float *W = malloc((size_t)rows * cols * 4);
+    for (size_t i = 0; i < (size_t)rows * rs; i++) B[i] = (uint8_t)(tu_splitmix(&rng) >> 56);
+    int bsz = type == DSA_Q4_1 ? 20 : 34;
+    for (int b = 0; b < rows * nb; b++) { /* finite scales: f16 0x2000..0x2FFF */
+        B[b * bsz + 1] = 0x20 | (B[b * bsz + 1] & 0x0F);
+        if (type == DSA_Q4_1) B[b * bsz + 3] = 0xA0 | (B[b * bsz + 3] & 0x0F);
+    }
+    for (int r = 0; r < rows; r++) dsa_traits_ref(type)->to_float(B + (size_t)r * rs, W + (size_t)r * cols, cols);
+    CHECK(qb > 0 && dsa_cuda_q_repack(type, B, rows, cols, Q) == 0, "dsa_cuda_q_repack(%s) refused", dsa_type_name(type));
+    size_t sc_off = ((size_t)rows * nb * (type == DSA_Q4_1 ? 16 : 32) + 15) & ~(size_t)15;
+    int bad = 0;
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+            size_t blk = (size_t)r * nb + c / 32;
+            int j = c % 32;
+            uint16_t h[2];
+            float w;
+            if (type == DSA_Q4_1) {
+                uint32_t word;
+                memcpy(&word, Q + 16 * blk + 4 * (j / 8), 4);
+                memcpy(h, Q + sc_off + 4 * blk, 4);
+                w = dsa_f16_to_f32(h[0]) * (float)((word >> (4 * (j % 8))) & 15) + dsa_f16_to_f32(h[1]);
+            } else {
+                memcpy(h, Q + sc_off + 2 * blk, 2);
+                w = dsa_f16_to_f32(h[0]) * (float)(int8_t)Q[32 * blk + j];
+            }
+            bad += w != W[(size_t)r * cols + c];
+        }
+    CHECK(bad == 0, "repacked %s blocks: %d of %d weights differ from the CPU's dequantisation", dsa_type_name(type), bad,
+          rows * cols);
+    CHECK(dsa_cuda_q_bytes(type, rows, 40) == 0 && dsa_cuda_q_bytes(DSA_Q4_0, rows, cols) == 0,
+          "dsa_cuda_q_bytes takes a shape or type the kernels do not");
+    free(B), free(Q), free(W);
 }
 
 static void test_gemv_f32(int rows, int cols, int n) {
@@ -737,8 +837,11 @@ static void test_model(void) {
 int main(void) {
     char name[128] = "", why[128] = "";
     size_t mem = 0;
+    test_q_repack(DSA_Q4_1); /* host code: checked with or without a device */
+    test_q_repack(DSA_Q8_0);
+    if (tu_failures) return 1;
     if (dsa_cuda_devices(name, sizeof name, &mem, why, sizeof why) <= 0) {
-        printf("test_cuda: skipped (no usable CUDA device: %s)\n", why);
+        printf("test_cuda: the quantised-weight layout checked; the rest skipped (no usable CUDA device: %s)\n", why);
         return 77;
     }
     printf("device: %s, %.0f GiB\n", name, mem / 1073741824.0);
@@ -766,6 +869,16 @@ int main(void) {
         test_gemv_f32(324, 576, 16);
     }
     dsa_cuk_gemv_mma(0);
+    for (int t = 0; t < 2; t++) { /* weights kept quantised: the default model's Q4_1 layers and Q8_0 output */
+        int type = t ? DSA_Q8_0 : DSA_Q4_1;
+        test_gemv_q(type, 960, 576, 1, 1, 0, 0);
+        test_gemv_q(type, 576, 576, 2, 0, 1, 0);
+        test_gemv_q(type, 1536, 576, 1, 1, 0, 1);
+        test_gemv_q(type, 576, 1536, 3, 0, 1, 0);
+        test_gemv_q(type, 101, 2560, 16, 1, 0, 0); /* odd rows; more blocks than one pass of registers holds */
+        test_gemv_q(type, 49152, 576, 1, 1, 0, 0);
+        test_gemv_q(type, 1000, 576, 9, 1, 1, 0);
+    }
     for (int sel_new = 0; sel_new < 2; sel_new++) { /* the shipped scores and top-k, then the new ones */
         dsa_cuk_select_new(sel_new);
         printf("index scores and top-k: %s kernels\n", sel_new ? "new (tensor-core scores, register top-k)" : "shipped");

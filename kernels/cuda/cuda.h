@@ -52,6 +52,15 @@ int dsa_cuk_gemv_f16(const uint16_t *W, int rows, int cols, const float *X, int 
 /* SwiGLU form: W holds 2·rows rows (gate, then up); Y[r][o] = silu(gate·x)·(up·x).  CPU: the engine's FFN. */
 int dsa_cuk_gemv_swiglu(const uint16_t *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
                         float *Y);
+/* Weights kept quantised (DSA_CUDA_QUANT=1, docs/cuda.md): a matrix of the GGUF's Q4_1 (type 3) or Q8_0 (type 8)
+ * blocks, row after row, cols a multiple of 32.  dsa_cuda_q_bytes: the size of its GPU copy (0: type or shape not
+ * supported); dsa_cuda_q_repack: that copy made in host memory at dst (the kernels' layout, internal.cuh QMat).
+ * dsa_cuk_gemv_q: dsa_cuk_gemv_f16 / dsa_cuk_gemv_swiglu (swiglu 1) on such a copy in device memory.
+ * CPU: the type's dequantisation (dsa_traits) and a dot product. */
+size_t dsa_cuda_q_bytes(int type, int rows, int cols);
+int dsa_cuda_q_repack(int type, const void *blocks, int rows, int cols, void *dst);
+int dsa_cuk_gemv_q(int type, const void *Wq, int rows, int cols, const float *X, int n, const float *norm, float eps,
+                   float *Y, int accumulate, int swiglu);
 /* The same with f32 weights (the indexer's projection). */
 int dsa_cuk_gemv_f32(const float *W, int rows, int cols, const float *X, int n, const float *norm, float eps,
                      float *Y);
@@ -120,6 +129,19 @@ int dsa_gpu_set_layer(dsa_gpu_model *g, int l, const dsa_gpu_layer *w, char *err
 /* token_embd (n_vocab × E f16), the output projection (NULL when tied to token_embd), output_norm. */
 int dsa_gpu_set_embd(dsa_gpu_model *g, const uint16_t *embd, const uint16_t *output, const float *output_norm,
                      char *err, size_t errlen);
+/* DSA_CUDA_QUANT=1 (a measurement of quantised against f16 weights): whether the model wants the quantised
+ * copies.  Then the decode GEMV (up to 16 rows) reads them where given, and prefill's cuBLAS keeps the f16 ones.
+ * A matrix of type 0 (or one dsa_cuda_q_bytes refuses) keeps its f16 copy. */
+typedef struct {
+    int type;           /* ggml type id: 3 Q4_1, 8 Q8_0; 0 none */
+    const void *blocks; /* the GGUF's blocks, row after row (the rows of dsa_gpu_layer's stacked matrices) */
+} dsa_gpu_qmat;
+typedef struct {
+    dsa_gpu_qmat qkv, wo, gu, down;
+} dsa_gpu_layer_q;
+int dsa_gpu_wants_quant(const dsa_gpu_model *g);
+int dsa_gpu_set_layer_q(dsa_gpu_model *g, int l, const dsa_gpu_layer_q *w, char *err, size_t errlen);
+int dsa_gpu_set_output_q(dsa_gpu_model *g, const dsa_gpu_qmat *out, char *err, size_t errlen);
 /* Upload an indexer (one per model at a time; key identifies it, so a second attach of the same one is free). */
 int dsa_gpu_set_indexer(dsa_gpu_model *g, const void *key, const dsa_gpu_indexer *ix, char *err, size_t errlen);
 const void *dsa_gpu_indexer_key(const dsa_gpu_model *g);

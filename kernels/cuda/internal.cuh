@@ -47,14 +47,25 @@ cudaStream_t dsa_cu_stream(void);
 // sm_80 or newer, on tensor cores.  cu_gemv_mma(1 or 0) asks for one or the other (-1: keep); returns whether the
 // tensor-core kernel is now in use.
 int cu_gemv_mma(int want);
+// A weight matrix kept quantised on the device (DSA_CUDA_QUANT=1): the GGUF's blocks of 32 weights, repacked so
+// that a lane's 16-byte loads hold whole blocks.  qs: row after row, Q4_1 16 bytes a block (weight 8i + k of the
+// block in nibble k of 32-bit word i), Q8_0 32 bytes a block (in order); sc: row after row, Q4_1 one half2 (d, m)
+// a block (w = d·q + m), Q8_0 one half d a block (w = d·q).  type QW_NONE: the f16 matrix is used.
+enum { QW_NONE = 0, QW_Q4_1 = 1, QW_Q8_0 = 2 };
+struct QMat {
+    int type;
+    const uint8_t *qs;
+    const void *sc;
+};
+// W (f16), or q when q && q->type (decode GEMV on the quantised blocks; cols a multiple of 32).
 int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y,
-                int accumulate, int swiglu);
+                int accumulate, int swiglu, const QMat *q = nullptr);
 int cu_gemv_f32(const float *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y);
 // The attention block's projections of n <= 16 rows in one launch: RMSNorm, Wqkv (biases, RoPE; K and V straight
 // into each row's sequence cache, q into qkv) and, when Wix is set, the indexer's f32 projection into ixproj.
 int cu_gemv_qkv(const Shape &s, const __half *Wqkv, const float *bias, const float *Wix, const float *X, int n,
                 const float *norm, const RowDev *rows, const SeqDev *seqs, int layer, const float *freq, float *qkv,
-                float *ixproj);
+                float *ixproj, const QMat *q = nullptr);
 int cu_embed(const __half *embd, int E, const RowDev *rows, int n, float *x);
 int cu_rmsnorm_h(const float *x, const float *w, int E, float eps, int n, __half *xh, float *xn);
 int cu_swiglu_h(const float *gu, int F, int n, __half *hb);

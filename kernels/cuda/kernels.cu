@@ -56,17 +56,22 @@ __device__ __forceinline__ void preload(const WT *w0, const WT *w1, int cols, in
     }
 }
 
-template <int R, typename WT>
+// Where column c of an input row sits in shared memory when the rows are staged swizzled (k_gemv_q): the 16-byte
+// groups of each 32 columns permuted by the 32-column block's index, so that lanes reading the same group of
+// consecutive blocks hit different banks.  Needs cols % 32 == 0.
+__device__ __forceinline__ int swz(int c) { return c ^ (((c >> 5) & 7) << 2); }
+
+template <int R, typename WT, bool SW = false>
 __device__ __forceinline__ void fma_chunk(const float *wa, const float *wb, bool two, const float *xin, int cols, int c,
                                           int n, float *acc0, float *acc1) {
     constexpr int N = Vec<WT>::N;
 #pragma unroll
     for (int r = 0; r < R; r++) {
         if (r < n) {
-            const float4 *x4 = reinterpret_cast<const float4 *>(xin + (size_t)r * cols + c);
+            const float *xr = xin + (size_t)r * cols;
 #pragma unroll
             for (int q = 0; q < N / 4; q++) {
-                float4 x = x4[q];
+                float4 x = *reinterpret_cast<const float4 *>(xr + (SW ? swz(c + 4 * q) : c + 4 * q));
                 acc0[r] += wa[4 * q] * x.x + wa[4 * q + 1] * x.y + wa[4 * q + 2] * x.z + wa[4 * q + 3] * x.w;
                 if (two) acc1[r] += wb[4 * q] * x.x + wb[4 * q + 1] * x.y + wb[4 * q + 2] * x.z + wb[4 * q + 3] * x.w;
             }
@@ -75,7 +80,7 @@ __device__ __forceinline__ void fma_chunk(const float *wa, const float *wb, bool
 }
 
 // Σ over the columns of w0·x and w1·x for every input row, summed across the warp (every lane gets the sums).
-template <int R, typename WT>
+template <int R, typename WT, bool SW = false>
 __device__ __forceinline__ void dot2(const uint4 *a, const uint4 *b, const WT *w0, const WT *w1, const float *xin,
                                      int cols, int n, int lane, float *acc0, float *acc1) {
     constexpr int N = Vec<WT>::N;
@@ -87,14 +92,14 @@ __device__ __forceinline__ void dot2(const uint4 *a, const uint4 *b, const WT *w
             float wa[N], wb[N];
             Vec<WT>::unpack(a[k], wa);
             if (two) Vec<WT>::unpack(b[k], wb);
-            fma_chunk<R, WT>(wa, wb, two, xin, cols, c, n, acc0, acc1);
+            fma_chunk<R, WT, SW>(wa, wb, two, xin, cols, c, n, acc0, acc1);
         }
     }
     for (int c = (lane + 32 * PRE) * N; c < cols; c += 32 * N) { // wider rows than the registers hold
         float wa[N], wb[N];
         Vec<WT>::unpack(__ldg(reinterpret_cast<const uint4 *>(w0 + c)), wa);
         if (two) Vec<WT>::unpack(__ldg(reinterpret_cast<const uint4 *>(w1 + c)), wb);
-        fma_chunk<R, WT>(wa, wb, two, xin, cols, c, n, acc0, acc1);
+        fma_chunk<R, WT, SW>(wa, wb, two, xin, cols, c, n, acc0, acc1);
     }
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -131,6 +136,7 @@ enum { GEMV_PLAIN = 0, GEMV_SWIGLU = 1, GEMV_QKV = 2 };
 struct GemvArgs {
     const __half *Wa; // f16 matrix: rows_a outputs (SWIGLU: 2·rows_a rows, gate then up)
     int rows_a;
+    QMat qa;          // ... or, when qa.type, the same matrix quantised (k_gemv_q)
     const float *Wb; // optional f32 matrix of rows_b rows over the same input (the indexer's projection)
     int rows_b;
     int cols;
@@ -205,6 +211,34 @@ __device__ __forceinline__ void store_pair(const GemvArgs &g, int r, int a, int 
     if (b >= 0) y[b] = g.accumulate ? y[b] + y1 : y1;
 }
 
+// The n input rows into shared memory (blocks of 256 threads), RMSNorm'd when g.norm is set; SW: at the swizzled
+// positions swz(c).
+template <bool SW> __device__ __forceinline__ void stage_x(const GemvArgs &g, float *xs, float *red) {
+    int cols = g.cols, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int r = 0; r < g.n; r++) {
+        float sc = 1;
+        if (g.norm) {
+            float ss = 0;
+            for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+                float v = g.X[(size_t)r * cols + c];
+                ss += v * v;
+            }
+            ss = warp_sum(ss);
+            if (lane == 0) red[warp] = ss;
+            __syncthreads();
+            float tot = 0;
+#pragma unroll
+            for (int w = 0; w < 8; w++) tot += red[w];
+            sc = 1.0f / sqrtf(tot / cols + g.eps);
+        }
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            float v = g.X[(size_t)r * cols + c];
+            xs[r * cols + (SW ? swz(c) : c)] = g.norm ? __fmul_rn(__fmul_rn(v, sc), g.norm[c]) : v;
+        }
+        __syncthreads(); // red is reused by the next row
+    }
+}
+
 template <int R>
 __global__ void __launch_bounds__(256) k_gemv(GemvArgs g) {
     extern __shared__ float xs[];
@@ -222,23 +256,7 @@ __global__ void __launch_bounds__(256) k_gemv(GemvArgs g) {
     }
     const float *xin = g.X;
     if (g.norm) {
-        for (int r = 0; r < n; r++) {
-            float ss = 0;
-            for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-                float v = g.X[(size_t)r * cols + c];
-                ss += v * v;
-            }
-            ss = warp_sum(ss);
-            if (lane == 0) red[warp] = ss;
-            __syncthreads();
-            float tot = 0;
-#pragma unroll
-            for (int w = 0; w < 8; w++) tot += red[w];
-            float sc = 1.0f / sqrtf(tot / cols + g.eps);
-            for (int c = threadIdx.x; c < cols; c += blockDim.x)
-                xs[r * cols + c] = __fmul_rn(__fmul_rn(g.X[(size_t)r * cols + c], sc), g.norm[c]);
-            __syncthreads(); // red is reused by the next row
-        }
+        stage_x<false>(g, xs, red);
         xin = xs;
     }
     for (bool first = true; u < units; u += gridDim.x * 8, first = false) {
@@ -285,6 +303,182 @@ template <int R> int launch_gemv_r(const GemvArgs &g) {
     int blocks = (units + 7) / 8, cap = sms() * 4;
     if (blocks > cap) blocks = cap;
     return launch(k_gemv<R>, dim3(blocks), dim3(256), smem, g);
+}
+
+// ---- matrix × few vectors, weights quantised (DSA_CUDA_QUANT=1) ------------------------------------------------
+//
+// k_gemv with the "a" matrix read as the GGUF's blocks of 32 weights (QMat, repacked at upload): each lane takes
+// whole blocks (lane, lane + 32, ...) with one or two 16-byte loads plus its scales, and the input rows wait in
+// shared memory at swizzled positions, so the eight float4 reads of a block by consecutive lanes are free of bank
+// conflicts.  Per block and input row: Σ q·x and (Q4_1) Σ x in f32, then d·Σq·x + m·Σx.  The weights' integers are
+// made f32 exactly (magic-number adds); the f32 matrix of the same launch (the indexer's projection) goes as in
+// k_gemv, reading the swizzled rows.  Numerics as k_gemv's, on the exact dequantised weights (d·q + m in f32, where
+// the f16 copy rounds it).
+constexpr int QPRE = 2; // blocks of 32 weights per lane per row held in registers (2048 columns)
+
+struct QBlk {
+    uint4 a, b; // Q4_1: a (32 nibbles); Q8_0: a, b (32 bytes)
+    float d, m;
+};
+
+template <int QT> __device__ __forceinline__ QBlk qload(const QMat &W, int nb, int row, int blk) {
+    QBlk t;
+    size_t i = (size_t)row * nb + blk;
+    if (QT == QW_Q4_1) {
+        t.a = __ldg(reinterpret_cast<const uint4 *>(W.qs) + i);
+        t.b = t.a;
+        float2 dm = __half22float2(__ldg(reinterpret_cast<const __half2 *>(W.sc) + i));
+        t.d = dm.x, t.m = dm.y;
+    } else {
+        const uint4 *p = reinterpret_cast<const uint4 *>(W.qs) + 2 * i;
+        t.a = __ldg(p), t.b = __ldg(p + 1);
+        t.d = __half2float(__ldg(reinterpret_cast<const __half *>(W.sc) + i)), t.m = 0;
+    }
+    return t;
+}
+
+__device__ __forceinline__ unsigned word(const uint4 &u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
+// Nibble k of w (0..15) and signed byte k of w (-128..127) as f32, exactly.
+__device__ __forceinline__ float nib(unsigned w, int k) {
+    return __uint_as_float(0x4B000000u | ((w >> (4 * k)) & 15u)) - 8388608.0f;
+}
+__device__ __forceinline__ float sbyte(unsigned w, int k) {
+    return __uint_as_float(0x4B000000u | (((w >> (8 * k)) & 255u) ^ 0x80u)) - 8388736.0f;
+}
+
+// Block blk of the unit's rows (A, and B when two) times every input row.
+template <int R, int QT>
+__device__ __forceinline__ void qfma(const QBlk &A, const QBlk &B, bool two, const float *xs, int cols, int blk, int n,
+                                     float *acc0, float *acc1) {
+    int sw = blk & 7;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        if (r < n) {
+            const float *xr = xs + (size_t)r * cols + 32 * blk;
+            float qa = 0, qb = 0, sx = 0;
+#pragma unroll
+            for (int q = 0; q < 8; q++) { // weights 4q..4q+3 of the block
+                float4 x = *reinterpret_cast<const float4 *>(xr + 4 * (q ^ sw));
+                float wa[4], wb[4];
+                if (QT == QW_Q4_1) {
+                    unsigned ua = word(A.a, q >> 1) >> (16 * (q & 1)), ub = word(B.a, q >> 1) >> (16 * (q & 1));
+#pragma unroll
+                    for (int e = 0; e < 4; e++) wa[e] = nib(ua, e), wb[e] = nib(ub, e);
+                    sx += (x.x + x.y) + (x.z + x.w);
+                } else {
+                    unsigned ua = word(q < 4 ? A.a : A.b, q & 3), ub = word(q < 4 ? B.a : B.b, q & 3);
+#pragma unroll
+                    for (int e = 0; e < 4; e++) wa[e] = sbyte(ua, e), wb[e] = sbyte(ub, e);
+                }
+                qa += wa[0] * x.x + wa[1] * x.y + wa[2] * x.z + wa[3] * x.w;
+                if (two) qb += wb[0] * x.x + wb[1] * x.y + wb[2] * x.z + wb[3] * x.w;
+            }
+            acc0[r] += QT == QW_Q4_1 ? A.d * qa + A.m * sx : A.d * qa;
+            if (two) acc1[r] += QT == QW_Q4_1 ? B.d * qb + B.m * sx : B.d * qb;
+        }
+    }
+}
+
+template <int QT>
+__device__ __forceinline__ void qpreload(const QMat &W, int nb, const Unit &t, int lane, QBlk *a, QBlk *b) {
+#pragma unroll
+    for (int k = 0; k < QPRE; k++) {
+        int blk = lane + 32 * k;
+        if (blk < nb) {
+            a[k] = qload<QT>(W, nb, t.a, blk);
+            if (t.b >= 0) b[k] = qload<QT>(W, nb, t.b, blk);
+        }
+    }
+}
+
+template <int R, int QT>
+__device__ __forceinline__ void qdot2(const QBlk *a, const QBlk *b, const QMat &W, int nb, const Unit &t,
+                                      const float *xs, int cols, int n, int lane, float *acc0, float *acc1) {
+    bool two = t.b >= 0;
+#pragma unroll
+    for (int k = 0; k < QPRE; k++) {
+        int blk = lane + 32 * k;
+        if (blk < nb) qfma<R, QT>(a[k], b[k], two, xs, cols, blk, n, acc0, acc1);
+    }
+    for (int blk = lane + 32 * QPRE; blk < nb; blk += 32) { // wider rows than the registers hold
+        QBlk ta = qload<QT>(W, nb, t.a, blk), tb = two ? qload<QT>(W, nb, t.b, blk) : ta;
+        qfma<R, QT>(ta, tb, two, xs, cols, blk, n, acc0, acc1);
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        acc0[r] = warp_sum(acc0[r]);
+        acc1[r] = warp_sum(acc1[r]);
+    }
+}
+
+template <int R, int QT>
+__global__ void __launch_bounds__(256) k_gemv_q(GemvArgs g) {
+    extern __shared__ float xs[];
+    __shared__ float red[8];
+    int cols = g.cols, n = g.n, nb = cols >> 5;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int units_a = g.mode == GEMV_SWIGLU ? g.rows_a : (g.rows_a + 1) / 2, units = units_a + (g.rows_b + 1) / 2;
+    int u = blockIdx.x * 8 + warp;
+    QBlk pa[QPRE], pb[QPRE];
+    Unit t = {0, 0, -1, -1};
+    if (u < units) { // the first unit's blocks are on their way before the input is ready
+        t = unit_rows(g, u, units_a);
+        if (!t.isb) qpreload<QT>(g.qa, nb, t, lane, pa, pb);
+    }
+    stage_x<true>(g, xs, red);
+    for (bool first = true; u < units; u += gridDim.x * 8, first = false) {
+        if (!first) {
+            t = unit_rows(g, u, units_a);
+            if (!t.isb) qpreload<QT>(g.qa, nb, t, lane, pa, pb);
+        }
+        float acc0[R], acc1[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) acc0[r] = acc1[r] = 0;
+        if (t.isb) {
+            uint4 fa[PRE], fb[PRE];
+            const float *w0 = g.Wb + (size_t)t.a * cols, *w1 = t.b >= 0 ? g.Wb + (size_t)t.b * cols : nullptr;
+            preload<float>(w0, w1, cols, lane, fa, fb);
+            dot2<R, float, true>(fa, fb, w0, w1, xs, cols, n, lane, acc0, acc1);
+            if (lane == 0)
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    if (r >= n) break;
+                    g.Yb[(size_t)r * g.rows_b + t.a] = acc0[r];
+                    if (t.b >= 0) g.Yb[(size_t)r * g.rows_b + t.b] = acc1[r];
+                }
+            continue;
+        }
+        qdot2<R, QT>(pa, pb, g.qa, nb, t, xs, cols, n, lane, acc0, acc1);
+        if (lane != 0) continue;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r >= n) break;
+            store_pair(g, r, t.a, t.b, t.rot, acc0[r], acc1[r]);
+        }
+    }
+}
+
+template <int R, int QT> int launch_gemv_q_r(const GemvArgs &g) {
+    size_t smem = (size_t)g.n * g.cols * sizeof(float);
+    static size_t smem_set = 48 * 1024;
+    if (smem > smem_set) {
+        if (cudaFuncSetAttribute(k_gemv_q<R, QT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+            return -1;
+        smem_set = smem;
+    }
+    int units = (g.mode == GEMV_SWIGLU ? g.rows_a : (g.rows_a + 1) / 2) + (g.rows_b + 1) / 2;
+    int blocks = (units + 7) / 8, cap = sms() * 4;
+    if (blocks > cap) blocks = cap;
+    return launch(k_gemv_q<R, QT>, dim3(blocks), dim3(256), smem, g);
+}
+
+template <int QT> int launch_gemv_q(const GemvArgs &g) {
+    int n = g.n;
+    if (n == 1) return launch_gemv_q_r<1, QT>(g);
+    if (n == 2) return launch_gemv_q_r<2, QT>(g);
+    if (n <= 4) return launch_gemv_q_r<4, QT>(g);
+    if (n <= 8) return launch_gemv_q_r<8, QT>(g);
+    return launch_gemv_q_r<16, QT>(g);
 }
 
 // ---- matrix × up to 16 vectors on tensor cores ------------------------------------------------------------------
@@ -533,6 +727,10 @@ int launch_gemv(const GemvArgs &g) {
     int n = g.n;
     if (n < 1 || n > 16 || g.cols % 8 || (g.mode == GEMV_QKV && (g.rows_a % 2 || g.s.D % 2 || g.s.rope_dim % 2)))
         return -1;
+    if (g.qa.type) {
+        if (g.cols % 32) return -1;
+        return g.qa.type == QW_Q4_1 ? launch_gemv_q<QW_Q4_1>(g) : launch_gemv_q<QW_Q8_0>(g);
+    }
     if (mmv_on() && mmv_fits(g)) return launch_mmv(g);
     if (n == 1) return launch_gemv_r<1>(g);
     if (n == 2) return launch_gemv_r<2>(g);
@@ -987,8 +1185,9 @@ int cu_decode(const DecodeArgs &a) {
 }
 
 int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y,
-                int accumulate, int swiglu) {
+                int accumulate, int swiglu, const QMat *q) {
     GemvArgs g = {};
+    if (q) g.qa = *q;
     g.Wa = W, g.rows_a = rows, g.cols = cols, g.X = X, g.n = n, g.norm = norm, g.eps = eps, g.Ya = Y;
     g.accumulate = accumulate, g.mode = swiglu ? GEMV_SWIGLU : GEMV_PLAIN;
     return launch_gemv(g);
@@ -1002,8 +1201,9 @@ int cu_gemv_f32(const float *W, int rows, int cols, const float *X, int n, const
 
 int cu_gemv_qkv(const Shape &s, const __half *Wqkv, const float *bias, const float *Wix, const float *X, int n,
                 const float *norm, const RowDev *rows, const SeqDev *seqs, int layer, const float *freq, float *qkv,
-                float *ixproj) {
+                float *ixproj, const QMat *q) {
     GemvArgs g = {};
+    if (q) g.qa = *q;
     g.Wa = Wqkv, g.rows_a = s.E + 2 * s.KVH * s.D, g.Wb = Wix, g.rows_b = Wix ? s.ix_rows : 0, g.cols = s.E;
     g.X = X, g.n = n, g.norm = norm, g.eps = s.eps, g.Ya = qkv, g.Yb = ixproj, g.mode = GEMV_QKV;
     g.bias = bias, g.s = s, g.rows = rows, g.seqs = seqs, g.layer = layer, g.freq = freq;

@@ -25,6 +25,7 @@ cudaStream_t dsa_cu_stream(void) {
 struct GLayer {
     __half *wqkv, *wo, *wgu, *wdown;
     float *bqkv, *attn_norm, *ffn_norm;
+    QMat qqkv, qwo, qgu, qdown; // DSA_CUDA_QUANT: the same matrices quantised (type QW_NONE: not kept)
 };
 
 struct Graph {
@@ -40,6 +41,10 @@ struct dsa_gpu_model {
     float *rope_freq;
     GLayer *L;
     __half *embd, *output;
+    QMat qout; // DSA_CUDA_QUANT: the output projection quantised
+    int quant; // DSA_CUDA_QUANT=1
+    int quant_mats;     // matrices kept quantised ...
+    size_t quant_bytes; // ... and their bytes
     float *output_norm;
     size_t weight_bytes;
     // indexer
@@ -182,6 +187,63 @@ extern "C" int dsa_cuk_gemv_f16(const uint16_t *W, int rows, int cols, const flo
 extern "C" int dsa_cuk_gemv_swiglu(const uint16_t *W, int rows, int cols, const float *X, int n, const float *norm,
                                    float eps, float *Y) {
     return cu_gemv_f16((const __half *)W, rows, cols, X, n, norm, eps, Y, 0, 1);
+}
+
+// ---- weights kept quantised (DSA_CUDA_QUANT) --------------------------------------------------------------------
+
+enum { GGML_Q4_1 = 3, GGML_Q8_0 = 8 };
+
+static int qw_type(int ggml_type) { return ggml_type == GGML_Q4_1 ? QW_Q4_1 : ggml_type == GGML_Q8_0 ? QW_Q8_0 : 0; }
+
+// Bytes of the repacked blocks (qs) of a matrix; its scales (sc) follow at that offset rounded up to 16.
+static size_t q_qs_bytes(int qt, int rows, int cols) { return (size_t)rows * (cols / 32) * (qt == QW_Q4_1 ? 16 : 32); }
+static size_t q_sc_offset(int qt, int rows, int cols) { return (q_qs_bytes(qt, rows, cols) + 15) & ~(size_t)15; }
+
+extern "C" size_t dsa_cuda_q_bytes(int type, int rows, int cols) {
+    int qt = qw_type(type);
+    if (!qt || rows <= 0 || cols <= 0 || cols % 32) return 0;
+    return q_sc_offset(qt, rows, cols) + (size_t)rows * (cols / 32) * (qt == QW_Q4_1 ? 4 : 2);
+}
+
+extern "C" int dsa_cuda_q_repack(int type, const void *blocks, int rows, int cols, void *dst) {
+    int qt = qw_type(type);
+    if (!dsa_cuda_q_bytes(type, rows, cols)) return -1;
+    size_t nblk = (size_t)rows * (cols / 32);
+    const uint8_t *src = (const uint8_t *)blocks;
+    uint8_t *qs = (uint8_t *)dst, *sc = qs + q_sc_offset(qt, rows, cols);
+    for (size_t i = 0; i < nblk; i++) {
+        if (qt == QW_Q4_1) { // GGUF: f16 d, f16 m, 16 bytes: weight j in the low nibble of byte j, j + 16 in its high
+            const uint8_t *b = src + 20 * i;
+            uint8_t *o = qs + 16 * i;
+            memset(o, 0, 16);
+            for (int j = 0; j < 32; j++) {
+                unsigned q = j < 16 ? b[4 + j] & 15u : b[4 + j - 16] >> 4;
+                int w = j / 8, k = j % 8; // nibble k of little-endian word w
+                o[4 * w + k / 2] |= (uint8_t)(q << (4 * (k & 1)));
+            }
+            memcpy(sc + 4 * i, b, 4); // half2 (d, m)
+        } else { // GGUF: f16 d, 32 signed bytes
+            const uint8_t *b = src + 34 * i;
+            memcpy(qs + 32 * i, b + 2, 32);
+            memcpy(sc + 2 * i, b, 2);
+        }
+    }
+    return 0;
+}
+
+static QMat qmat_at(int type, const void *base, int rows, int cols) {
+    QMat q = {};
+    q.type = qw_type(type);
+    q.qs = (const uint8_t *)base;
+    q.sc = (const uint8_t *)base + q_sc_offset(q.type, rows, cols);
+    return q;
+}
+
+extern "C" int dsa_cuk_gemv_q(int type, const void *Wq, int rows, int cols, const float *X, int n, const float *norm,
+                              float eps, float *Y, int accumulate, int swiglu) {
+    if (!dsa_cuda_q_bytes(type, rows, cols)) return -1;
+    QMat q = qmat_at(type, Wq, swiglu ? 2 * rows : rows, cols);
+    return cu_gemv_f16(NULL, rows, cols, X, n, norm, eps, Y, accumulate, swiglu, &q);
 }
 
 extern "C" int dsa_cuk_gemv_f32(const float *W, int rows, int cols, const float *X, int n, const float *norm,
@@ -375,7 +437,11 @@ extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, c
     cu_select_new(se && !strcmp(se, "new"));
     if (cu_gemv_mma(gv && !strcmp(gv, "mma") ? 1 : 0) == 0 && gv && !strcmp(gv, "mma"))
         fprintf(stderr, "dsa: CUDA: DSA_CUDA_GEMV=mma: no tensor-core code for this device; the f32 GEMV runs\n");
-    g->gemv_max = cu_gemv_mma(-1) ? GEMV_ROWS : 2;
+    // DSA_CUDA_QUANT=1: the decode GEMV reads the GGUF's Q4_1/Q8_0 blocks (k_gemv_q, up to 16 rows) instead of the
+    // f16 copies, which prefill's cuBLAS keeps using; the measured choice between the two (docs/cuda.md).
+    const char *qe = getenv("DSA_CUDA_QUANT");
+    g->quant = qe && !strcmp(qe, "1");
+    g->gemv_max = cu_gemv_mma(-1) || g->quant ? GEMV_ROWS : 2;
     g->flash = fl && !strcmp(fl, "1");
     // DSA_CUDA_PERSIST=1 takes decode steps through the persistent kernel (=dense: only steps without selection).
     const char *pe = getenv("DSA_CUDA_PERSIST");
@@ -407,10 +473,13 @@ extern "C" void dsa_gpu_model_free(dsa_gpu_model *g) {
             GLayer *L = &g->L[l];
             cudaFree(L->wqkv), cudaFree(L->wo), cudaFree(L->wgu), cudaFree(L->wdown);
             cudaFree(L->bqkv), cudaFree(L->attn_norm), cudaFree(L->ffn_norm);
+            cudaFree((void *)L->qqkv.qs), cudaFree((void *)L->qwo.qs), cudaFree((void *)L->qgu.qs);
+            cudaFree((void *)L->qdown.qs);
         }
     free(g->L);
     cudaFree(g->embd);
     if (g->output != g->embd) cudaFree(g->output);
+    cudaFree((void *)g->qout.qs);
     cudaFree(g->output_norm);
     cudaFree(g->rope_freq);
     cudaFree(g->ixW), cudaFree(g->ixln), cudaFree(g->ix_freq);
@@ -443,6 +512,45 @@ extern "C" int dsa_gpu_set_layer(dsa_gpu_model *g, int l, const dsa_gpu_layer *w
         (e = upload((void **)&L->ffn_norm, w->ffn_norm, E * 4, &g->weight_bytes)) != cudaSuccess ||
         (w->bqkv && (e = upload((void **)&L->bqkv, w->bqkv, Q * 4, &g->weight_bytes)) != cudaSuccess))
         return fail(err, errlen, "uploading the weights", e);
+    return 0;
+}
+
+// One matrix's quantised copy on the device (type 0 or a shape the kernels do not take: none, the f16 copy serves).
+static int upload_q(dsa_gpu_model *g, QMat *q, const dsa_gpu_qmat *w, int rows, int cols, char *err, size_t errlen) {
+    size_t bytes = dsa_cuda_q_bytes(w->type, rows, cols);
+    if (!bytes || !w->blocks) return 0;
+    void *h = malloc(bytes), *d = NULL;
+    if (!h) return snprintf(err, errlen, "out of memory"), -1;
+    dsa_cuda_q_repack(w->type, w->blocks, rows, cols, h);
+    cudaError_t e = upload(&d, h, bytes, &g->weight_bytes);
+    free(h);
+    if (e != cudaSuccess) return fail(err, errlen, "uploading the quantised weights", e);
+    if (q->qs) // replaced
+        g->quant_mats--, g->quant_bytes -= dsa_cuda_q_bytes(q->type == QW_Q4_1 ? GGML_Q4_1 : GGML_Q8_0, rows, cols);
+    cudaFree((void *)q->qs);
+    *q = qmat_at(w->type, d, rows, cols);
+    g->quant_mats++, g->quant_bytes += bytes;
+    return 0;
+}
+
+extern "C" int dsa_gpu_wants_quant(const dsa_gpu_model *g) { return g->quant; }
+
+extern "C" int dsa_gpu_set_layer_q(dsa_gpu_model *g, int l, const dsa_gpu_layer_q *w, char *err, size_t errlen) {
+    const Shape &s = g->s;
+    int E = s.E, F = s.F, Q = E + 2 * s.KVH * s.D;
+    GLayer *L = &g->L[l];
+    return upload_q(g, &L->qqkv, &w->qkv, Q, E, err, errlen) || upload_q(g, &L->qwo, &w->wo, E, E, err, errlen) ||
+                   upload_q(g, &L->qgu, &w->gu, 2 * F, E, err, errlen) ||
+                   upload_q(g, &L->qdown, &w->down, E, F, err, errlen)
+               ? -1
+               : 0;
+}
+
+extern "C" int dsa_gpu_set_output_q(dsa_gpu_model *g, const dsa_gpu_qmat *out, char *err, size_t errlen) {
+    if (upload_q(g, &g->qout, out, g->s.V, g->s.E, err, errlen)) return -1;
+    // the last upload of a model: say what the measurement runs on
+    fprintf(stderr, "dsa: CUDA: DSA_CUDA_QUANT=1: %d matrices kept quantised (%.1f MB), read by the decode GEMV\n",
+            g->quant_mats, g->quant_bytes / 1e6);
     return 0;
 }
 
@@ -612,7 +720,7 @@ static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on,
                 (has_ix && sgemm(g, Wix, s.ix_rows, E, g->xn, n, g->ixproj)))
                 return -1;
         } else if (cu_gemv_qkv(s, L->wqkv, L->bqkv, Wix, g->x, n, L->attn_norm, rows, seqs, l, g->rope_freq, g->qkv,
-                               g->ixproj)) {
+                               g->ixproj, &L->qqkv)) {
             return -1;
         }
         int32_t *sel = g->sel;
@@ -646,9 +754,9 @@ static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on,
                 gemm(g, L->wgu, 2 * F, E, g->xh, n, g->gu, 0) || cu_swiglu_h(g->gu, F, n, g->xh) ||
                 gemm(g, L->wdown, E, F, g->xh, n, g->x, 1))
                 return -1;
-        } else if (cu_gemv_f16(L->wo, E, E, g->att, n, NULL, eps, g->x, 1, 0) ||
-                   cu_gemv_f16(L->wgu, F, E, g->x, n, L->ffn_norm, eps, g->hb, 0, 1) ||
-                   cu_gemv_f16(L->wdown, E, F, g->hb, n, NULL, eps, g->x, 1, 0)) {
+        } else if (cu_gemv_f16(L->wo, E, E, g->att, n, NULL, eps, g->x, 1, 0, &L->qwo) ||
+                   cu_gemv_f16(L->wgu, F, E, g->x, n, L->ffn_norm, eps, g->hb, 0, 1, &L->qgu) ||
+                   cu_gemv_f16(L->wdown, E, F, g->hb, n, NULL, eps, g->x, 1, 0, &L->qdown)) {
             return -1;
         }
     }
@@ -658,7 +766,7 @@ static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on,
             if (cu_rmsnorm_h(g->xo, g->output_norm, E, eps, n_out, g->xh, NULL) ||
                 gemm(g, g->output, s.V, E, g->xh, n_out, logits_d, 0))
                 return -1;
-        } else if (cu_gemv_f16(g->output, s.V, E, g->xo, n_out, g->output_norm, eps, logits_d, 0, 0)) {
+        } else if (cu_gemv_f16(g->output, s.V, E, g->xo, n_out, g->output_norm, eps, logits_d, 0, 0, &g->qout)) {
             return -1;
         }
     }
@@ -708,7 +816,7 @@ static int persistent_step(dsa_gpu_model *g, int n, int grid_len, int has_ix, ch
         cudaGetLastError(); // a refused launch leaves nothing behind
         return 0;
     }
-    if (cu_gemv_f16(g->output, s.V, s.E, g->x, n, g->output_norm, s.eps, g->logits, 0, 0))
+    if (cu_gemv_f16(g->output, s.V, s.E, g->x, n, g->output_norm, s.eps, g->logits, 0, 0, &g->qout))
         return fail(err, errlen, "the logits", cudaGetLastError());
     if ((e = cudaMemcpyAsync(g->logits_h, g->logits, (size_t)n * s.V * 4, cudaMemcpyDeviceToHost, st)) != cudaSuccess)
         return fail(err, errlen, "reading the logits", e);

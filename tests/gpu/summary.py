@@ -20,6 +20,9 @@ kern = load("kernels.json")
 variants = [("", "shipped kernels")]
 if load("agreement_new.json") or load("bench_new_b1.json"):
     variants.append(("_new", "opt-in kernels (DSA_CUDA_GEMV=mma DSA_CUDA_FLASH=1 DSA_CUDA_PERSIST=1 DSA_CUDA_SELECT=new)"))
+# the shipped kernels with the decode GEMV on the GGUF's quantised blocks (the f16-or-quantised measurement)
+if load("agreement_quant.json") or load("bench_quant_b1.json"):
+    variants.append(("_quant", "quantised weights in decode (DSA_CUDA_QUANT=1)"))
 dev = ""
 try:
     with open(os.path.join(out, "device.txt")) as f:
@@ -83,6 +86,19 @@ if kern:
         for g in kern.get(key, []):
             print(f"- GEMV 49152×576 f16 ({what}), {g['rows_in']} row(s): {g['ms']*1000:.1f} µs, {g['GBps']:.0f} GB/s = "
                   f"{100*g['hbm_fraction']:.0f}% of HBM")
+    mq = kern.get("decode_matmuls_f16_vs_quant")
+    if mq:
+        print(f"\n### A decode step's matrix products: f16 ({mq['f16_MB']:.0f} MB) against the GGUF's blocks "
+              f"(Q4_1 layers, Q8_0 logits: {mq['quant_MB']:.0f} MB)\n")
+        print("| rows | f16 µs | f16 on tensor cores µs | quantised µs | quantised / f16 speed-up | f16 GB/s | quantised GB/s "
+              "| f16 floor µs | quantised floor µs |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in mq["runs"]:
+            mma = f"{r['f16_mma_ms']*1000:.0f}" if "f16_mma_ms" in r else "-"
+            print(f"| {r['rows_in']} | {r['f16_ms']*1000:.0f} | {mma} | {r['quant_ms']*1000:.0f} | "
+                  f"{r['quant_speedup']:.2f} | {r['f16_GBps']:.0f} | {r['quant_GBps']:.0f} | "
+                  f"{r['f16_floor_ms']*1000:.0f} | {r['quant_floor_ms']*1000:.0f} |")
+        print()
     a = kern["attention_8k_b16"]
     print(f"- attention 8K × 16 rows: dense {a['dense_ms']*1000:.1f} µs, 512 selected {a['sparse_512_ms']*1000:.1f} µs "
           f"({a['speedup']:.1f}×)")

@@ -86,10 +86,10 @@ bench() {
   keep "bench${v}_b$b.json"
 }
 
-check "" 150
-check _new 150
+check "" 90
+check _new 90
 
-if t=$(tmo 90); then
+if t=$(tmo 60); then
   log "kernels against their floor (bench_cuda)"
   timeout "$t" "$BIN/bench/bench_cuda" > "$OUT/kernels.json" 2> >(tee -a "$OUT/run.log" >&2)
   cat "$OUT/kernels.json"
@@ -101,9 +101,9 @@ RAND=/tmp/dsachat-rand.gguf
 "$BIN/dsa" synth-model --like "$SLICE" --layers 30 --seed 1 -o "$RAND" --indexer-out /tmp/dsachat-rand.dsa.gguf 2>&1 | tail -n 2
 
 for B in 1 16; do
-  for V in "" _new _quant; do bench "$V" "$B" 100; done
+  for V in "" _new _quant; do bench "$V" "$B" 60; done
 done
-check _quant 120
+check _quant 60
 
 log "summary"
 raw=$(mktemp -d)

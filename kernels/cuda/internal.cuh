@@ -32,6 +32,8 @@ struct Shape {
 };
 
 cudaStream_t dsa_cu_stream(void);
+// The most shared memory a block may opt in to on the current device (bytes; asked once).
+size_t cu_smem_optin(void);
 
 #define CU_CHECK(call, err, errlen)                                                                               \
     do {                                                                                                          \

@@ -701,11 +701,7 @@ int launch_mmv(const GemvArgs &g) { return g.n <= 8 ? launch_mmv_t<1>(g) : launc
 bool mmv_on(void) { return g_mmv == 1; }
 
 bool mmv_fits(const GemvArgs &g) { // launch_mmv's shared memory fits the device (else the f32 kernel takes it)
-    static int optin = -1, dev = 0;
-    if (optin < 0 && (cudaGetDevice(&dev) != cudaSuccess ||
-                      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess))
-        optin = 0;
-    return mmv_smem(g.cols, g.n <= 8 ? 8 : 16) <= (size_t)optin;
+    return mmv_smem(g.cols, g.n <= 8 ? 8 : 16) <= cu_smem_optin();
 }
 
 // A device of sm_80 or newer running code compiled for it: a device that JIT-compiles the compute_75 PTX gets
@@ -727,10 +723,10 @@ int launch_gemv(const GemvArgs &g) {
     int n = g.n;
     if (n < 1 || n > 16 || g.cols % 8 || (g.mode == GEMV_QKV && (g.rows_a % 2 || g.s.D % 2 || g.s.rope_dim % 2)))
         return -1;
-    if (g.qa.type) {
-        if (g.cols % 32) return -1;
+    // the quantised copy where its kernel can stage the input rows (n·cols floats), else the f16 matrix beside it
+    if (g.qa.type && g.cols % 32 == 0 && (size_t)n * g.cols * sizeof(float) <= cu_smem_optin())
         return g.qa.type == QW_Q4_1 ? launch_gemv_q<QW_Q4_1>(g) : launch_gemv_q<QW_Q8_0>(g);
-    }
+    if (!g.Wa && g.rows_a) return -1;
     if (mmv_on() && mmv_fits(g)) return launch_mmv(g);
     if (n == 1) return launch_gemv_r<1>(g);
     if (n == 2) return launch_gemv_r<2>(g);
@@ -1162,6 +1158,15 @@ template <int NT, int D> int launch_decode(const DecodeArgs &a) {
 } // namespace
 
 // ---- launchers ----------------------------------------------------------------------------------------------------
+
+size_t cu_smem_optin(void) {
+    static int optin = -1;
+    int dev = 0;
+    if (optin < 0 && (cudaGetDevice(&dev) != cudaSuccess ||
+                      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess))
+        optin = 0;
+    return (size_t)optin;
+}
 
 int cu_gemv_mma(int want) {
     if (want >= 0) g_mmv = want && mmv_capable();

@@ -442,6 +442,9 @@ extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, c
     const char *qe = getenv("DSA_CUDA_QUANT");
     g->quant = qe && !strcmp(qe, "1");
     g->gemv_max = cu_gemv_mma(-1) || g->quant ? GEMV_ROWS : 2;
+    // ... as far as the GEMV kernels can stage that many input rows of the widest matrix in shared memory
+    size_t widest = (size_t)(sh->n_ff > sh->n_embd ? sh->n_ff : sh->n_embd) * sizeof(float);
+    while (g->gemv_max > 2 && g->gemv_max * widest > cu_smem_optin()) g->gemv_max /= 2;
     g->flash = fl && !strcmp(fl, "1");
     // DSA_CUDA_PERSIST=1 takes decode steps through the persistent kernel (=dense: only steps without selection).
     const char *pe = getenv("DSA_CUDA_PERSIST");

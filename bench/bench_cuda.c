@@ -93,27 +93,41 @@ static void run_gemv(void *u) {
 #define STEP_LAYERS 30
 enum { SE = 576, SF = 1536, SQKV = 960, SV = 49152 };
 typedef struct {
-    int n, quant;
+    int n, quant, rc; /* rc: any launch refused */
     void *qkv[STEP_LAYERS], *wo[STEP_LAYERS], *gu[STEP_LAYERS], *down[STEP_LAYERS], *out; /* f16 or repacked blocks */
     float *x, *y, *h, *logits, *norm;
 } step_job;
 static void run_step(void *u) {
     step_job *j = u;
+    int rc = 0;
     for (int l = 0; l < STEP_LAYERS; l++) {
         if (j->quant) {
-            dsa_cuk_gemv_q(DSA_Q4_1, j->qkv[l], SQKV, SE, j->x, j->n, j->norm, 1e-5f, j->y, 0, 0);
-            dsa_cuk_gemv_q(DSA_Q4_1, j->wo[l], SE, SE, j->y, j->n, NULL, 1e-5f, j->x, 1, 0);
-            dsa_cuk_gemv_q(DSA_Q4_1, j->gu[l], SF, SE, j->x, j->n, j->norm, 1e-5f, j->h, 0, 1);
-            dsa_cuk_gemv_q(DSA_Q4_1, j->down[l], SE, SF, j->h, j->n, NULL, 1e-5f, j->x, 1, 0);
+            rc |= dsa_cuk_gemv_q(DSA_Q4_1, j->qkv[l], SQKV, SE, j->x, j->n, j->norm, 1e-5f, j->y, 0, 0);
+            rc |= dsa_cuk_gemv_q(DSA_Q4_1, j->wo[l], SE, SE, j->y, j->n, NULL, 1e-5f, j->x, 1, 0);
+            rc |= dsa_cuk_gemv_q(DSA_Q4_1, j->gu[l], SF, SE, j->x, j->n, j->norm, 1e-5f, j->h, 0, 1);
+            rc |= dsa_cuk_gemv_q(DSA_Q4_1, j->down[l], SE, SF, j->h, j->n, NULL, 1e-5f, j->x, 1, 0);
         } else {
-            dsa_cuk_gemv_f16(j->qkv[l], SQKV, SE, j->x, j->n, j->norm, 1e-5f, j->y, 0);
-            dsa_cuk_gemv_f16(j->wo[l], SE, SE, j->y, j->n, NULL, 1e-5f, j->x, 1);
-            dsa_cuk_gemv_swiglu(j->gu[l], SF, SE, j->x, j->n, j->norm, 1e-5f, j->h);
-            dsa_cuk_gemv_f16(j->down[l], SE, SF, j->h, j->n, NULL, 1e-5f, j->x, 1);
+            rc |= dsa_cuk_gemv_f16(j->qkv[l], SQKV, SE, j->x, j->n, j->norm, 1e-5f, j->y, 0);
+            rc |= dsa_cuk_gemv_f16(j->wo[l], SE, SE, j->y, j->n, NULL, 1e-5f, j->x, 1);
+            rc |= dsa_cuk_gemv_swiglu(j->gu[l], SF, SE, j->x, j->n, j->norm, 1e-5f, j->h);
+            rc |= dsa_cuk_gemv_f16(j->down[l], SE, SF, j->h, j->n, NULL, 1e-5f, j->x, 1);
         }
     }
-    if (j->quant) dsa_cuk_gemv_q(DSA_Q8_0, j->out, SV, SE, j->x, j->n, j->norm, 1e-5f, j->logits, 0, 0);
-    else dsa_cuk_gemv_f16(j->out, SV, SE, j->x, j->n, j->norm, 1e-5f, j->logits, 0);
+    if (j->quant) rc |= dsa_cuk_gemv_q(DSA_Q8_0, j->out, SV, SE, j->x, j->n, j->norm, 1e-5f, j->logits, 0, 0);
+    else rc |= dsa_cuk_gemv_f16(j->out, SV, SE, j->x, j->n, j->norm, 1e-5f, j->logits, 0);
+    j->rc |= rc;
+}
+
+/* The step timed, after one untimed run whose launches and kernels must all have succeeded: -1 otherwise (err says
+ * why), so that a refused or faulting kernel is never timed as a fast one. */
+static double time_step(step_job *j, char *err, size_t errlen) {
+    j->rc = 0;
+    run_step(j);
+    if (j->rc) return snprintf(err, errlen, "a launch was refused"), -1;
+    if (dsa_cuda_sync(err, errlen)) return -1;
+    double ms = dsa_cuda_time_ms(run_step, j, 2, 20);
+    if (j->rc) return snprintf(err, errlen, "a launch was refused"), -1;
+    return dsa_cuda_sync(err, errlen) ? -1 : ms;
 }
 
 /* A rows × cols matrix of random GGUF blocks of type (Q4_1: d ~ 0.003, m ~ -0.02; Q8_0: d ~ 0.0004), repacked and
@@ -250,9 +264,10 @@ int main(void) {
     dsa_cuk_gemv_mma(0);
 
     /* The measured choice of the weights' form (docs/cuda.md): a decode step's matrix products (30 layers of the
-     * default shape, then the logits) with f16 weights against the GGUF's blocks (Q4_1 layers, Q8_0 logits) read
-     * by k_gemv_q, 1, 2 and 16 rows; 121 launches back to back between one pair of events.  f16 on tensor cores
-     * too where the device has them (f16_mma). */
+     * default shape, then the logits) with f16 weights (k_gemv, the shipped decode GEMV; the engine uses cuBLAS
+     * above 2 rows) against the GGUF's blocks (Q4_1 layers, Q8_0 logits) read by k_gemv_q, 1, 2 and 16 rows; 121
+     * launches back to back between one pair of events.  f16 on tensor cores too where the device has them
+     * (f16_mma). */
     {
         step_job f = {0}, q = {0};
         for (int l = 0; l < STEP_LAYERS; l++) {
@@ -276,15 +291,24 @@ int main(void) {
         json_t *arr = json_array();
         int ns[] = {1, 2, 16};
         for (int i = 0; i < 3; i++) {
+            char ferr[256] = "", qerr[256] = "", merr[256] = "";
             f.n = q.n = ns[i];
-            double fm = dsa_cuda_time_ms(run_step, &f, 2, 20), qm = dsa_cuda_time_ms(run_step, &q, 2, 20), mm = -1;
-            if (dsa_cuk_gemv_mma(1) == 1) mm = dsa_cuda_time_ms(run_step, &f, 2, 20);
+            double fm = time_step(&f, ferr, sizeof ferr), qm = time_step(&q, qerr, sizeof qerr), mm = -1;
+            if (dsa_cuk_gemv_mma(1) == 1) mm = time_step(&f, merr, sizeof merr);
             dsa_cuk_gemv_mma(0);
+            if (fm <= 0 || qm <= 0) { /* say what failed instead of timing it */
+                json_array_append_new(arr, json_pack("{s:i,s:s,s:s}", "rows_in", ns[i], "f16_error", ferr, "quant_error",
+                                                     qerr));
+                fprintf(stderr, "bench_cuda: decode matmuls, %d rows: f16: %s; quantised: %s\n", ns[i],
+                        fm > 0 ? "ok" : ferr, qm > 0 ? "ok" : qerr);
+                continue;
+            }
             json_t *o = json_pack("{s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "rows_in", ns[i], "f16_ms", fm, "quant_ms", qm,
                                   "quant_speedup", fm / qm, "f16_GBps", fbytes / (fm * 1e-3) / 1e9, "quant_GBps",
                                   qbytes / (qm * 1e-3) / 1e9, "f16_floor_ms", fbytes / hbm * 1e3, "quant_floor_ms",
                                   qbytes / hbm * 1e3);
             if (mm > 0) json_object_set_new(o, "f16_mma_ms", json_real(mm));
+            else if (merr[0]) json_object_set_new(o, "f16_mma_error", json_string(merr));
             json_array_append_new(arr, o);
         }
         json_object_set_new(J, "decode_matmuls_f16_vs_quant",

@@ -701,7 +701,7 @@ int launch_mmv(const GemvArgs &g) { return g.n <= 8 ? launch_mmv_t<1>(g) : launc
 bool mmv_on(void) { return g_mmv == 1; }
 
 bool mmv_fits(const GemvArgs &g) { // launch_mmv's shared memory fits the device (else the f32 kernel takes it)
-    return mmv_smem(g.cols, g.n <= 8 ? 8 : 16) <= cu_smem_optin();
+    return mmv_smem(g.cols, g.n <= 8 ? 8 : 16) + 1024 <= cu_smem_optin(); // + its static shared memory
 }
 
 // A device of sm_80 or newer running code compiled for it: a device that JIT-compiles the compute_75 PTX gets
@@ -723,8 +723,9 @@ int launch_gemv(const GemvArgs &g) {
     int n = g.n;
     if (n < 1 || n > 16 || g.cols % 8 || (g.mode == GEMV_QKV && (g.rows_a % 2 || g.s.D % 2 || g.s.rope_dim % 2)))
         return -1;
-    // the quantised copy where its kernel can stage the input rows (n·cols floats), else the f16 matrix beside it
-    if (g.qa.type && g.cols % 32 == 0 && (size_t)n * g.cols * sizeof(float) <= cu_smem_optin())
+    // the quantised copy where its kernel can stage the input rows (n·cols floats, beside its static shared
+    // memory), else the f16 matrix beside it
+    if (g.qa.type && g.cols % 32 == 0 && (size_t)n * g.cols * sizeof(float) + 1024 <= cu_smem_optin())
         return g.qa.type == QW_Q4_1 ? launch_gemv_q<QW_Q4_1>(g) : launch_gemv_q<QW_Q8_0>(g);
     if (!g.Wa && g.rows_a) return -1;
     if (mmv_on() && mmv_fits(g)) return launch_mmv(g);

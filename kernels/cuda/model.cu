@@ -191,13 +191,11 @@ extern "C" int dsa_cuk_gemv_swiglu(const uint16_t *W, int rows, int cols, const 
 
 // ---- weights kept quantised (DSA_CUDA_QUANT) --------------------------------------------------------------------
 
-enum { GGML_Q4_1 = 3, GGML_Q8_0 = 8 };
+// ggml's type ids (the numbers in GGUF tensor tables) of the quantised types the kernels read
+static int qw_type(int ggml_type) { return ggml_type == 3 ? QW_Q4_1 : ggml_type == 8 ? QW_Q8_0 : 0; }
 
-static int qw_type(int ggml_type) { return ggml_type == GGML_Q4_1 ? QW_Q4_1 : ggml_type == GGML_Q8_0 ? QW_Q8_0 : 0; }
-
-// Bytes of the repacked blocks (qs) of a matrix; its scales (sc) follow at that offset rounded up to 16.
-static size_t q_qs_bytes(int qt, int rows, int cols) { return (size_t)rows * (cols / 32) * (qt == QW_Q4_1 ? 16 : 32); }
-static size_t q_sc_offset(int qt, int rows, int cols) { return (q_qs_bytes(qt, rows, cols) + 15) & ~(size_t)15; }
+// Where a matrix's scales (sc) start: after its repacked blocks (qs), 16 or 32 bytes each, so 16-byte aligned.
+static size_t q_sc_offset(int qt, int rows, int cols) { return (size_t)rows * (cols / 32) * (qt == QW_Q4_1 ? 16 : 32); }
 
 extern "C" size_t dsa_cuda_q_bytes(int type, int rows, int cols) {
     int qt = qw_type(type);
@@ -441,10 +439,11 @@ extern "C" int dsa_gpu_model_new(const dsa_gpu_shape *sh, dsa_gpu_model **out, c
     // f16 copies, which prefill's cuBLAS keeps using; the measured choice between the two (docs/cuda.md).
     const char *qe = getenv("DSA_CUDA_QUANT");
     g->quant = qe && !strcmp(qe, "1");
-    g->gemv_max = cu_gemv_mma(-1) || g->quant ? GEMV_ROWS : 2;
-    // ... as far as the GEMV kernels can stage that many input rows of the widest matrix in shared memory
-    size_t widest = (size_t)(sh->n_ff > sh->n_embd ? sh->n_ff : sh->n_embd) * sizeof(float);
-    while (g->gemv_max > 2 && g->gemv_max * widest > cu_smem_optin()) g->gemv_max /= 2;
+    g->gemv_max = (cu_gemv_mma(-1) || g->quant) ? GEMV_ROWS : 2;
+    // ... as far as k_gemv can stage that many RMSNorm'd input rows (E columns) in shared memory, with room for its
+    // static shared memory (the other kernels fall back to k_gemv per call where theirs does not fit)
+    while (g->gemv_max > 2 && g->gemv_max * (size_t)sh->n_embd * sizeof(float) + 1024 > cu_smem_optin())
+        g->gemv_max /= 2;
     g->flash = fl && !strcmp(fl, "1");
     // DSA_CUDA_PERSIST=1 takes decode steps through the persistent kernel (=dense: only steps without selection).
     const char *pe = getenv("DSA_CUDA_PERSIST");
@@ -522,15 +521,16 @@ extern "C" int dsa_gpu_set_layer(dsa_gpu_model *g, int l, const dsa_gpu_layer *w
 static int upload_q(dsa_gpu_model *g, QMat *q, const dsa_gpu_qmat *w, int rows, int cols, char *err, size_t errlen) {
     size_t bytes = dsa_cuda_q_bytes(w->type, rows, cols);
     if (!bytes || !w->blocks) return 0;
+    if (q->qs) return snprintf(err, errlen, "CUDA: quantised weights uploaded twice"), -1; // set once, as the f16 ones
     void *h = malloc(bytes), *d = NULL;
     if (!h) return snprintf(err, errlen, "out of memory"), -1;
     dsa_cuda_q_repack(w->type, w->blocks, rows, cols, h);
     cudaError_t e = upload(&d, h, bytes, &g->weight_bytes);
     free(h);
-    if (e != cudaSuccess) return fail(err, errlen, "uploading the quantised weights", e);
-    if (q->qs) // replaced
-        g->quant_mats--, g->quant_bytes -= dsa_cuda_q_bytes(q->type == QW_Q4_1 ? GGML_Q4_1 : GGML_Q8_0, rows, cols);
-    cudaFree((void *)q->qs);
+    if (e != cudaSuccess) {
+        cudaFree(d);
+        return fail(err, errlen, "uploading the quantised weights", e);
+    }
     *q = qmat_at(w->type, d, rows, cols);
     g->quant_mats++, g->quant_bytes += bytes;
     return 0;

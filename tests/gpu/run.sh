@@ -3,6 +3,8 @@
 # docs/cuda.md).  It writes everything under $OUT (default /tmp/dsachat-gpu): the kernel and model agreement
 # with the CPU backend (test_cuda), the kernels against their bandwidth floor (bench_cuda), decode and prefill
 # throughput on a seeded random model of the default model's shape (dsa bench), and summary.md / summary.json.
+# test_cuda and dsa bench run in three variants: the shipped kernels, the opt-in ones, and quantised weights in
+# decode; all within a time budget (below).
 #
 #   tests/gpu/run.sh [BUILD_DIR]
 #
@@ -24,10 +26,10 @@ keep() { (cd "$OUT" && for f in "$@"; do [ ! -e "$f" ] || { tar -rf raw.tar "$f"
 # steps go first.  (The run of 2026-11-28, one variant, took 45 s.)
 T0=$(date +%s)
 BUDGET=${DSA_GPU_BUDGET:-450}
-tmo() { # tmo CAP: prints the time-out for the next step, or fails when too little time is left
+tmo() { # tmo CAP STEP: prints the time-out for STEP, or fails when too little time is left
   local left=$((T0 + BUDGET - $(date +%s))) t=$1
   [ "$left" -lt "$t" ] && t=$left
-  [ "$t" -ge 20 ] || { log "out of time: step skipped" >&2; return 1; }
+  [ "$t" -ge 20 ] || { log "out of time: $2 skipped" >&2; return 1; }
   echo "$t"
 }
 
@@ -47,11 +49,7 @@ log "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader |
   tee "$OUT/device.txt" | tee -a "$OUT/run.log"
 keep device.txt
-"$BIN/dsa" info -m "$SLICE" --backend cuda 2>&1 | tee -a "$OUT/run.log" | grep -E 'cuda|dsa'
-
-# Kernels written without a GPU at hand are opt-in until a run like this one has checked them (docs/cuda.md);
-# everything below runs with the shipped kernels and again with these switched on.
-NEW_ENV=(DSA_CUDA_GEMV=mma DSA_CUDA_FLASH=1 DSA_CUDA_PERSIST=1 DSA_CUDA_SELECT=new)
+timeout -k 5 30 "$BIN/dsa" info -m "$SLICE" --backend cuda 2>&1 | tee -a "$OUT/run.log" | grep -E 'cuda|dsa'
 
 # Kernels written without a GPU at hand are opt-in until a run like this one has checked them (docs/cuda.md);
 # the steps below run with the shipped kernels and again with these switched on.  QUANT_ENV: the shipped kernels
@@ -64,9 +62,9 @@ check() {
   local v=$1 t vars=(DSA_CUDA_SHIPPED=1)
   [ "$v" = _new ] && vars=("${NEW_ENV[@]}")
   [ "$v" = _quant ] && vars=("${QUANT_ENV[@]}")
-  t=$(tmo "$2") || return 0
+  t=$(tmo "$2" "test_cuda (${vars[*]})") || return 0
   log "kernels and model against the CPU backend (test_cuda; ${vars[*]})"
-  env "${vars[@]}" DSA_MODEL=$SLICE DSA_CUDA_REPORT=$OUT/agreement$v.json timeout "$t" "$BIN/tests/test_cuda" 2>&1 |
+  env "${vars[@]}" DSA_MODEL=$SLICE DSA_CUDA_REPORT=$OUT/agreement$v.json timeout -k 5 "$t" "$BIN/tests/test_cuda" 2>&1 |
     tee "$OUT/test_cuda$v.log" | tail -n 14
   echo "test_cuda (${vars[*]}) exit ${PIPESTATUS[0]}" | tee -a "$OUT/run.log"
   keep "test_cuda$v.log" "agreement$v.json"
@@ -77,9 +75,9 @@ bench() {
   local v=$1 b=$2 t vars=(DSA_CUDA_SHIPPED=1)
   [ "$v" = _new ] && vars=("${NEW_ENV[@]}")
   [ "$v" = _quant ] && vars=("${QUANT_ENV[@]}")
-  t=$(tmo "$3") || return 0
+  t=$(tmo "$3" "dsa bench, batch $b (${vars[*]})") || return 0
   log "decode and prefill, batch $b (${vars[*]})"
-  env "${vars[@]}" timeout "$t" "$BIN/dsa" bench -m "$RAND" --indexer /tmp/dsachat-rand.dsa.gguf --backend cuda \
+  env "${vars[@]}" timeout -k 5 "$t" "$BIN/dsa" bench -m "$RAND" --indexer /tmp/dsachat-rand.dsa.gguf --backend cuda \
     --contexts 128,1024,8192 --batch "$b" --gen-tokens 128 --reps 2 --json > "$OUT/bench${v}_b$b.json" \
     2> >(tee -a "$OUT/run.log" >&2)
   cat "$OUT/bench${v}_b$b.json"
@@ -88,22 +86,25 @@ bench() {
 
 check "" 90
 check _new 90
+check _quant 60
 
-if t=$(tmo 60); then
+if t=$(tmo 60 bench_cuda); then
   log "kernels against their floor (bench_cuda)"
-  timeout "$t" "$BIN/bench/bench_cuda" > "$OUT/kernels.json" 2> >(tee -a "$OUT/run.log" >&2)
+  timeout -k 5 "$t" "$BIN/bench/bench_cuda" > "$OUT/kernels.json" 2> >(tee -a "$OUT/run.log" >&2)
   cat "$OUT/kernels.json"
   keep kernels.json
 fi
 
-log "a seeded random model of the default shape"
 RAND=/tmp/dsachat-rand.gguf
-"$BIN/dsa" synth-model --like "$SLICE" --layers 30 --seed 1 -o "$RAND" --indexer-out /tmp/dsachat-rand.dsa.gguf 2>&1 | tail -n 2
+if t=$(tmo 60 synth-model); then
+  log "a seeded random model of the default shape"
+  timeout -k 5 "$t" "$BIN/dsa" synth-model --like "$SLICE" --layers 30 --seed 1 -o "$RAND" \
+    --indexer-out /tmp/dsachat-rand.dsa.gguf 2>&1 | tail -n 2
+fi
 
 for B in 1 16; do
   for V in "" _new _quant; do bench "$V" "$B" 60; done
 done
-check _quant 60
 
 log "summary"
 raw=$(mktemp -d)

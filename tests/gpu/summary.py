@@ -18,10 +18,17 @@ def load(name):
 kern = load("kernels.json")
 # the shipped kernels, and the opt-in ones (run.sh's NEW_ENV) when that run is there
 variants = [("", "shipped kernels")]
-if load("agreement_new.json") or load("bench_new_b1.json"):
+
+
+def ran(v):  # any step of variant v left a file
+    return any(os.path.exists(os.path.join(out, f)) for f in
+               (f"test_cuda{v}.log", f"agreement{v}.json", f"bench{v}_b1.json", f"bench{v}_b16.json"))
+
+
+if ran("_new"):
     variants.append(("_new", "opt-in kernels (DSA_CUDA_GEMV=mma DSA_CUDA_FLASH=1 DSA_CUDA_PERSIST=1 DSA_CUDA_SELECT=new)"))
 # the shipped kernels with the decode GEMV on the GGUF's quantised blocks (the f16-or-quantised measurement)
-if load("agreement_quant.json") or load("bench_quant_b1.json"):
+if ran("_quant"):
     variants.append(("_quant", "quantised weights in decode (DSA_CUDA_QUANT=1)"))
 dev = ""
 try:
@@ -45,6 +52,9 @@ for v, label in variants:
     failed = agree.get("checks_failed", agree.get("kernel_checks_failed")) if agree else None
     bar("test_cuda finished with no failed check" + sfx, -1 if failed is None else failed, failed == 0)
     if not agree:
+        started = os.path.exists(os.path.join(out, f"test_cuda{v}.log"))
+        print(f"**test_cuda{sfx}: " + ("no report: it crashed or timed out (see its log)**\n" if started else
+                                       "not run: the time budget ran out before it**\n"))
         continue
     tf, dec = agree.get("teacher_forced", {}), agree.get("decode", {})
     print(f"## Agreement with the CPU backend, {label} (2-layer slice of the default model, real weights)\n")
@@ -94,6 +104,10 @@ if kern:
               "| f16 floor µs | quantised floor µs |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in mq["runs"]:
+            if "quant_ms" not in r:
+                print(f"| {r['rows_in']} | failed: {r.get('f16_error') or 'ok'} | - | failed: {r.get('quant_error') or 'ok'} "
+                      "| - | - | - | - | - |")
+                continue
             mma = f"{r['f16_mma_ms']*1000:.0f}" if "f16_mma_ms" in r else "-"
             print(f"| {r['rows_in']} | {r['f16_ms']*1000:.0f} | {mma} | {r['quant_ms']*1000:.0f} | "
                   f"{r['quant_speedup']:.2f} | {r['f16_GBps']:.0f} | {r['quant_GBps']:.0f} | "

@@ -713,6 +713,11 @@ static int record(dsa_gpu_model *g, int n, int grid_len, int has_ix, int sel_on,
     RowDev *rows = g->rows_d;
     SeqDev *seqs = g->seqs_d;
     if (cu_embed(g->embd, E, rows, n, g->x)) return -1;
+    // the tests' per-layer log of a call where no row selects: -1 everywhere (k_topk writes it where rows may select,
+    // k_decode in every layer), not the last call's counts
+    if (g->cnt_log && !sel_on &&
+        cudaMemsetAsync(g->cnt_log, 0xFF, (size_t)g->n_layer * MAX_ROWS * sizeof(int), dsa_cu_stream()) != cudaSuccess)
+        return -1;
     for (int l = 0; l < g->n_layer; l++) {
         const GLayer *L = &g->L[l];
         const float *Wix = has_ix ? g->ixW + (size_t)l * s.ix_rows * E : NULL;

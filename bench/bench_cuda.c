@@ -89,6 +89,30 @@ static void run_gemv(void *u) {
     dsa_cuk_gemv_f16(j->W[s], j->rows, j->cols, j->x, j->n, j->norm, 1e-5f, j->y, 0);
 }
 
+typedef struct {
+    int m;
+    uint16_t *a, *b;
+    float *c;
+    int rc;
+} gemm_job;
+static void run_gemm(void *u) {
+    gemm_job *j = u;
+    j->rc |= dsa_cuda_gemm_f16(j->a, j->m, j->m, j->b, j->m, j->c);
+}
+
+/* prefill attention: the last 256 rows of an 8K prompt, each over its causal prefix, per-row kernel or tiled */
+typedef struct {
+    int flash, rc;
+    dsa_cuk_rows *rows;
+    float *q, *out;
+    int *cnt;
+} prefill_attn_job;
+static void run_prefill_attn(void *u) {
+    prefill_attn_job *j = u;
+    j->rc |= j->flash ? dsa_cuk_flash_attention(j->rows, 9, 3, 64, j->q, j->out)
+                      : dsa_cuk_attention(j->rows, 9, 3, 64, j->q, NULL, 0, j->cnt, j->out);
+}
+
 /* ---- a decode step's matrix products: 30 layers of the default shape, then the logits; f16 or quantised ---- */
 #define STEP_LAYERS 30
 enum { SE = 576, SF = 1536, SQKV = 960, SV = 49152 };
@@ -198,6 +222,19 @@ int main(void) {
     double hbm = 2.0 * cj.bytes / (ms * 1e-3); /* bytes/s */
     json_object_set_new(J, "hbm_copy_GBps", json_real(hbm / 1e9));
     dsa_cuda_free(cj.a), dsa_cuda_free(cj.b);
+
+    /* matrix-product ceiling: 8192³ through cuBLAS, f16 in, f32 out (random data) */
+    gemm_job gm = {8192, dev_random((size_t)8192 * 8192 * 2, 1), dev_random((size_t)8192 * 8192 * 2, 1),
+                   dsa_cuda_alloc((size_t)8192 * 8192 * 4), 0};
+    run_gemm(&gm);
+    char gerr[256] = "";
+    double tflops = 0;
+    if (!gm.rc && !dsa_cuda_sync(gerr, sizeof gerr)) {
+        ms = dsa_cuda_time_ms(run_gemm, &gm, 3, 10);
+        if (!gm.rc && !dsa_cuda_sync(gerr, sizeof gerr)) tflops = 2.0 * 8192 * 8192 * 8192 / (ms * 1e-3) / 1e12;
+    }
+    json_object_set_new(J, "gemm_f16_TFLOPs", json_real(tflops));
+    dsa_cuda_free(gm.a), dsa_cuda_free(gm.b), dsa_cuda_free(gm.c);
 
     /* indexer scores at 8K context × batch 16: 16 sequences × 8192 keys × (64 B + 4 B scale) + 4 B score out */
     score_job sj = {16, 8192, 4, 64, 0, {0}, 0, 0, 0};
@@ -321,6 +358,39 @@ int main(void) {
         }
         dsa_cuda_free(f.out), dsa_cuda_free(q.out), dsa_cuda_free(x), dsa_cuda_free(y), dsa_cuda_free(h);
         dsa_cuda_free(lg), dsa_cuda_free(nm);
+    }
+
+    /* prefill attention, dense: the last 256 rows of an 8K prompt (positions 7936..8191, 9/3 heads × 64), the
+     * per-row split-K kernel against the tiled one, each against its floors (FLOPs over the cuBLAS ceiling above,
+     * K/V bytes over HBM) */
+    {
+        int n = 256, L = 8192, plens[256], pcnt[256];
+        for (int r = 0; r < n; r++) plens[r] = L - n + r + 1, pcnt[r] = -1;
+        uint16_t *PK = dev_random((size_t)L * 3 * 64 * 2, 1), *PV = dev_random((size_t)L * 3 * 64 * 2, 1);
+        prefill_attn_job pj = {0, 0, dsa_cuk_rows_new(n, plens, L, 0, NULL, NULL, 0, 0, PK, PV, 3, 64),
+                               dev_random((size_t)n * 9 * 64 * 4, 0), dsa_cuda_alloc((size_t)n * 9 * 64 * 4),
+                               dsa_cuda_alloc(sizeof pcnt)};
+        dsa_cuda_put(pj.cnt, pcnt, sizeof pcnt);
+        double flops = 0, kvbytes = 2.0 * L * 3 * 64 * 2;
+        for (int r = 0; r < n; r++) flops += 4.0 * plens[r] * 9 * 64; /* q·k and p·v, 2 FLOPs a multiply-add */
+        json_t *pa = json_pack("{s:i,s:i,s:f,s:f}", "rows", n, "context", L, "flop_floor_ms",
+                               tflops > 0 ? flops / (tflops * 1e12) * 1e3 : 0.0, "byte_floor_ms", kvbytes / hbm * 1e3);
+        for (int fl = 0; fl < 2 && pj.rows; fl++) {
+            char perr[256] = "";
+            pj.flash = fl, pj.rc = 0;
+            run_prefill_attn(&pj);
+            if (pj.rc || dsa_cuda_sync(perr, sizeof perr)) {
+                json_object_set_new(pa, fl ? "tiled_error" : "per_row_error",
+                                    json_string(pj.rc ? "refused (below sm_80 for the tiled kernel)" : perr));
+                continue;
+            }
+            ms = dsa_cuda_time_ms(run_prefill_attn, &pj, 3, 20);
+            json_object_set_new(pa, fl ? "tiled_ms" : "per_row_ms", json_real(ms));
+            json_object_set_new(pa, fl ? "tiled_TFLOPs" : "per_row_TFLOPs", json_real(flops / (ms * 1e-3) / 1e12));
+        }
+        json_object_set_new(J, "prefill_attention_8k_256rows", pa);
+        dsa_cuk_rows_free(pj.rows);
+        dsa_cuda_free(PK), dsa_cuda_free(PV), dsa_cuda_free(pj.q), dsa_cuda_free(pj.out), dsa_cuda_free(pj.cnt);
     }
 
     /* attention over 8K positions, 16 rows, 9/3 heads × 64: dense vs 512 selected */

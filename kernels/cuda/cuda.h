@@ -92,6 +92,9 @@ int dsa_cuk_attention(const dsa_cuk_rows *t, int H, int KVH, int D, const float 
  * cores, sm_80 and newer); -1 where the device or the shape has none, and the caller uses dsa_cuk_attention.
  * CPU: dsa_attn_scores_f16, softmax, dsa_attn_sum_f16. */
 int dsa_cuk_flash_attention(const dsa_cuk_rows *t, int H, int KVH, int D, const float *q, float *out);
+/* Y (n × rows, f32) = X (n × cols) · Wᵀ (rows × cols), f16 in, through cuBLAS as prefill calls it: the
+ * benchmarks' matrix-product ceiling. */
+int dsa_cuda_gemm_f16(const uint16_t *W, int rows, int cols, const uint16_t *X, int n, float *Y);
 /* FP8 e4m3 with a per-row scale (saturating, round to nearest even).  CPU counterpart: dsa_fp8_quant_row. */
 int dsa_cuk_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale);
 

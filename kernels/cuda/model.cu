@@ -316,6 +316,19 @@ extern "C" int dsa_cuk_flash_attention(const dsa_cuk_rows *t, int H, int KVH, in
     return cu_flash_attention(s, q, H * D, t->rows, t->n, t->seqs, 0, out, NULL);
 }
 
+// The matrix-product ceiling the benchmarks compare with: cuBLAS as prefill calls it (f16 in, f32 out and
+// accumulation).  Its handle lives as long as the process.
+extern "C" int dsa_cuda_gemm_f16(const uint16_t *W, int rows, int cols, const uint16_t *X, int n, float *Y) {
+    static cublasHandle_t h;
+    if (!h && (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS || cublasSetStream(h, dsa_cu_stream()) != CUBLAS_STATUS_SUCCESS))
+        return h = NULL, -1;
+    float alpha = 1.0f, beta = 0.0f;
+    return cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &alpha, W, CUDA_R_16F, cols, X, CUDA_R_16F, cols,
+                        &beta, Y, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS
+               ? 0
+               : -1;
+}
+
 extern "C" int dsa_cuk_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale) {
     return cu_fp8_quant(n, d, x, q, scale);
 }

@@ -79,6 +79,8 @@ if kern:
     hbm = kern["hbm_copy_GBps"]
     print("## Kernels\n")
     print(f"- HBM copy: {hbm:.0f} GB/s (read + write)")
+    if kern.get("gemm_f16_TFLOPs"):
+        print(f"- matrix products (cuBLAS, 8192³, f16 in, f32 out): {kern['gemm_f16_TFLOPs']:.0f} TFLOP/s")
     for sfx, what in (("", "shipped"), ("_new", "new")):
         s1, sb = kern.get("index_scores_8k_b16" + sfx), kern.get("index_scores_8k_b16_b2b" + sfx)
         if s1:
@@ -113,6 +115,16 @@ if kern:
                   f"{r['quant_speedup']:.2f} | {r['f16_GBps']:.0f} | {r['quant_GBps']:.0f} | "
                   f"{r['f16_floor_ms']*1000:.0f} | {r['quant_floor_ms']*1000:.0f} |")
         print()
+    pa = kern.get("prefill_attention_8k_256rows")
+    if pa:
+        parts = []
+        for key, what in (("per_row", "per-row kernel"), ("tiled", "tiled kernel")):
+            if f"{key}_ms" in pa:
+                parts.append(f"{what} {pa[key + '_ms']*1000:.0f} µs ({pa[key + '_TFLOPs']:.1f} TFLOP/s)")
+            elif f"{key}_error" in pa:
+                parts.append(f"{what}: {pa[key + '_error']}")
+        print(f"- dense prefill attention, the last 256 rows of 8K: " + "; ".join(parts) +
+              f"; floors {pa['flop_floor_ms']*1000:.1f} µs (FLOPs), {pa['byte_floor_ms']*1000:.1f} µs (K/V bytes)")
     a = kern["attention_8k_b16"]
     print(f"- attention 8K × 16 rows: dense {a['dense_ms']*1000:.1f} µs, 512 selected {a['sparse_512_ms']*1000:.1f} µs "
           f"({a['speedup']:.1f}×)")

@@ -1010,8 +1010,8 @@ __device__ __forceinline__ void l2_prefetch(const void *p, size_t bytes) {
         asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
 }
 
-// The f16 matrices of layer l (about 7 MB for the default model; an H200's L2 holds 60 MB), fetched into L2 while the layer
-// before it runs, so that the GEMV phases wait on L2 rather than HBM.
+// The f16 matrices of layer l (about 7 MB for the default model; an H200's L2 holds 60 MB), fetched into L2 while
+// the layer before it runs, so that the GEMV phases wait on L2 rather than HBM.
 __device__ __forceinline__ void prefetch_layer(const DecodeArgs &a, int l) {
     const Shape &s = a.s;
     size_t E = s.E, F = s.F, Q = E + 2 * (size_t)s.KVH * s.D;

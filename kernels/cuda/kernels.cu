@@ -337,7 +337,9 @@ template <int QT> __device__ __forceinline__ QBlk qload(const QMat &W, int nb, i
     return t;
 }
 
-__device__ __forceinline__ unsigned word(const uint4 &u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
+__device__ __forceinline__ unsigned word(const uint4 &u, int i) {
+    return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w;
+}
 // Nibble k of w (0..15) and signed byte k of w (-128..127) as f32, exactly.
 __device__ __forceinline__ float nib(unsigned w, int k) {
     return __uint_as_float(0x4B000000u | ((w >> (4 * k)) & 15u)) - 8388608.0f;
@@ -462,7 +464,8 @@ template <int R, int QT> int launch_gemv_q_r(const GemvArgs &g) {
     size_t smem = (size_t)g.n * g.cols * sizeof(float);
     static size_t smem_set = 48 * 1024;
     if (smem > smem_set) {
-        if (cudaFuncSetAttribute(k_gemv_q<R, QT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+        if (cudaFuncSetAttribute(k_gemv_q<R, QT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) !=
+            cudaSuccess)
             return -1;
         smem_set = smem;
     }

@@ -106,6 +106,17 @@ for B in 1 16; do
   for V in "" _new _quant; do bench "$V" "$B" 60; done
 done
 
+# Which path the opt-in decode steps took (persistent kernel or graph replays) and their device against wall time
+# per call: DSA_CUDA_PROFILE's lines at exit (tests/gpu/profile.sh goes further, with Nsight Compute).
+if t=$(tmo 40 "the profile of the opt-in kernels"); then
+  log "device time per call with ${NEW_ENV[*]} (DSA_CUDA_PROFILE)"
+  env "${NEW_ENV[@]}" DSA_CUDA_PROFILE=1 timeout -k 5 "$t" "$BIN/dsa" bench -m "$RAND" \
+    --indexer /tmp/dsachat-rand.dsa.gguf --backend cuda --contexts 128,8192 --batch 1 --gen-tokens 32 --reps 1 \
+    > /dev/null 2> "$OUT/profile_new.log"
+  grep -E 'cuda profile|CUDA' "$OUT/profile_new.log" | tee -a "$OUT/run.log"
+  keep profile_new.log
+fi
+
 log "summary"
 raw=$(mktemp -d)
 tar -C "$raw" -xf "$OUT/raw.tar" 2>/dev/null

@@ -167,6 +167,16 @@ for v, label in variants:
     if r1 and r16:
         ratio = r16["dense_tok_s"] / r1["dense_tok_s"]
         bar("batch-16 aggregate >= 8x batch-1 (context 128, dense)" + sfx, ratio, ratio >= 8)
+try:  # DSA_CUDA_PROFILE's lines of a short opt-in run: which path the decode steps took
+    with open(os.path.join(out, "profile_new.log")) as f:
+        prof = [ln.strip() for ln in f if ln.startswith(("cuda profile", "dsa: CUDA"))]
+    if prof:
+        print("## Device time per call, opt-in kernels (batch 1, contexts 128 and 8192)\n")
+        for ln in prof:
+            print(f"- {ln}")
+        print()
+except OSError:
+    pass
 print("## Bars\n")
 print("| bar | value | pass |")
 print("|---|---|---|")

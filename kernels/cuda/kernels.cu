@@ -239,6 +239,22 @@ template <bool SW> __device__ __forceinline__ void stage_x(const GemvArgs &g, fl
     }
 }
 
+// A unit's sums for every input row: the f32 matrix's rows into Yb, the others through store_pair.
+template <int R>
+__device__ __forceinline__ void store_units(const GemvArgs &g, const Unit &t, int n, const float *acc0,
+                                            const float *acc1) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        if (r >= n) break;
+        if (t.isb) {
+            g.Yb[(size_t)r * g.rows_b + t.a] = acc0[r];
+            if (t.b >= 0) g.Yb[(size_t)r * g.rows_b + t.b] = acc1[r];
+        } else {
+            store_pair(g, r, t.a, t.b, t.rot, acc0[r], acc1[r]);
+        }
+    }
+}
+
 template <int R>
 __global__ void __launch_bounds__(256) k_gemv(GemvArgs g) {
     extern __shared__ float xs[];
@@ -271,38 +287,32 @@ __global__ void __launch_bounds__(256) k_gemv(GemvArgs g) {
         if (t.isb) {
             dot2<R, float>(pa, pb, g.Wb + (size_t)t.a * cols, t.b >= 0 ? g.Wb + (size_t)t.b * cols : nullptr, xin, cols,
                            n, lane, acc0, acc1);
-            if (lane == 0)
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    if (r >= n) break;
-                    g.Yb[(size_t)r * g.rows_b + t.a] = acc0[r];
-                    if (t.b >= 0) g.Yb[(size_t)r * g.rows_b + t.b] = acc1[r];
-                }
+            if (lane == 0) store_units<R>(g, t, n, acc0, acc1);
             continue;
         }
         dot2<R, __half>(pa, pb, g.Wa + (size_t)t.a * cols, t.b >= 0 ? g.Wa + (size_t)t.b * cols : nullptr, xin, cols, n,
                         lane, acc0, acc1);
-        if (lane != 0) continue;
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            if (r >= n) break;
-            store_pair(g, r, t.a, t.b, t.rot, acc0[r], acc1[r]);
-        }
+        if (lane == 0) store_units<R>(g, t, n, acc0, acc1);
     }
 }
 
-template <int R> int launch_gemv_r(const GemvArgs &g) {
-    size_t smem = g.norm ? (size_t)g.n * g.cols * sizeof(float) : 0;
-    static size_t smem_set = 48 * 1024;
+// k_gemv or k_gemv_q over all of g's units (8 warps a block, at most 4 blocks an SM; the warps stride over the
+// rest), with smem bytes of dynamic shared memory, opted in to once per kernel (smem_set) above the default 48 KiB.
+int launch_units(void (*kernel)(GemvArgs), size_t smem, size_t &smem_set, const GemvArgs &g) {
     if (smem > smem_set) {
-        if (cudaFuncSetAttribute(k_gemv<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+        if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
             return -1;
         smem_set = smem;
     }
     int units = (g.mode == GEMV_SWIGLU ? g.rows_a : (g.rows_a + 1) / 2) + (g.rows_b + 1) / 2;
     int blocks = (units + 7) / 8, cap = sms() * 4;
     if (blocks > cap) blocks = cap;
-    return launch(k_gemv<R>, dim3(blocks), dim3(256), smem, g);
+    return launch(kernel, dim3(blocks), dim3(256), smem, g);
+}
+
+template <int R> int launch_gemv_r(const GemvArgs &g) {
+    static size_t smem_set = 48 * 1024;
+    return launch_units(k_gemv<R>, g.norm ? (size_t)g.n * g.cols * sizeof(float) : 0, smem_set, g);
 }
 
 // ---- matrix × few vectors, weights quantised (DSA_CUDA_QUANT=1) ------------------------------------------------
@@ -441,38 +451,17 @@ __global__ void __launch_bounds__(256) k_gemv_q(GemvArgs g) {
             const float *w0 = g.Wb + (size_t)t.a * cols, *w1 = t.b >= 0 ? g.Wb + (size_t)t.b * cols : nullptr;
             preload<float>(w0, w1, cols, lane, fa, fb);
             dot2<R, float, true>(fa, fb, w0, w1, xs, cols, n, lane, acc0, acc1);
-            if (lane == 0)
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    if (r >= n) break;
-                    g.Yb[(size_t)r * g.rows_b + t.a] = acc0[r];
-                    if (t.b >= 0) g.Yb[(size_t)r * g.rows_b + t.b] = acc1[r];
-                }
+            if (lane == 0) store_units<R>(g, t, n, acc0, acc1);
             continue;
         }
         qdot2<R, QT>(pa, pb, g.qa, nb, t, xs, cols, n, lane, acc0, acc1);
-        if (lane != 0) continue;
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            if (r >= n) break;
-            store_pair(g, r, t.a, t.b, t.rot, acc0[r], acc1[r]);
-        }
+        if (lane == 0) store_units<R>(g, t, n, acc0, acc1);
     }
 }
 
 template <int R, int QT> int launch_gemv_q_r(const GemvArgs &g) {
-    size_t smem = (size_t)g.n * g.cols * sizeof(float);
     static size_t smem_set = 48 * 1024;
-    if (smem > smem_set) {
-        if (cudaFuncSetAttribute(k_gemv_q<R, QT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) !=
-            cudaSuccess)
-            return -1;
-        smem_set = smem;
-    }
-    int units = (g.mode == GEMV_SWIGLU ? g.rows_a : (g.rows_a + 1) / 2) + (g.rows_b + 1) / 2;
-    int blocks = (units + 7) / 8, cap = sms() * 4;
-    if (blocks > cap) blocks = cap;
-    return launch(k_gemv_q<R, QT>, dim3(blocks), dim3(256), smem, g);
+    return launch_units(k_gemv_q<R, QT>, (size_t)g.n * g.cols * sizeof(float), smem_set, g);
 }
 
 template <int QT> int launch_gemv_q(const GemvArgs &g) {

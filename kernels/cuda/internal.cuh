@@ -59,7 +59,8 @@ struct QMat {
     const uint8_t *qs;
     const void *sc;
 };
-// W (f16), or q when q && q->type (decode GEMV on the quantised blocks; cols a multiple of 32).
+// W (f16), or q when q && q->type (decode GEMV on the quantised blocks; cols a multiple of 32), except where the
+// quantised kernel cannot stage the n input rows in shared memory: then W.
 int cu_gemv_f16(const __half *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y,
                 int accumulate, int swiglu, const QMat *q = nullptr);
 int cu_gemv_f32(const float *W, int rows, int cols, const float *X, int n, const float *norm, float eps, float *Y);

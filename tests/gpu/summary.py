@@ -93,7 +93,8 @@ if kern:
         t1, tb = kern.get("topk_512_of_8k_b16" + sfx), kern.get("topk_512_of_8k_b16_b2b" + sfx)
         if t1:
             print(f"- top-k 512 of 8K × 16 ({what}): one call {t1['ms']*1000:.1f} µs" +
-                  (f"; back to back {tb['ms']*1000:.1f} µs" if tb else ""))
+                  (f"; back to back {tb['ms']*1000:.1f} µs" if tb else "") +
+                  (f"; floor {t1['byte_floor_ms']*1000:.2f} µs (bytes)" if "byte_floor_ms" in t1 else ""))
     for key, what in (("gemv_49152x576", "f32"), ("gemv_49152x576_mma", "tensor cores")):
         for g in kern.get(key, []):
             print(f"- GEMV 49152×576 f16 ({what}), {g['rows_in']} row(s): {g['ms']*1000:.1f} µs, {g['GBps']:.0f} GB/s = "
@@ -127,7 +128,8 @@ if kern:
               f"; floors {pa['flop_floor_ms']*1000:.1f} µs (FLOPs), {pa['byte_floor_ms']*1000:.1f} µs (K/V bytes)")
     a = kern["attention_8k_b16"]
     print(f"- attention 8K × 16 rows: dense {a['dense_ms']*1000:.1f} µs, 512 selected {a['sparse_512_ms']*1000:.1f} µs "
-          f"({a['speedup']:.1f}×)")
+          f"({a['speedup']:.1f}×)" + (f"; floor {a['byte_floor_ms']*1000:.1f} µs (K/V bytes)" if "byte_floor_ms" in a
+                                      else ""))
     print()
 
 

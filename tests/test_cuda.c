@@ -59,6 +59,28 @@ static json_t *report;
 static int gemv_mma;            /* the GEMV kernels under test: 0 f32, 1 tensor cores */
 static float gemv_xscale = 3;   /* the inputs' magnitude */
 
+/* The GEMV kernels' reference in double: RMSNorm (eps 1e-5) when norm is set, then W·x for every input row (SwiGLU:
+ * W holds 2·rows rows, gate then up, and the result is silu(gate·x)·(up·x)), plus Y0 when it is set. */
+static void gemv_ref(const float *W, int rows, int cols, const float *X, int n, const float *norm, const float *Y0,
+                     int swiglu, double *ref) {
+    for (int r = 0; r < n; r++) {
+        const float *x = X + (size_t)r * cols;
+        double ss = 0, s = 1;
+        for (int c = 0; c < cols; c++) ss += (double)x[c] * x[c];
+        if (norm) s = 1.0 / sqrt(ss / cols + 1e-5);
+        for (int o = 0; o < rows; o++) {
+            double a = 0, u = 0;
+            for (int c = 0; c < cols; c++) {
+                double xv = x[c] * s * (norm ? norm[c] : 1);
+                a += (double)W[(size_t)o * cols + c] * xv;
+                if (swiglu) u += (double)W[(size_t)(o + rows) * cols + c] * xv;
+            }
+            if (swiglu) a = a / (1 + exp(-a)) * u;
+            ref[(size_t)r * rows + o] = a + (Y0 ? Y0[(size_t)r * rows + o] : 0);
+        }
+    }
+}
+
 static void test_gemv(int rows, int cols, int n, int use_norm, int accumulate, int swiglu) {
     int wrows = swiglu ? 2 * rows : rows;
     uint16_t *W = malloc((size_t)wrows * cols * 2);
@@ -72,22 +94,10 @@ static void test_gemv(int rows, int cols, int n, int use_norm, int accumulate, i
     for (size_t i = 0; i < (size_t)n * cols; i++) X[i] = frand() * gemv_xscale;
     for (int i = 0; i < cols; i++) norm[i] = 0.5f + frand() * 0.25f;
     for (size_t i = 0; i < (size_t)n * rows; i++) Y0[i] = frand();
-    for (int r = 0; r < n; r++) {
-        const float *x = X + (size_t)r * cols;
-        double ss = 0, s = 1;
-        for (int c = 0; c < cols; c++) ss += (double)x[c] * x[c];
-        if (use_norm) s = 1.0 / sqrt(ss / cols + 1e-5);
-        for (int o = 0; o < rows; o++) {
-            double a = 0, u = 0;
-            for (int c = 0; c < cols; c++) {
-                double xv = x[c] * s * (use_norm ? norm[c] : 1);
-                a += dsa_f16_to_f32(W[(size_t)o * cols + c]) * xv;
-                if (swiglu) u += dsa_f16_to_f32(W[(size_t)(o + rows) * cols + c]) * xv;
-            }
-            if (swiglu) a = a / (1 + exp(-a)) * u;
-            ref[(size_t)r * rows + o] = a + (accumulate ? Y0[(size_t)r * rows + o] : 0);
-        }
-    }
+    float *Wf = malloc((size_t)wrows * cols * 4);
+    for (size_t i = 0; i < (size_t)wrows * cols; i++) Wf[i] = dsa_f16_to_f32(W[i]);
+    gemv_ref(Wf, rows, cols, X, n, use_norm ? norm : NULL, accumulate ? Y0 : NULL, swiglu, ref);
+    free(Wf);
     void *dW = dput(W, (size_t)wrows * cols * 2), *dX = dput(X, (size_t)n * cols * 4), *dN = dput(norm, (size_t)cols * 4);
     void *dY = accumulate ? dput(Y0, (size_t)n * rows * 4) : dpoison((size_t)n * rows * 4);
     int rc = swiglu ? dsa_cuk_gemv_swiglu(dW, rows, cols, dX, n, use_norm ? dN : NULL, 1e-5f, dY)
@@ -130,22 +140,7 @@ static void test_gemv_q(int type, int rows, int cols, int n, int use_norm, int a
     for (size_t i = 0; i < (size_t)n * cols; i++) X[i] = frand() * 3;
     for (int i = 0; i < cols; i++) norm[i] = 0.5f + frand() * 0.25f;
     for (size_t i = 0; i < (size_t)n * rows; i++) Y0[i] = frand();
-    for (int r = 0; r < n; r++) {
-        const float *x = X + (size_t)r * cols;
-        double ss = 0, sc = 1;
-        for (int c = 0; c < cols; c++) ss += (double)x[c] * x[c];
-        if (use_norm) sc = 1.0 / sqrt(ss / cols + 1e-5);
-        for (int o = 0; o < rows; o++) {
-            double a = 0, u = 0;
-            for (int c = 0; c < cols; c++) {
-                double xv = x[c] * sc * (use_norm ? norm[c] : 1);
-                a += (double)W[(size_t)o * cols + c] * xv;
-                if (swiglu) u += (double)W[(size_t)(o + rows) * cols + c] * xv;
-            }
-            if (swiglu) a = a / (1 + exp(-a)) * u;
-            ref[(size_t)r * rows + o] = a + (accumulate ? Y0[(size_t)r * rows + o] : 0);
-        }
-    }
+    gemv_ref(W, rows, cols, X, n, use_norm ? norm : NULL, accumulate ? Y0 : NULL, swiglu, ref);
     CHECK(dsa_cuda_q_repack(type, B, wrows, cols, Q) == 0, "dsa_cuda_q_repack refused");
     void *dQ = dput(Q, qb), *dX = dput(X, (size_t)n * cols * 4), *dN = dput(norm, (size_t)cols * 4);
     void *dY = accumulate ? dput(Y0, (size_t)n * rows * 4) : dpoison((size_t)n * rows * 4);

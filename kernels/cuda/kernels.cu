@@ -155,6 +155,11 @@ struct GemvArgs {
     const float *freq;
 };
 
+// A warp's units of work in the "a" matrix: SwiGLU (gate, up) pairs, or pairs of rows; the f32 matrix's pairs follow.
+__host__ __device__ __forceinline__ int gemv_units_a(const GemvArgs &g) {
+    return g.mode == GEMV_SWIGLU ? g.rows_a : (g.rows_a + 1) / 2;
+}
+
 // The weight rows of unit u: the f32 matrix's pair, a SwiGLU (gate, up) pair, a QKV RoPE pair, or a plain pair.
 struct Unit {
     int isb, a, b, rot; // rows (b < 0: none); rot: RoPE frequency index or -1
@@ -261,7 +266,7 @@ __global__ void __launch_bounds__(256) k_gemv(GemvArgs g) {
     __shared__ float red[8];
     int cols = g.cols, n = g.n;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int units_a = g.mode == GEMV_SWIGLU ? g.rows_a : (g.rows_a + 1) / 2, units = units_a + (g.rows_b + 1) / 2;
+    int units_a = gemv_units_a(g), units = units_a + (g.rows_b + 1) / 2;
     int u = blockIdx.x * 8 + warp;
     uint4 pa[PRE], pb[PRE];
     Unit t = {0, 0, -1, -1};
@@ -304,7 +309,7 @@ int launch_units(void (*kernel)(GemvArgs), size_t smem, size_t &smem_set, const 
             return -1;
         smem_set = smem;
     }
-    int units = (g.mode == GEMV_SWIGLU ? g.rows_a : (g.rows_a + 1) / 2) + (g.rows_b + 1) / 2;
+    int units = gemv_units_a(g) + (g.rows_b + 1) / 2;
     int blocks = (units + 7) / 8, cap = sms() * 4;
     if (blocks > cap) blocks = cap;
     return launch(kernel, dim3(blocks), dim3(256), smem, g);
@@ -429,7 +434,7 @@ __global__ void __launch_bounds__(256) k_gemv_q(GemvArgs g) {
     __shared__ float red[8];
     int cols = g.cols, n = g.n, nb = cols >> 5;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int units_a = g.mode == GEMV_SWIGLU ? g.rows_a : (g.rows_a + 1) / 2, units = units_a + (g.rows_b + 1) / 2;
+    int units_a = gemv_units_a(g), units = units_a + (g.rows_b + 1) / 2;
     int u = blockIdx.x * 8 + warp;
     QBlk pa[QPRE], pb[QPRE];
     Unit t = {0, 0, -1, -1};

@@ -17,7 +17,8 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: dsachat [options] [-s SESSION]          the chat TUI\n"
+            "usage: dsachat [options] [-s SESSION]          the chat TUI (-s NAME: that session, new if none has\n"
+            "                                               the name)\n"
             "       dsachat [options] send [-s SESSION | --new [NAME]] [--system TEXT] [--temp T]\n"
             "                              [-n|--max-tokens N] [--json] [TEXT | -]\n"
             "       dsachat [options] ls [--json]\n"

@@ -55,7 +55,9 @@ typedef struct pending {
 static struct ui {
     const dc_opts *o;
     char *sock;
-    const char *first_session; /* -s */
+    const char *first_session; /* -s, until it is asked for */
+    const char *initial_ref;   /* -s as given */
+    const char *initial_name;  /* -s when it is a name: created if no session has it */
     int quit;
 
     /* the connection */
@@ -361,7 +363,10 @@ static void on_list(const json_t *r) {
     if (U.sid > 0) return;
     /* nothing shown yet: the session asked for, else the most recent, else a new one */
     if (U.first_session) {
-        open_session(dc_session_ref(U.first_session), "initial");
+        json_t *ref = dc_session_ref(U.first_session);
+        U.initial_ref = U.first_session;
+        U.initial_name = json_is_string(ref) ? U.first_session : NULL;
+        open_session(ref, "initial");
         U.first_session = NULL;
     } else if (U.nsessions > 0) {
         open_session(json_integer(U.sessions[0].id), NULL);
@@ -395,7 +400,12 @@ static void on_reply(const pending *p, const json_t *r) {
             clear_transcript();
             request(K_LIST, "session.list", NULL, NULL);
         } else if (p->kind == K_OPEN && p->arg && !strcmp(p->arg, "initial")) {
-            info(R_ERROR, "%s: %s", dc_err_code(r), dc_err_message(r));
+            if (U.initial_name && !strcmp(dc_err_code(r), "no_session")) { /* -s NAME: a new session of that name */
+                request(K_CREATE, "session.create", json_pack("{ss}", "name", U.initial_name), NULL);
+                return;
+            }
+            /* shown once the session opened instead has loaded (loading clears the screen) */
+            snprintf(U.after_load, sizeof U.after_load, "-s %s: %s", U.initial_ref, dc_err_message(r));
             request(K_LIST, "session.list", NULL, NULL);
         } else if (p->kind != K_CANCEL) {
             info(R_ERROR, "%s: %s", dc_err_code(r), dc_err_message(r));
@@ -814,15 +824,27 @@ static void draw_str(int y, int x, const char *s, int maxcols) {
 typedef struct tline {
     int msg;     /* -1: a blank line */
     int header;  /* the role line */
+    int hang;    /* extra columns before a wrapped paragraph's later lines */
     size_t start, end;
 } tline;
 
 static tline *T;
 static int nT, capT;
 
-static void tpush(int m, int header, size_t s, size_t e) {
+static void tpush(int m, int header, int hang, size_t s, size_t e) {
     if (nT == capT) capT = capT ? capT * 2 : 256, T = xrealloc(T, sizeof *T * (size_t)capT);
-    T[nT++] = (tline){m, header, s, e};
+    T[nT++] = (tline){m, header, hang, s, e};
+}
+
+/* How far a wrapped paragraph's later lines are indented: as far as its first line is (an indented list in a
+ * reply stays one block), and for an indented note two columns more, so that they do not read as the next note
+ * (the /help lines).  Nothing when that would take more than half the width. */
+static int hang_of(const msg *m, size_t p, size_t e, int width) {
+    size_t b = p;
+    while (b < e && m->text[b] == ' ') b++;
+    int h = (int)(b - p);
+    if (h > 0 && (m->role == R_INFO || m->role == R_ERROR)) h += 2;
+    return h <= width / 2 ? h : 0;
 }
 
 static void layout_transcript(int width) {
@@ -830,20 +852,29 @@ static void layout_transcript(int width) {
     for (int i = 0; i < U.nmsgs; i++) {
         msg *m = &U.msgs[i];
         int indent = m->role == R_INFO || m->role == R_ERROR ? 0 : 2;
-        if (indent) tpush(i, 1, 0, 0);
+        if (indent) tpush(i, 1, 0, 0, 0);
         size_t p = 0;
         for (;;) {
             size_t e = p;
             while (e < m->len && m->text[e] != '\n') e++;
             tx_line *L;
-            int k = tx_wrap(m->text + p, e - p, width - indent, &L);
+            int k = tx_wrap(m->text + p, e - p, width - indent, &L), hang = 0;
             if (k < 0) die_oom();
-            for (int j = 0; j < k; j++) tpush(i, 0, p + L[j].start, p + L[j].end);
+            if (k > 1 && (hang = hang_of(m, p, e, width - indent)) > 0) { /* the first line as it is, the rest */
+                tpush(i, 0, 0, p + L[0].start, p + L[0].end);                 /* wrapped again, narrower */
+                size_t q = p + L[1].start;
+                free(L);
+                k = tx_wrap(m->text + q, e - q, width - indent - hang, &L);
+                if (k < 0) die_oom();
+                for (int j = 0; j < k; j++) tpush(i, 0, hang, q + L[j].start, q + L[j].end);
+            } else {
+                for (int j = 0; j < k; j++) tpush(i, 0, 0, p + L[j].start, p + L[j].end);
+            }
             free(L);
             if (e >= m->len) break;
             p = e + 1;
         }
-        if (indent) tpush(-1, 0, 0, 0);
+        if (indent) tpush(-1, 0, 0, 0, 0);
     }
 }
 
@@ -882,8 +913,8 @@ static void draw_transcript(int top, int left, int height, int width) {
         }
         int indent = m->role == R_INFO || m->role == R_ERROR ? 0 : 2;
         if (m->role != R_ASSISTANT && m->role != R_USER) attron(COLOR_PAIR(pair));
-        move(top + y, left + indent);
-        draw_text(m->text + l->start, l->end - l->start, width - indent);
+        move(top + y, left + indent + l->hang);
+        draw_text(m->text + l->start, l->end - l->start, width - indent - l->hang);
         if (m->role != R_ASSISTANT && m->role != R_USER) attroff(COLOR_PAIR(pair));
     }
     if (U.scroll > 0) {

@@ -379,7 +379,14 @@ def check_commands(e):
     cmd("/set top_k 7", lambda s: "top_k 7" in s, "/set top_k")
     cmd("/set nope 1", lambda s: 'unknown setting "nope"' in s, "/set nope")
     cmd("/stats", lambda s: "daemon: dsachatd" in s, "/stats")
-    cmd("/help", lambda s: "/new [NAME]   /sessions" in s, "/help")
+    s = cmd("/help", lambda s: "/new [NAME]   /sessions" in s, "/help")
+    tl = transcript_lines(s)
+    keys = tl[next(i for i, x in enumerate(tl) if x.startswith("Keys:")) + 1:]
+    keys = [x.rstrip() for x in keys[:next(i for i, x in enumerate(keys) if x.startswith("Commands:"))]]
+    # each key's note starts two columns in; its wrapped lines hang two further (the transcript is narrower
+    # than the longest note, so there are some)
+    expect(all(re.match(r"  \S|    \S", x) for x in keys) and any(x.startswith("    ") for x in keys),
+           "/help's notes do not hang:\n" + "\n".join(keys))
     cmd("/bogus", lambda s: "unknown command or missing argument: /bogus" in s, "an unknown command")
     cmd("/delete", lambda s: "delete this session? y/n" in s, "/delete to ask")
     e.keys("n")
@@ -432,10 +439,27 @@ def check_editor(e):
     e.wait(lambda s: input_lines(s)[0] == ">", "Ctrl-U to clear it")
 
 
+def check_session_arg(e):
+    e.type("/quit")
+    e.keys("Enter")
+    e.wait(lambda s: not e.alive(), "/quit to end the TUI", 10)
+    e.start_tui("-s", "9999")   # an id that names no session: said so, and the most recent one opens
+    s = e.wait(lambda s: "-s 9999: no session 9999" in s and "connected" in e.status(s), "-s with an unknown id")
+    expect("9999" not in "".join(sidebar(s)), f"sidebar: {sidebar(s)}")
+    e.type("/quit")
+    e.keys("Enter")
+    e.wait(lambda s: not e.alive(), "/quit to end the TUI", 10)
+    e.start_tui("-s", "notes")  # a name that no session has: a new session of that name
+    s = e.wait(lambda s: 'new session "notes"' in s and "▸ notes" in s, "-s with a new name")
+    expect("[notes]" in e.status(s), f"status bar: {e.status(s)!r}")
+    names = [x["name"] for x in e.cli("ls", "--json")["sessions"]]
+    expect(names.count("notes") == 1, f"sessions after -s notes: {names}")
+
+
 CHECKS = [("start", check_start), ("stream", check_stream), ("utf8", check_utf8), ("sessions", check_sessions),
           ("resize", check_resize), ("cancel", check_cancel), ("reopen", check_reopen),
           ("reconnect", check_reconnect), ("commands", check_commands),
-          ("editor", check_editor)]
+          ("editor", check_editor), ("session_arg", check_session_arg)]
 
 
 def main():

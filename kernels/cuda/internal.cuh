@@ -99,16 +99,19 @@ int cu_fp8_quant(int n, int d, const float *x, uint8_t *q, float *scale);
 
 // The persistent decode step: every layer of n <= 16 rows (one token per sequence) in one cooperative launch,
 // grid-wide barriers between the phases (QKV; in layers where a row selects, the indexer's vectors, the scores and
-// the top-k; the attention chunks, with the indexer's key where no row selects; Wo; gate/up; down), leaving the last hidden states in x (the logits are a GEMV launch of their own, wide enough to
-// keep HBM busy).  The phases are the same device code as the kernels above (the tensor-core GEMV, ix_vec64,
-// attn_chunk).
+// the top-k; the attention chunks, with the indexer's key where no row selects; Wo; gate/up; down), leaving the last
+// hidden states in x (the logits are a GEMV launch of their own, wide enough to keep HBM busy).  The phases are the
+// same device code as the kernels above (the tensor-core GEMV, or k_gemv_q's body for matrices kept quantised;
+// ix_vec64, attn_chunk).
 struct DecodeLayer {
     const __half *wqkv, *wo, *wgu, *wdown;
     const float *bqkv, *attn_norm, *ffn_norm, *wix; // wix: the indexer's f32 projection, or NULL
+    QMat qqkv, qwo, qgu, qdown; // with DecodeArgs.quant: the matrices kept quantised (type QW_NONE: read f16)
 };
 struct DecodeArgs {
     Shape s;
     int n_layer, n, grid_len; // grid_len: as for cu_attention (the part buffer's size)
+    int quant;                // the GEMV phases read the layers' quantised matrices (DSA_CUDA_QUANT)
     int maxch;                // set by cu_decode
     const DecodeLayer *L; // device array of n_layer
     const RowDev *rows;

@@ -396,10 +396,10 @@ __device__ __forceinline__ void qfma(const QBlk &A, const QBlk &B, bool two, con
     }
 }
 
-template <int QT>
+template <int QT, int QP>
 __device__ __forceinline__ void qpreload(const QMat &W, int nb, const Unit &t, int lane, QBlk *a, QBlk *b) {
 #pragma unroll
-    for (int k = 0; k < QPRE; k++) {
+    for (int k = 0; k < QP; k++) {
         int blk = lane + 32 * k;
         if (blk < nb) {
             a[k] = qload<QT>(W, nb, t.a, blk);
@@ -408,16 +408,16 @@ __device__ __forceinline__ void qpreload(const QMat &W, int nb, const Unit &t, i
     }
 }
 
-template <int R, int QT>
+template <int R, int QT, int QP>
 __device__ __forceinline__ void qdot2(const QBlk *a, const QBlk *b, const QMat &W, int nb, const Unit &t,
                                       const float *xs, int cols, int n, int lane, float *acc0, float *acc1) {
     bool two = t.b >= 0;
 #pragma unroll
-    for (int k = 0; k < QPRE; k++) {
+    for (int k = 0; k < QP; k++) {
         int blk = lane + 32 * k;
         if (blk < nb) qfma<R, QT>(a[k], b[k], two, xs, cols, blk, n, acc0, acc1);
     }
-    for (int blk = lane + 32 * QPRE; blk < nb; blk += 32) { // wider rows than the registers hold
+    for (int blk = lane + 32 * QP; blk < nb; blk += 32) { // wider rows than the registers hold
         QBlk ta = qload<QT>(W, nb, t.a, blk), tb = two ? qload<QT>(W, nb, t.b, blk) : ta;
         qfma<R, QT>(ta, tb, two, xs, cols, blk, n, acc0, acc1);
     }
@@ -428,25 +428,26 @@ __device__ __forceinline__ void qdot2(const QBlk *a, const QBlk *b, const QMat &
     }
 }
 
-template <int R, int QT>
-__global__ void __launch_bounds__(256) k_gemv_q(GemvArgs g) {
-    extern __shared__ float xs[];
-    __shared__ float red[8];
+// k_gemv_q's body, which the persistent kernel's GEMV phases share: all of g's units, a warp each, striding over the
+// grid, with QP blocks per lane and row loaded ahead; xs holds n·cols floats of shared memory, red 8.  It writes xs
+// at once: the caller makes sure that no thread of the block still reads it.
+template <int R, int QT, int QP>
+__device__ __forceinline__ void gemv_q_units(const GemvArgs &g, float *xs, float *red) {
     int cols = g.cols, n = g.n, nb = cols >> 5;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int units_a = gemv_units_a(g), units = units_a + (g.rows_b + 1) / 2;
     int u = blockIdx.x * 8 + warp;
-    QBlk pa[QPRE], pb[QPRE];
+    QBlk pa[QP], pb[QP];
     Unit t = {0, 0, -1, -1};
     if (u < units) { // the first unit's blocks are on their way before the input is ready
         t = unit_rows(g, u, units_a);
-        if (!t.isb) qpreload<QT>(g.qa, nb, t, lane, pa, pb);
+        if (!t.isb) qpreload<QT, QP>(g.qa, nb, t, lane, pa, pb);
     }
     stage_x<true>(g, xs, red);
     for (bool first = true; u < units; u += gridDim.x * 8, first = false) {
         if (!first) {
             t = unit_rows(g, u, units_a);
-            if (!t.isb) qpreload<QT>(g.qa, nb, t, lane, pa, pb);
+            if (!t.isb) qpreload<QT, QP>(g.qa, nb, t, lane, pa, pb);
         }
         float acc0[R], acc1[R];
 #pragma unroll
@@ -459,9 +460,16 @@ __global__ void __launch_bounds__(256) k_gemv_q(GemvArgs g) {
             if (lane == 0) store_units<R>(g, t, n, acc0, acc1);
             continue;
         }
-        qdot2<R, QT>(pa, pb, g.qa, nb, t, xs, cols, n, lane, acc0, acc1);
+        qdot2<R, QT, QP>(pa, pb, g.qa, nb, t, xs, cols, n, lane, acc0, acc1);
         if (lane == 0) store_units<R>(g, t, n, acc0, acc1);
     }
+}
+
+template <int R, int QT>
+__global__ void __launch_bounds__(256) k_gemv_q(GemvArgs g) {
+    extern __shared__ float xs[];
+    __shared__ float red[8];
+    gemv_q_units<R, QT, QPRE>(g, xs, red);
 }
 
 template <int R, int QT> int launch_gemv_q_r(const GemvArgs &g) {
@@ -996,6 +1004,24 @@ template <int NT> __device__ void gemv_all(const GemvArgs &g, unsigned char *sme
     int tiles = mmv_tiles(g), total = tiles + ((g.rows_b + 1) / 2 + MMV_WARPS - 1) / MMV_WARPS;
     for (int vb = blockIdx.x; vb < total; vb += gridDim.x) mmv_block<NT>(g, tiles, vb, smem);
 }
+
+// k_gemv_q's body for the persistent kernel, as a function of its own so that its registers are allocated apart from
+// the rest of k_decode's (inlined, k_decode spilled), with one block per lane and row loaded ahead (the default model's
+// rows hold at most 48 blocks, so a lane has at most two).
+// Its shared memory is declared here, not passed in, so that the compiler knows its reads for shared ones.
+template <int R, int QT> __device__ __noinline__ void gemv_q_call(const GemvArgs &g) {
+    extern __shared__ __align__(16) float qxs[]; // the kernel's dynamic shared memory
+    __shared__ float qred[8];
+    gemv_q_units<R, QT, 1>(g, qxs, qred);
+}
+
+// A GEMV phase: with QW (DSA_CUDA_QUANT), a matrix kept quantised goes through k_gemv_q's body, the others (and all
+// without QW) through the tensor-core GEMV.  Every phase follows a grid-wide barrier, so shared memory is free.
+template <int NT, bool QW> __device__ __forceinline__ void gemv_phase(const GemvArgs &g, unsigned char *smem) {
+    if (QW && g.qa.type == QW_Q4_1) gemv_q_call<8 * NT, QW_Q4_1>(g);
+    else if (QW && g.qa.type == QW_Q8_0) gemv_q_call<8 * NT, QW_Q8_0>(g);
+    else gemv_all<NT>(g, smem);
+}
 #endif
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -1007,20 +1033,32 @@ __device__ __forceinline__ void l2_prefetch(const void *p, size_t bytes) {
         asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
 }
 
-// The f16 matrices of layer l (about 7 MB for the default model; an H200's L2 holds 60 MB), fetched into L2 while
-// the layer before it runs, so that the GEMV phases wait on L2 rather than HBM.
-__device__ __forceinline__ void prefetch_layer(const DecodeArgs &a, int l) {
+// The bytes a GEMV phase reads of a matrix of rows × cols: its quantised blocks and scales (QW and kept so), else
+// its f16 weights.
+template <bool QW> __device__ __forceinline__ void prefetch_mat(const __half *w, const QMat &q, size_t rows, size_t cols) {
+    if (QW && q.type) {
+        size_t nb = rows * (cols / 32);
+        l2_prefetch(q.qs, nb * (q.type == QW_Q4_1 ? 16 : 32));
+        l2_prefetch(q.sc, nb * (q.type == QW_Q4_1 ? 4 : 2));
+    } else {
+        l2_prefetch(w, rows * cols * 2);
+    }
+}
+
+// The matrices of layer l (about 7 MB in f16 for the default model, 2.5 MB quantised; an H200's L2 holds 60 MB),
+// fetched into L2 while the layer before it runs, so that the GEMV phases wait on L2 rather than HBM.
+template <bool QW> __device__ __forceinline__ void prefetch_layer(const DecodeArgs &a, int l) {
     const Shape &s = a.s;
     size_t E = s.E, F = s.F, Q = E + 2 * (size_t)s.KVH * s.D;
     const DecodeLayer L = a.L[l];
-    l2_prefetch(L.wqkv, Q * E * 2);
-    l2_prefetch(L.wo, E * E * 2);
-    l2_prefetch(L.wgu, 2 * F * E * 2);
-    l2_prefetch(L.wdown, E * F * 2);
+    prefetch_mat<QW>(L.wqkv, L.qqkv, Q, E);
+    prefetch_mat<QW>(L.wo, L.qwo, E, E);
+    prefetch_mat<QW>(L.wgu, L.qgu, 2 * F, E);
+    prefetch_mat<QW>(L.wdown, L.qdown, E, F);
 }
 #endif
 
-template <int NT, int D>
+template <int NT, int D, bool QW>
 __global__ void __launch_bounds__(256) k_decode(DecodeArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     extern __shared__ __align__(16) unsigned char smem[];
@@ -1028,18 +1066,20 @@ __global__ void __launch_bounds__(256) k_decode(DecodeArgs a) {
     cooperative_groups::grid_group grid = cooperative_groups::this_grid();
     const Shape s = a.s;
     const int E = s.E, n = a.n, KV = s.KVH * s.D, Q = E + 2 * KV;
-    prefetch_layer(a, 0);
+    prefetch_layer<QW>(a, 0);
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n * E; i += gridDim.x * blockDim.x)
         a.x[i] = __half2float(a.embd[(size_t)a.rows[i / E].tok * E + i % E]);
     grid.sync();
     for (int l = 0; l < a.n_layer; l++) {
-        const DecodeLayer L = a.L[l];
-        if (l + 1 < a.n_layer) prefetch_layer(a, l + 1);
+        // read where a phase needs it, not held in registers across the layer (held, the quantised matrices'
+        // fields made the kernel spill more)
+        const DecodeLayer &L = a.L[l];
+        if (l + 1 < a.n_layer) prefetch_layer<QW>(a, l + 1);
         GemvArgs g = {};
         g.Wa = L.wqkv, g.rows_a = Q, g.Wb = L.wix, g.rows_b = L.wix ? s.ix_rows : 0, g.cols = E, g.X = a.x, g.n = n;
         g.norm = L.attn_norm, g.eps = s.eps, g.Ya = a.qkv, g.Yb = a.ixproj, g.mode = GEMV_QKV, g.bias = L.bqkv;
-        g.s = s, g.rows = a.rows, g.seqs = a.seqs, g.layer = l, g.freq = a.rope_freq;
-        gemv_all<NT>(g, smem);
+        g.s = s, g.rows = a.rows, g.seqs = a.seqs, g.layer = l, g.freq = a.rope_freq, g.qa = L.qqkv;
+        gemv_phase<NT, QW>(g, smem);
         grid.sync();
         // Does a row select in this layer, and how many positions does the widest row attend?  (Every block
         // works it out alike.)
@@ -1107,16 +1147,18 @@ __global__ void __launch_bounds__(256) k_decode(DecodeArgs a) {
         grid.sync();
         g = GemvArgs{};
         g.Wa = L.wo, g.rows_a = E, g.cols = E, g.X = a.att, g.n = n, g.Ya = a.x, g.accumulate = 1, g.mode = GEMV_PLAIN;
-        gemv_all<NT>(g, smem);
+        g.qa = L.qwo;
+        gemv_phase<NT, QW>(g, smem);
         grid.sync();
         g = GemvArgs{};
         g.Wa = L.wgu, g.rows_a = s.F, g.cols = E, g.X = a.x, g.n = n, g.norm = L.ffn_norm, g.eps = s.eps, g.Ya = a.hb;
-        g.mode = GEMV_SWIGLU;
-        gemv_all<NT>(g, smem);
+        g.mode = GEMV_SWIGLU, g.qa = L.qgu;
+        gemv_phase<NT, QW>(g, smem);
         grid.sync();
         g = GemvArgs{};
         g.Wa = L.wdown, g.rows_a = E, g.cols = s.F, g.X = a.hb, g.n = n, g.Ya = a.x, g.accumulate = 1, g.mode = GEMV_PLAIN;
-        gemv_all<NT>(g, smem);
+        g.qa = L.qdown;
+        gemv_phase<NT, QW>(g, smem);
         if (l + 1 < a.n_layer) grid.sync();
     }
 #else
@@ -1124,22 +1166,25 @@ __global__ void __launch_bounds__(256) k_decode(DecodeArgs a) {
 #endif
 }
 
-template <int NT, int D> int launch_decode(const DecodeArgs &a) {
+template <int NT, int D, bool QW> int launch_decode(const DecodeArgs &a) {
     constexpr int NP = 8 * NT;
     const Shape &s = a.s;
-    size_t smem = mmv_smem(s.E, NP), sf = mmv_smem(s.F, NP), sb = (size_t)a.n * s.E * sizeof(float);
+    // the tensor-core GEMV's staging, or n rows of f32 input (the indexer's projection; with QW every quantised
+    // phase, of E or F columns)
+    size_t smem = mmv_smem(s.E, NP), sf = mmv_smem(s.F, NP);
+    size_t sb = (size_t)a.n * (QW && s.F > s.E ? s.F : s.E) * sizeof(float);
     if (sf > smem) smem = sf;
     if (sb > smem) smem = sb;
     static size_t smem_set = 48 * 1024, smem_asked = 0; // the attribute set; the size per_sm was worked out for
     static int per_sm = -1;
     if (smem != smem_asked) {
         if (smem > smem_set) {
-            if (cudaFuncSetAttribute(k_decode<NT, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) !=
+            if (cudaFuncSetAttribute(k_decode<NT, D, QW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) !=
                 cudaSuccess)
                 return -1;
             smem_set = smem;
         }
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_decode<NT, D>, 256, smem) != cudaSuccess)
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_decode<NT, D, QW>, 256, smem) != cudaSuccess)
             per_sm = 0;
         smem_asked = smem;
     }
@@ -1150,7 +1195,7 @@ template <int NT, int D> int launch_decode(const DecodeArgs &a) {
     attr[0].val.cooperative = 1;
     cfg.gridDim = dim3(sms() * (per_sm < 2 ? per_sm : 2)), cfg.blockDim = dim3(256), cfg.dynamicSmemBytes = smem;
     cfg.stream = dsa_cu_stream(), cfg.attrs = attr, cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, k_decode<NT, D>, a) == cudaSuccess ? 0 : -1;
+    return cudaLaunchKernelEx(&cfg, k_decode<NT, D, QW>, a) == cudaSuccess ? 0 : -1;
 }
 
 } // namespace
@@ -1182,8 +1227,10 @@ int cu_decode(const DecodeArgs &a) {
         return -1;
     DecodeArgs b = a;
     b.maxch = (a.grid_len + CH - 1) / CH;
-    if (s.D == 64) return b.n <= 8 ? launch_decode<1, 64>(b) : launch_decode<2, 64>(b);
-    if (s.D == 128) return b.n <= 8 ? launch_decode<1, 128>(b) : launch_decode<2, 128>(b);
+    if (s.D == 64 && !a.quant) return b.n <= 8 ? launch_decode<1, 64, false>(b) : launch_decode<2, 64, false>(b);
+    if (s.D == 64) return b.n <= 8 ? launch_decode<1, 64, true>(b) : launch_decode<2, 64, true>(b);
+    // quantised phases only for heads of 64 (the default model's; each variant of this kernel costs minutes of build)
+    if (s.D == 128 && !a.quant) return b.n <= 8 ? launch_decode<1, 128, false>(b) : launch_decode<2, 128, false>(b);
     return -1;
 }
 

@@ -807,7 +807,8 @@ static int persistent_step(dsa_gpu_model *g, int n, int grid_len, int has_ix, ch
         for (int l = 0; l < g->n_layer; l++) {
             const GLayer *L = &g->L[l];
             h[l] = DecodeLayer{L->wqkv, L->wo, L->wgu, L->wdown, L->bqkv, L->attn_norm, L->ffn_norm,
-                               has_ix ? g->ixW + (size_t)l * s.ix_rows * s.E : NULL};
+                               has_ix ? g->ixW + (size_t)l * s.ix_rows * s.E : NULL, L->qqkv, L->qwo, L->qgu,
+                               L->qdown};
         }
         size_t bytes = (size_t)g->n_layer * sizeof *h;
         if ((e = cudaMalloc((void **)&g->dlayers, bytes)) != cudaSuccess ||
@@ -822,7 +823,8 @@ static int persistent_step(dsa_gpu_model *g, int n, int grid_len, int has_ix, ch
         g->dlayers_ix = has_ix;
     }
     DecodeArgs a = {};
-    a.s = s, a.n_layer = g->n_layer, a.n = n, a.grid_len = grid_len, a.L = g->dlayers, a.rows = g->rows_d;
+    a.s = s, a.n_layer = g->n_layer, a.n = n, a.grid_len = grid_len, a.quant = g->quant, a.L = g->dlayers;
+    a.rows = g->rows_d;
     a.seqs = g->seqs_d, a.embd = g->embd, a.output = g->output, a.output_norm = g->output_norm;
     a.rope_freq = g->rope_freq, a.ixln = g->ixln, a.ix_freq = g->ix_freq, a.x = g->x, a.qkv = g->qkv, a.att = g->att;
     a.hb = g->hb, a.ixproj = g->ixproj, a.iq = g->iq, a.iw = g->iw, a.part = g->part;

@@ -3,8 +3,8 @@
 # docs/cuda.md).  It writes everything under $OUT (default /tmp/dsachat-gpu): the kernel and model agreement
 # with the CPU backend (test_cuda), the kernels against their bandwidth floor (bench_cuda), decode and prefill
 # throughput on a seeded random model of the default model's shape (dsa bench), and summary.md / summary.json.
-# test_cuda and dsa bench run in three variants: the shipped kernels, the opt-in ones, and quantised weights in
-# decode; all within a time budget (below).
+# test_cuda and dsa bench run in three variants: the shipped kernels, the opt-in ones, and the opt-in ones with
+# quantised weights in decode; all within a time budget (below).
 #
 #   tests/gpu/run.sh [BUILD_DIR]
 #
@@ -52,10 +52,11 @@ keep device.txt
 timeout -k 5 30 "$BIN/dsa" info -m "$SLICE" --backend cuda 2>&1 | tee -a "$OUT/run.log" | grep -E 'cuda|dsa'
 
 # Kernels written without a GPU at hand are opt-in until a run like this one has checked them (docs/cuda.md);
-# the steps below run with the shipped kernels and again with these switched on.  QUANT_ENV: the shipped kernels
-# with the decode GEMV on the GGUF's quantised blocks (the measured choice between f16 and quantised weights).
+# the steps below run with the shipped kernels and again with these switched on.  QUANT_ENV: the opt-in kernels
+# with the decode GEMV phases on the GGUF's quantised blocks (the persistent kernel's and, where it does not run,
+# k_gemv_q), so that _new and _quant differ in the weights alone (the measured choice between f16 and quantised).
 NEW_ENV=(DSA_CUDA_GEMV=mma DSA_CUDA_FLASH=1 DSA_CUDA_PERSIST=1 DSA_CUDA_SELECT=new)
-QUANT_ENV=(DSA_CUDA_QUANT=1)
+QUANT_ENV=("${NEW_ENV[@]}" DSA_CUDA_QUANT=1)
 
 # check V CAP: test_cuda (kernels and the model against the CPU backend) in variant V ("", _new, _quant)
 check() {

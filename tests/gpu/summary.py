@@ -27,9 +27,10 @@ def ran(v):  # any step of variant v left a file
 
 if ran("_new"):
     variants.append(("_new", "opt-in kernels (DSA_CUDA_GEMV=mma DSA_CUDA_FLASH=1 DSA_CUDA_PERSIST=1 DSA_CUDA_SELECT=new)"))
-# the shipped kernels with the decode GEMV on the GGUF's quantised blocks (the f16-or-quantised measurement)
+# the opt-in kernels with the decode GEMV phases on the GGUF's quantised blocks (the f16-or-quantised measurement:
+# against "_new", the weights alone differ)
 if ran("_quant"):
-    variants.append(("_quant", "quantised weights in decode (DSA_CUDA_QUANT=1)"))
+    variants.append(("_quant", "opt-in kernels, quantised weights in decode (DSA_CUDA_QUANT=1)"))
 dev = ""
 try:
     with open(os.path.join(out, "device.txt")) as f:

@@ -860,16 +860,14 @@ static void layout_transcript(int width) {
             tx_line *L;
             int k = tx_wrap(m->text + p, e - p, width - indent, &L), hang = 0;
             if (k < 0) die_oom();
+            size_t q = p; /* where the lines of L start */
             if (k > 1 && (hang = hang_of(m, p, e, width - indent)) > 0) { /* the first line as it is, the rest */
                 tpush(i, 0, 0, p + L[0].start, p + L[0].end);                 /* wrapped again, narrower */
-                size_t q = p + L[1].start;
+                q = p + L[1].start;
                 free(L);
-                k = tx_wrap(m->text + q, e - q, width - indent - hang, &L);
-                if (k < 0) die_oom();
-                for (int j = 0; j < k; j++) tpush(i, 0, hang, q + L[j].start, q + L[j].end);
-            } else {
-                for (int j = 0; j < k; j++) tpush(i, 0, 0, p + L[j].start, p + L[j].end);
+                if ((k = tx_wrap(m->text + q, e - q, width - indent - hang, &L)) < 0) die_oom();
             }
+            for (int j = 0; j < k; j++) tpush(i, 0, hang, q + L[j].start, q + L[j].end);
             free(L);
             if (e >= m->len) break;
             p = e + 1;

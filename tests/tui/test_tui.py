@@ -104,6 +104,13 @@ class Env:
                 raise Fail(f"timed out waiting for {what}; screen:\n{s}")
             time.sleep(0.05)
 
+    def wait_exit(self, what, timeout=10):
+        """Until dsachat (and so its tmux session) has ended; the screen is not read, it may go at any moment."""
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        expect(not self.alive(), f"dsachat did not quit on {what}")
+
     def wait_text(self, text, timeout=60):
         return self.wait(lambda s: text in s, repr(text), timeout)
 
@@ -329,10 +336,7 @@ def check_cancel(e):
     e.keys("C-c")
     e.wait_text("press Ctrl-C again to quit")
     e.keys("C-c")
-    deadline = time.monotonic() + 10
-    while e.alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    expect(not e.alive(), "dsachat did not quit on the second Ctrl-C")
+    e.wait_exit("the second Ctrl-C")
 
 
 def check_reopen(e):
@@ -442,13 +446,13 @@ def check_editor(e):
 def check_session_arg(e):
     e.type("/quit")
     e.keys("Enter")
-    e.wait(lambda s: not e.alive(), "/quit to end the TUI", 10)
+    e.wait_exit("/quit")
     e.start_tui("-s", "9999")   # an id that names no session: said so, and the most recent one opens
     s = e.wait(lambda s: "-s 9999: no session 9999" in s and "connected" in e.status(s), "-s with an unknown id")
     expect("9999" not in "".join(sidebar(s)), f"sidebar: {sidebar(s)}")
     e.type("/quit")
     e.keys("Enter")
-    e.wait(lambda s: not e.alive(), "/quit to end the TUI", 10)
+    e.wait_exit("/quit")
     e.start_tui("-s", "notes")  # a name that no session has: a new session of that name
     s = e.wait(lambda s: 'new session "notes"' in s and "▸ notes" in s, "-s with a new name")
     expect("[notes]" in e.status(s), f"status bar: {e.status(s)!r}")

@@ -1,0 +1,5 @@
+#pragma once
+#include <functional>
+void emu_launch(int grid, size_t dyn_smem, int policy, unsigned seed, const std::function<void()> &body);
+void *emu_galloc(size_t bytes);
+extern long emu_switches;

@@ -55,9 +55,9 @@ typedef struct pending {
 static struct ui {
     const dc_opts *o;
     char *sock;
-    const char *first_session; /* -s, until it is asked for */
-    const char *initial_ref;   /* -s as given */
-    const char *initial_name;  /* -s when it is a name: created if no session has it */
+    const char *first_session; /* -s */
+    int first_asked;           /* ... has been asked for */
+    int first_named;           /* ... is a name (not an id): created if no session has it */
     int quit;
 
     /* the connection */
@@ -362,12 +362,11 @@ static void on_list(const json_t *r) {
     set_sessions(json_object_get(r, "sessions"));
     if (U.sid > 0) return;
     /* nothing shown yet: the session asked for, else the most recent, else a new one */
-    if (U.first_session) {
+    if (U.first_session && !U.first_asked) {
         json_t *ref = dc_session_ref(U.first_session);
-        U.initial_ref = U.first_session;
-        U.initial_name = json_is_string(ref) ? U.first_session : NULL;
+        U.first_named = json_is_string(ref);
+        U.first_asked = 1;
         open_session(ref, "initial");
-        U.first_session = NULL;
     } else if (U.nsessions > 0) {
         open_session(json_integer(U.sessions[0].id), NULL);
     } else {
@@ -400,12 +399,12 @@ static void on_reply(const pending *p, const json_t *r) {
             clear_transcript();
             request(K_LIST, "session.list", NULL, NULL);
         } else if (p->kind == K_OPEN && p->arg && !strcmp(p->arg, "initial")) {
-            if (U.initial_name && !strcmp(dc_err_code(r), "no_session")) { /* -s NAME: a new session of that name */
-                request(K_CREATE, "session.create", json_pack("{ss}", "name", U.initial_name), NULL);
+            if (U.first_named && !strcmp(dc_err_code(r), "no_session")) { /* -s NAME: a new session of that name */
+                request(K_CREATE, "session.create", json_pack("{ss}", "name", U.first_session), NULL);
                 return;
             }
             /* shown once the session opened instead has loaded (loading clears the screen) */
-            snprintf(U.after_load, sizeof U.after_load, "-s %s: %s", U.initial_ref, dc_err_message(r));
+            snprintf(U.after_load, sizeof U.after_load, "-s %s: %s", U.first_session, dc_err_message(r));
             request(K_LIST, "session.list", NULL, NULL);
         } else if (p->kind != K_CANCEL) {
             info(R_ERROR, "%s: %s", dc_err_code(r), dc_err_message(r));

@@ -55,7 +55,7 @@ static int block_arrived, warp_arrived[8], ndone;
 static std::mt19937 rng;
 static int policy; // 0 FIFO, 1 LIFO, 2 random
 static const std::function<void()> *body;
-static char *dyn_base; static size_t dyn_bytes;
+static char *dyn_base;
 static std::map<std::string, std::pair<char *, size_t>> statics;
 static char shfl_slots[8][2][32][16];
 long emu_switches;
@@ -73,19 +73,21 @@ static void release(int lo, int hi, int st) {
     if (policy == 2) std::shuffle(w.begin(), w.end(), rng);
     ready.insert(ready.end(), w.begin(), w.end());
 }
-void emu_syncthreads() {
-    if (++block_arrived == NTH) { block_arrived = 0; emu_cur->state = BLOCKBAR; release(0, NTH, BLOCKBAR); emu_cur->state = RUN;
-        // the last arriver keeps going only after everyone was made ready: go through the scheduler too
-        for (size_t i = 0; i < ready.size(); i++) if (ready[i] == (int)(emu_cur - fib)) { ready.erase(ready.begin() + i); break; }
-        ready.push_back(emu_cur - fib); yield_blocked(RUN); return; }
-    yield_blocked(BLOCKBAR);
+// A barrier over fibers lo..hi-1 (count of them arrived so far in *arrived), waiting in state st.
+static void barrier(int *arrived, int lo, int hi, int st) {
+    if (++*arrived < hi - lo) return yield_blocked(st);
+    *arrived = 0;
+    emu_cur->state = st;
+    release(lo, hi, st);
+    // the last arriver keeps going only after everyone was made ready: it goes through the scheduler too
+    for (size_t i = 0; i < ready.size(); i++) if (ready[i] == (int)(emu_cur - fib)) { ready.erase(ready.begin() + i); break; }
+    ready.push_back(emu_cur - fib);
+    yield_blocked(RUN);
 }
+void emu_syncthreads() { barrier(&block_arrived, 0, NTH, BLOCKBAR); }
 void emu_warp_barrier() {
     int w = emu_cur->pub.tid.x >> 5;
-    if (++warp_arrived[w] == 32) { warp_arrived[w] = 0; emu_cur->state = WARPBAR; release(32 * w, 32 * w + 32, WARPBAR); emu_cur->state = RUN;
-        for (size_t i = 0; i < ready.size(); i++) if (ready[i] == (int)(emu_cur - fib)) { ready.erase(ready.begin() + i); break; }
-        ready.push_back(emu_cur - fib); yield_blocked(RUN); return; }
-    yield_blocked(WARPBAR);
+    barrier(&warp_arrived[w], 32 * w, 32 * w + 32, WARPBAR);
 }
 void *emu_shfl_slot(int ph, int lane) { return shfl_slots[emu_cur->pub.tid.x >> 5][ph][lane]; }
 int &emu_shfl_phase() { return emu_cur->shfl_phase; }
@@ -129,7 +131,7 @@ void emu_launch(int grid, size_t dyn, int pol, unsigned seed, const std::functio
     dyn_map = (char *)mmap(0, tot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     dyn_map_sz = tot;
     mprotect(dyn_map + tot - pg, pg, PROT_NONE);
-    dyn_base = dyn_map + tot - pg - dyn; dyn_bytes = dyn;
+    dyn_base = dyn_map + tot - pg - dyn;
     if ((uintptr_t)dyn_base % 16) emu_fail("dyn smem alignment");
     if (!fib[0].stack) for (int i = 0; i < NTH; i++) fib[i].stack = (char *)malloc(STK);
     gridDim = {(unsigned)grid, 1, 1}; blockDim = {NTH, 1, 1};

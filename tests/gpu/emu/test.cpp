@@ -131,7 +131,7 @@ static bool same(const Buf &a, const Buf &b) {
 }
 
 // ---- the two paths
-template <int QT> static void path_a(Setup &S, int B, int pol, unsigned seed) { // k_decode's gemv_phase<NT, true>
+static void path_a(Setup &S, int B, int pol, unsigned seed) { // k_decode's gemv_phase<NT, true> (it reads the type)
     GemvArgs g = S.g;
     std::function<void()> f;
     if (g.n <= 8) f = [&] { gemv_phase<1, true>(g, (unsigned char *)emu_dyn_smem()); };
@@ -245,7 +245,7 @@ int main(int argc, char **argv) {
                 for (int k = 0; k < 7; k++) {
                     reset(S);
                     int pol = k % 3;
-                    if (runs[k].p == 'a') QT == QW_Q4_1 ? path_a<QW_Q4_1>(S, runs[k].B, pol, seed++) : path_a<QW_Q8_0>(S, runs[k].B, pol, seed++);
+                    if (runs[k].p == 'a') path_a(S, runs[k].B, pol, seed++);
                     else QT == QW_Q4_1 ? path_b<QW_Q4_1>(S, runs[k].B, pol, seed++) : path_b<QW_Q8_0>(S, runs[k].B, pol, seed++);
                     Buf o = snap(S);
                     if (k == 0) first = o; else if (!same(first, o)) bitid = false;

@@ -1,7 +1,11 @@
-// Fiber runtime: hand-rolled x86-64 context switch, per-block barrier, per-warp barrier, shared memory arenas.
+// Fiber runtime: hand-rolled x86-64 context switch; blocks of up to 1024 threads, one after another, or (a
+// cooperative launch) all of the grid's at once with grid-wide barriers; block, warp and grid barriers that count
+// the threads still running; warp collectives (shuffles, votes, tensor-core MMA, ldmatrix) through per-warp slots;
+// shared memory poisoned and ending at a guard page.
 #include "shim.h"
 #include "emu_rt.h"
 #include <sys/mman.h>
+#include <signal.h>
 #include <unistd.h>
 #include <vector>
 #include <string>
@@ -38,82 +42,240 @@ emu_switch:
   ret
 )");
 
-enum { RUN, BLOCKBAR, WARPBAR, DONE };
+namespace {
+enum { RUN, WAIT, DONE };
+const int MAXT = 1024, STK = 256 * 1024, SLOT = 64;
+const uint32_t POISON = 0x7fc0dead;
+
+struct Bar { int arrived = 0, members = 0; };
+struct Pending { void *dst; const void *src; bool ok; long group; };
+struct Block { // one resident block's state
+    uint3 idx;
+    int live;
+    Bar bar, warp[MAXT / 32];
+    char *dyn = nullptr; // dynamic shared memory, right before a guard page
+    char *dyn_map = nullptr;
+    size_t dyn_map_sz = 0;
+    std::map<std::string, std::pair<char *, size_t>> statics;
+    char slots[MAXT / 32][2][32][SLOT]; // warp collectives, double-buffered by phase
+    int slot_tag[MAXT / 32][2][32];
+};
+} // namespace
+
 struct EmuFiber {
-    EmuFiberPub pub; // first: threadIdx
+    EmuFiberPub pub; // first: threadIdx, blockIdx
     void *sp;
-    int state, shfl_phase;
+    int state, phase, blk;
+    Bar *waiting;
     char *stack;
+    std::vector<Pending> cp; // cp.async copies not yet done
+    long cp_groups;
 };
 EmuFiber *emu_cur;
-uint3 blockIdx, gridDim, blockDim;
-static const int NTH = 256, STK = 256 * 1024;
-static EmuFiber fib[NTH];
-static void *sched_sp;
-static std::vector<int> ready;
-static int block_arrived, warp_arrived[8], ndone;
-static std::mt19937 rng;
-static int policy; // 0 FIFO, 1 LIFO, 2 random
-static const std::function<void()> *body;
-static char *dyn_base;
-static std::map<std::string, std::pair<char *, size_t>> statics;
-static char shfl_slots[8][2][32][16];
+uint3 gridDim, blockDim;
 long emu_switches;
 
-void emu_fail(const char *msg) { fprintf(stderr, "EMU FAIL: %s (block %u thread %u)\n", msg, blockIdx.x, emu_cur ? emu_cur->pub.tid.x : 0); exit(3); }
+namespace {
+std::vector<EmuFiber> fib;
+std::vector<Block *> blocks; // slots, reused from launch to launch
+void *sched_sp;
+std::vector<int> ready;
+std::mt19937 rng;
+int policy; // 0 FIFO, 1 LIFO, 2 random
+bool coop;
+Bar grid_bar;
+int nthreads, nres, nfib; // threads per block, blocks resident at once, their threads
+const std::function<void()> *body;
 
-static void yield_blocked(int st) {
-    emu_cur->state = st;
+void poison(char *p, size_t n) { for (size_t i = 0; i + 4 <= n; i += 4) memcpy(p + i, &POISON, 4); }
+
+void yield_blocked(Bar *b) {
+    emu_cur->state = WAIT;
+    emu_cur->waiting = b;
     emu_switches++;
     emu_switch(&emu_cur->sp, sched_sp);
 }
-static void release(int lo, int hi, int st) {
+// Make every fiber waiting on b runnable (in a random order under policy 2).
+void release(Bar *b, int lo, int hi) {
     std::vector<int> w;
-    for (int i = lo; i < hi; i++) if (fib[i].state == st) fib[i].state = RUN, w.push_back(i);
+    for (int i = lo; i < hi; i++)
+        if (fib[i].state == WAIT && fib[i].waiting == b) fib[i].state = RUN, fib[i].waiting = nullptr, w.push_back(i);
     if (policy == 2) std::shuffle(w.begin(), w.end(), rng);
     ready.insert(ready.end(), w.begin(), w.end());
 }
-// A barrier over fibers lo..hi-1 (count of them arrived so far in *arrived), waiting in state st.
-static void barrier(int *arrived, int lo, int hi, int st) {
-    if (++*arrived < hi - lo) return yield_blocked(st);
-    *arrived = 0;
-    emu_cur->state = st;
-    release(lo, hi, st);
-    // the last arriver keeps going only after everyone was made ready: it goes through the scheduler too
-    for (size_t i = 0; i < ready.size(); i++) if (ready[i] == (int)(emu_cur - fib)) { ready.erase(ready.begin() + i); break; }
-    ready.push_back(emu_cur - fib);
-    yield_blocked(RUN);
+void bar_range(Bar *b, int *lo, int *hi) {
+    const Block &B = *blocks[emu_cur->blk];
+    int b0 = emu_cur->blk * nthreads;
+    if (b == &grid_bar) *lo = 0, *hi = nfib;
+    else if (b == &B.bar) *lo = b0, *hi = b0 + nthreads;
+    else { int w = int(b - B.warp); *lo = b0 + 32 * w, *hi = std::min(b0 + 32 * w + 32, b0 + nthreads); }
 }
-void emu_syncthreads() { barrier(&block_arrived, 0, NTH, BLOCKBAR); }
-void emu_warp_barrier() {
-    int w = emu_cur->pub.tid.x >> 5;
-    barrier(&warp_arrived[w], 32 * w, 32 * w + 32, WARPBAR);
+// Arrive at barrier b: wait until all of its members still running have arrived.
+void barrier(Bar *b) {
+    if (++b->arrived < b->members) return yield_blocked(b);
+    b->arrived = 0;
+    int lo, hi;
+    bar_range(b, &lo, &hi);
+    release(b, lo, hi);
+    // the last arriver goes on only after the others were made ready: it goes through the scheduler too
+    ready.push_back(int(emu_cur - fib.data()));
+    emu_cur->state = RUN;
+    emu_switches++;
+    emu_switch(&emu_cur->sp, sched_sp);
 }
-void *emu_shfl_slot(int ph, int lane) { return shfl_slots[emu_cur->pub.tid.x >> 5][ph][lane]; }
-int &emu_shfl_phase() { return emu_cur->shfl_phase; }
-void *emu_dyn_smem() { return dyn_base; }
-void *emu_static_smem(const char *key, size_t bytes) {
-    auto it = statics.find(key);
-    if (it == statics.end()) {
-        // its own pages, the buffer right before a guard page
-        size_t pg = 4096, tot = (bytes + pg - 1) / pg * pg + pg;
-        char *m = (char *)mmap(0, tot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        mprotect(m + tot - pg, pg, PROT_NONE);
-        char *b = m + tot - pg - bytes;
-        for (size_t i = 0; i + 4 <= bytes; i += 4) { uint32_t p = 0x7fc0dead; memcpy(b + i, &p, 4); }
-        it = statics.emplace(key, std::make_pair(b, bytes)).first;
+// A member left (its thread returned): a barrier its remaining members all wait at opens.
+void leave(Bar *b, int lo, int hi) {
+    b->members--;
+    if (b->members > 0 && b->arrived == b->members) b->arrived = 0, release(b, lo, hi);
+}
+Block &cur_block() { return *blocks[emu_cur->blk]; }
+int warp_of() { return emu_cur->pub.tid.x >> 5; }
+
+void cp_complete(EmuFiber &f, long upto) { // every copy of a group below upto
+    size_t k = 0;
+    for (size_t i = 0; i < f.cp.size(); i++) {
+        Pending &p = f.cp[i];
+        if (p.group < upto) {
+            if (p.ok) memcpy(p.dst, p.src, 16);
+            else memset(p.dst, 0, 16);
+        } else f.cp[k++] = p;
     }
-    if (it->second.second != bytes) emu_fail("static smem size");
-    return it->second.first;
+    f.cp.resize(k);
 }
 
-static void fiber_main() {
+void fiber_main() {
     (*body)();
-    emu_cur->state = DONE;
-    ndone++;
-    emu_switch(&emu_cur->sp, sched_sp);
+    EmuFiber &f = *emu_cur;
+    cp_complete(f, 1L << 62);
+    f.state = DONE;
+    Block &B = cur_block();
+    int b0 = f.blk * nthreads, w = warp_of();
+    B.live--;
+    leave(&B.warp[w], b0 + 32 * w, std::min(b0 + 32 * w + 32, b0 + nthreads));
+    leave(&B.bar, b0, b0 + nthreads);
+    if (coop) leave(&grid_bar, 0, nfib);
+    emu_switch(&f.sp, sched_sp);
     abort();
 }
+
+void set_dyn(Block &B, size_t dyn) {
+    size_t pg = 4096, tot = (dyn + 15 + pg - 1) / pg * pg + pg;
+    if (tot > B.dyn_map_sz) {
+        if (B.dyn_map) munmap(B.dyn_map, B.dyn_map_sz);
+        B.dyn_map = (char *)mmap(0, tot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        B.dyn_map_sz = tot;
+        mprotect(B.dyn_map + tot - pg, pg, PROT_NONE);
+    }
+    size_t d16 = (dyn + 15) / 16 * 16; // the base 16-byte aligned, as on the device
+    B.dyn = B.dyn_map + B.dyn_map_sz - pg - d16;
+    poison(B.dyn, d16);
+}
+
+// Start the fibers of block slot s as block bi.
+void start_block(int s, uint3 bi, size_t dyn) {
+    Block &B = *blocks[s];
+    B.idx = bi;
+    B.live = nthreads;
+    B.bar = Bar{0, nthreads};
+    for (int w = 0; w < (nthreads + 31) / 32; w++) B.warp[w] = Bar{0, std::min(32, nthreads - 32 * w)};
+    set_dyn(B, dyn);
+    for (auto &st : B.statics) poison(st.second.first, st.second.second);
+    memset(B.slots, 0xff, sizeof B.slots);
+    memset(B.slot_tag, 0xff, sizeof B.slot_tag);
+    std::vector<int> mine;
+    for (int i = 0; i < nthreads; i++) {
+        int k = s * nthreads + i;
+        EmuFiber &F = fib[k];
+        F.pub.tid = {(unsigned)(i % blockDim.x), (unsigned)(i / blockDim.x % blockDim.y),
+                     (unsigned)(i / (blockDim.x * blockDim.y))};
+        F.pub.bid = bi;
+        F.state = RUN, F.phase = 0, F.blk = s, F.waiting = nullptr, F.cp.clear(), F.cp_groups = 0;
+        if (!F.stack) F.stack = (char *)mmap(0, STK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        uintptr_t top = ((uintptr_t)(F.stack + STK)) & ~(uintptr_t)15;
+        uint64_t *sp = (uint64_t *)top;
+        sp[-1] = 0, sp[-2] = (uint64_t)(uintptr_t)&fiber_main;
+        for (int j = 3; j <= 8; j++) sp[-j] = 0;
+        uint32_t fp[2] = {0x1F80, 0x037F};
+        memcpy(&sp[-9], fp, 8);
+        F.sp = &sp[-9];
+        mine.push_back(k);
+    }
+    if (policy == 2) std::shuffle(mine.begin(), mine.end(), rng);
+    if (policy == 1) std::reverse(mine.begin(), mine.end());
+    ready.insert(ready.end(), mine.begin(), mine.end());
+}
+
+void run_ready(const char *what) {
+    while (!ready.empty()) {
+        int k;
+        if (policy == 1) { k = ready.back(); ready.pop_back(); }
+        else if (policy == 2) { size_t j = rng() % ready.size(); k = ready[j]; ready[j] = ready.back(); ready.pop_back(); }
+        else { k = ready.front(); ready.erase(ready.begin()); }
+        emu_cur = &fib[k];
+        emu_switch(&sched_sp, fib[k].sp);
+        emu_cur = nullptr;
+    }
+    for (int i = 0; i < nfib; i++)
+        if (fib[i].state != DONE) {
+            const EmuFiber &f = fib[i];
+            int at_block = 0, at_warp = 0, at_grid = 0;
+            for (int j = 0; j < nfib; j++)
+                if (const EmuFiber &g = fib[j]; g.state == WAIT) {
+                    Block &B = *blocks[g.blk];
+                    at_grid += g.waiting == &grid_bar, at_block += g.waiting == &B.bar;
+                    at_warp += g.waiting != &grid_bar && g.waiting != &B.bar;
+                }
+            fprintf(stderr, "EMU FAIL: deadlock in %s (block %u,%u,%u thread %u): threads waiting at __syncthreads %d, "
+                            "at a warp barrier or collective %d, at grid.sync %d\n",
+                    what, f.pub.bid.x, f.pub.bid.y, f.pub.bid.z, f.pub.tid.x, at_block, at_warp, at_grid);
+            exit(3);
+        }
+}
+} // namespace
+
+void emu_fail(const char *msg) {
+    if (emu_cur)
+        fprintf(stderr, "EMU FAIL: %s (block %u,%u,%u thread %u)\n", msg, emu_cur->pub.bid.x, emu_cur->pub.bid.y,
+                emu_cur->pub.bid.z, emu_cur->pub.tid.x);
+    else fprintf(stderr, "EMU FAIL: %s\n", msg);
+    exit(3);
+}
+void emu_syncthreads() { barrier(&cur_block().bar); }
+void emu_warp_barrier() { barrier(&cur_block().warp[warp_of()]); }
+void emu_grid_sync() {
+    if (!coop) emu_fail("grid.sync() in a launch that is not cooperative");
+    barrier(&grid_bar);
+}
+void emu_warp_full(const char *what) { // a warp collective with the full mask: every lane must still run
+    if (cur_block().warp[warp_of()].members != 32) emu_fail(what);
+}
+void *emu_shfl_slot(int ph, int lane) { return cur_block().slots[warp_of()][ph][lane]; }
+int &emu_shfl_tag(int ph, int lane) { return cur_block().slot_tag[warp_of()][ph][lane]; }
+int &emu_shfl_phase() { return emu_cur->phase; }
+void *emu_dyn_smem() { return cur_block().dyn; }
+void *emu_static_smem(const char *key, size_t bytes) {
+    Block &B = cur_block();
+    std::string k = std::string(key) + "#" + std::to_string(bytes); // a template's instantiations differ in size
+    auto it = B.statics.find(k);
+    if (it == B.statics.end()) { // its own pages, the buffer right before a guard page
+        size_t pg = 4096, b16 = (bytes + 15) / 16 * 16, tot = (b16 + pg - 1) / pg * pg + pg;
+        char *m = (char *)mmap(0, tot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        mprotect(m + tot - pg, pg, PROT_NONE);
+        char *b = m + tot - pg - b16;
+        poison(b, b16);
+        it = B.statics.emplace(k, std::make_pair(b, b16)).first;
+    }
+    if (it->second.second < bytes) emu_fail("static shared memory size");
+    return it->second.first;
+}
+uint3 emu_block_idx() { return emu_cur->pub.bid; }
+
+void emu_cp_async(void *dst, const void *src, bool ok) {
+    if ((uintptr_t)dst % 16 || (ok && (uintptr_t)src % 16)) emu_fail("cp.async of 16 bytes not 16-byte aligned");
+    emu_cur->cp.push_back(Pending{dst, src, ok, emu_cur->cp_groups});
+}
+void emu_cp_commit() { emu_cur->cp_groups++; }
+void emu_cp_wait(int n) { cp_complete(*emu_cur, emu_cur->cp_groups - n); }
 
 void *emu_galloc(size_t bytes) { // global memory: the buffer ends right before a guard page (16-byte aligned)
     size_t pg = 4096, b16 = (bytes + 15) / 16 * 16, tot = (b16 + pg - 1) / pg * pg + 2 * pg;
@@ -123,51 +285,66 @@ void *emu_galloc(size_t bytes) { // global memory: the buffer ends right before 
     return m + tot - pg - b16;
 }
 
-void emu_launch(int grid, size_t dyn, int pol, unsigned seed, const std::function<void()> &f) {
-    policy = pol; rng.seed(seed); body = &f;
-    static char *dyn_map; static size_t dyn_map_sz;
-    size_t pg = 4096, tot = (dyn + pg - 1) / pg * pg + pg;
-    if (dyn_map) munmap(dyn_map, dyn_map_sz);
-    dyn_map = (char *)mmap(0, tot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    dyn_map_sz = tot;
-    mprotect(dyn_map + tot - pg, pg, PROT_NONE);
-    dyn_base = dyn_map + tot - pg - dyn;
-    if ((uintptr_t)dyn_base % 16) emu_fail("dyn smem alignment");
-    if (!fib[0].stack) for (int i = 0; i < NTH; i++) fib[i].stack = (char *)malloc(STK);
-    gridDim = {(unsigned)grid, 1, 1}; blockDim = {NTH, 1, 1};
-    std::vector<int> order(grid);
-    for (int i = 0; i < grid; i++) order[i] = i;
+// A load or store outside every buffer (a guard page, or a wild pointer): say which thread, then die.
+static void on_fault(int sig, siginfo_t *si, void *) {
+    char b[200];
+    int n = emu_cur ? snprintf(b, sizeof b, "EMU FAIL: memory fault at %p (past a buffer's end, or a wild pointer) in "
+                                            "block %u,%u,%u thread %u\n", si->si_addr, emu_cur->pub.bid.x,
+                               emu_cur->pub.bid.y, emu_cur->pub.bid.z, emu_cur->pub.tid.x)
+                    : snprintf(b, sizeof b, "EMU FAIL: memory fault at %p outside the kernels\n", si->si_addr);
+    if (write(2, b, n) < 0) {}
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+static void catch_faults() {
+    static bool done;
+    if (done) return;
+    done = true;
+    static char alt[64 * 1024]; // the fault may come with a fiber's stack in a bad state
+    stack_t ss = {};
+    ss.ss_sp = alt, ss.ss_size = sizeof alt;
+    sigaltstack(&ss, nullptr);
+    struct sigaction sa = {};
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigaction(SIGSEGV, &sa, nullptr);
+    sigaction(SIGBUS, &sa, nullptr);
+}
+
+void emu_launch3(uint3 grid, uint3 block, size_t dyn, bool cooperative, int pol, unsigned seed,
+                 const std::function<void()> &f) {
+    catch_faults();
+    policy = pol;
+    rng.seed(seed);
+    body = &f;
+    coop = cooperative;
+    gridDim = grid, blockDim = block;
+    nthreads = int(block.x * block.y * block.z);
+    if (nthreads < 1 || nthreads > MAXT) emu_fail("block size");
+    int nblocks = int(grid.x * grid.y * grid.z);
+    nres = coop ? nblocks : 1;
+    while ((int)blocks.size() < nres) blocks.push_back(new Block);
+    nfib = nres * nthreads;
+    if ((int)fib.size() < nfib) fib.resize(nfib); // between launches only: emu_cur is null
+    std::vector<uint3> order;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) order.push_back(uint3{x, y, z});
     if (pol == 2) std::shuffle(order.begin(), order.end(), rng);
     if (pol == 1) std::reverse(order.begin(), order.end());
-    for (int bi : order) {
-        blockIdx = {(unsigned)bi, 0, 0};
-        for (size_t i = 0; i + 4 <= dyn; i += 4) { uint32_t p = 0x7fc0dead; memcpy(dyn_base + i, &p, 4); }
-        for (auto &s : statics) for (size_t i = 0; i + 4 <= s.second.second; i += 4) { uint32_t p = 0x7fc0dead; memcpy(s.second.first + i, &p, 4); }
-        memset(shfl_slots, 0xff, sizeof shfl_slots);
-        block_arrived = ndone = 0; memset(warp_arrived, 0, sizeof warp_arrived);
-        ready.clear();
-        for (int i = 0; i < NTH; i++) {
-            EmuFiber &F = fib[i];
-            F.pub.tid = {(unsigned)i, 0, 0}; F.state = RUN; F.shfl_phase = 0;
-            uintptr_t top = ((uintptr_t)(F.stack + STK)) & ~(uintptr_t)15;
-            uint64_t *s = (uint64_t *)top;
-            s[-1] = 0; s[-2] = (uint64_t)(uintptr_t)&fiber_main;
-            for (int k = 3; k <= 8; k++) s[-k] = 0;
-            uint32_t fp[2] = {0x1F80, 0x037F}; memcpy(&s[-9], fp, 8);
-            F.sp = &s[-9];
-            ready.push_back(i);
+    ready.clear();
+    if (coop) {
+        grid_bar = Bar{0, nblocks * nthreads};
+        for (int s = 0; s < nblocks; s++) start_block(s, order[s], dyn);
+        run_ready("a cooperative launch");
+    } else {
+        for (const uint3 &bi : order) {
+            start_block(0, bi, dyn);
+            run_ready("a block");
         }
-        if (pol == 2) std::shuffle(ready.begin(), ready.end(), rng);
-        if (pol == 1) std::reverse(ready.begin(), ready.end());
-        while (!ready.empty()) {
-            int k;
-            if (pol == 1) { k = ready.back(); ready.pop_back(); }
-            else if (pol == 2) { size_t j = rng() % ready.size(); k = ready[j]; ready[j] = ready.back(); ready.pop_back(); }
-            else { k = ready.front(); ready.erase(ready.begin()); }
-            emu_cur = &fib[k];
-            emu_switch(&sched_sp, fib[k].sp);
-            emu_cur = nullptr;
-        }
-        if (ndone != NTH) { fprintf(stderr, "EMU FAIL: deadlock in block %d: %d of %d threads done, %d at __syncthreads\n", bi, ndone, NTH, block_arrived); exit(3); }
     }
+}
+
+void emu_launch(int grid, size_t dyn, int pol, unsigned seed, const std::function<void()> &f) {
+    emu_launch3(uint3{(unsigned)grid, 1, 1}, uint3{256, 1, 1}, dyn, false, pol, seed, f);
 }

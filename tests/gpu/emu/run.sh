@@ -1,38 +1,83 @@
 #!/usr/bin/env bash
-# Host emulation of the quantised GEMV (kernels/cuda/kernels.cu) without a GPU: each CUDA thread a fiber, blocks
-# of 256 with real barriers, shared memory poisoned with NaN and ending at a guard page.  extract.py copies the
-# device code verbatim from the source (only the __shared__ declarations become per-block emulator buffers), and
-# test.cpp runs both callers of gemv_q_units on random Q4_1 and Q8_0 blocks of the default model's shapes (QKV
-# with the indexer's f32 rows, RoPE and the K/V append; Wo and down accumulating; gate/up with SwiGLU): the
-# persistent kernel's gemv_phase<NT, true> (gemv_q_call) and k_gemv_q, over several grid sizes and three thread
-# orders.  Both must give the same bits, and match a double-precision reference on the dequantised weights
-# within 1e-5.  x86-64 only (the fibers switch with a few lines of assembly).
+# kernels/cuda's device code run on the host, without a GPU: each CUDA thread a fiber (emu_rt.cpp), blocks with
+# real barriers (a cooperative launch runs the whole grid at once, with grid-wide barriers), warp collectives
+# (shuffles, votes, mma.m16n8k16, ldmatrix) exchanged lane by lane, cp.async done no earlier than its wait, shared
+# memory poisoned with NaN and ending at a guard page.  x86-64 only (the fibers switch with a few lines of assembly).
 #
-#   tests/gpu/emu/run.sh [quick] [BUILD_DIR]   quick: n = 1 and 9 rows only, and no injected bugs (ctest)
+#   gemv    the quantised GEMV (extract.py copies its device code verbatim; test.cpp): both callers, the persistent
+#           kernel's gemv_phase<NT, true> and k_gemv_q, on random Q4_1 and Q8_0 blocks of the default model's shapes,
+#           bit-identical to each other and within 1e-5 of a double reference.
+#   decode  kernels.cu, select.cu and attn.cu compiled whole for the host (prep.py rewrites only shared memory and
+#           inline PTX; cuda_emu.h stands in for the runtime), test_decode.cpp: a decode step of up to 16 rows over
+#           two layers of the default model's shape, as the shipped kernels, the opt-in kernels and the persistent
+#           kernel, compared with each other; and the tiled prefill attention against the split-K kernel.  On three
+#           emulated devices (multiprocessors × persistent blocks each: 2×2, 1×1, 3×1), so that the persistent
+#           kernel's grid is 4, 1 and 3 blocks.
 #
-# Without quick it also builds four copies with a bug injected on purpose (a wrong swizzle, the block loop off
-# by one, each of stage_x's two barriers dropped) and expects every one to be caught.
+#   tests/gpu/emu/run.sh [quick] [gemv|decode] [BUILD_DIR]
+#
+# quick (ctest): fewer cases, one device, no injected bugs.  Without quick it also builds copies with a bug
+# injected on purpose (extract.py --bug N, prep.py --bug N: a wrong swizzle, missing barriers, wrong MMA fragments,
+# a wait too short ...) and expects every one to be caught.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-quick=
+quick= only=
 [ "${1:-}" = quick ] && { quick=quick; shift; }
+case "${1:-}" in gemv|decode) only=$1; shift ;; esac
 B=${1:-$here/../../../build-emu}
 mkdir -p "$B"
 flags=(-O2 -std=c++17 -fno-strict-aliasing -ffp-contract=off -Wall -Wno-unknown-pragmas -Wno-unused-variable
-       -Wno-unused-but-set-variable -Wno-maybe-uninitialized -I"$here" -I"$B")
-build() { # build NAME [--bug N]
-  python3 "$here/extract.py" "$B/$1.inc" "${@:2}"
-  g++ "${flags[@]}" -DEXTRACTED="\"$1.inc\"" "$here/test.cpp" "$B/emu_rt.o" -o "$B/$1"
-}
+       -Wno-unused-but-set-variable -Wno-maybe-uninitialized -Wno-sign-compare -Wno-unused-function -I"$here" -I"$B")
 g++ "${flags[@]}" -c "$here/emu_rt.cpp" -o "$B/emu_rt.o"
-build emu
-"$B/emu" $quick
-[ -n "$quick" ] && exit 0
-for b in 1 2 3 4; do
-  build "emu_bug$b" --bug "$b"
-  if "$B/emu_bug$b" quick > "$B/emu_bug$b.txt" 2>&1; then
-    echo "injected bug $b NOT caught ($B/emu_bug$b.txt)"
-    exit 1
+
+if [ "$only" != decode ]; then
+  build_gemv() { # NAME [--bug N]
+    python3 "$here/extract.py" "$B/$1.inc" "${@:2}"
+    g++ "${flags[@]}" -DEXTRACTED="\"$1.inc\"" "$here/test.cpp" "$B/emu_rt.o" -o "$B/$1"
+  }
+  echo "== the quantised GEMV"
+  build_gemv emu
+  "$B/emu" $quick
+  if [ -z "$quick" ]; then
+    for b in 1 2 3 4; do
+      build_gemv "emu_bug$b" --bug "$b"
+      if "$B/emu_bug$b" quick > "$B/emu_bug$b.txt" 2>&1; then
+        echo "injected bug $b NOT caught ($B/emu_bug$b.txt)"
+        exit 1
+      fi
+      echo "injected bug $b caught: $(grep -c FAIL "$B/emu_bug$b.txt") failing cases or an emulator abort"
+    done
   fi
-  echo "injected bug $b caught: $(grep -c FAIL "$B/emu_bug$b.txt") failing cases or an emulator abort"
-done
+fi
+
+if [ "$only" != gemv ]; then
+  dflags=("${flags[@]}" -D__CUDA_ARCH__=900 -I"$here/include")
+  g++ "${dflags[@]}" -c "$here/cuda_emu.cpp" -o "$B/cuda_emu.o"
+  build_decode() { # DIR [--bug N]: the kernels as prep.py leaves them, and test_decode
+    python3 "$here/prep.py" "$1/src" "${@:2}"
+    local pids=()
+    for f in kernels select attn; do
+      g++ "${dflags[@]}" -I"$1" -x c++ -c "$1/src/$f.cu" -o "$1/$f.o" & pids+=($!)
+    done
+    g++ "${dflags[@]}" -I"$1" -c "$here/test_decode.cpp" -o "$1/test_decode.o" & pids+=($!)
+    for p in "${pids[@]}"; do wait "$p"; done
+    g++ -o "$1/test_decode" "$1"/{test_decode,kernels,select,attn}.o "$B/emu_rt.o" "$B/cuda_emu.o"
+  }
+  echo "== the decode step and the tiled attention"
+  build_decode "$B/decode"
+  if [ -n "$quick" ]; then
+    "$B/decode/test_decode" quick
+  else
+    for dev in 2x2 1x1 3x1; do
+      EMU_SMS=${dev%x*} EMU_PER_SM=${dev#*x} "$B/decode/test_decode"
+    done
+    python3 "$here/prep.py" --list | while read -r b what; do
+      build_decode "$B/decode_bug$b" --bug "$b"
+      if "$B/decode_bug$b/test_decode" quick > "$B/decode_bug$b.txt" 2>&1; then
+        echo "injected bug $b ($what) NOT caught ($B/decode_bug$b.txt)"
+        exit 1
+      fi
+      echo "injected bug $b caught ($what): $(grep -c FAIL "$B/decode_bug$b.txt") failing cases or an emulator abort"
+    done
+  fi
+fi

@@ -52,3 +52,167 @@ void emu_ldsm4(uint32_t *r, const void *p, bool trans) {
         }
     });
 }
+
+// ---- the runtime ---------------------------------------------------------------------------------------------
+#include <sys/mman.h>
+#include <time.h>
+#include <vector>
+
+static cudaError_t last_error = cudaSuccess;
+void emu_set_error(cudaError_t e) { last_error = e; }
+extern "C" const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument (emulated)";
+    case cudaErrorMemoryAllocation: return "out of memory (emulated)";
+    case cudaErrorCooperativeLaunchTooLarge: return "too many blocks in cooperative launch (emulated)";
+    default: return "emulated CUDA error";
+    }
+}
+extern "C" cudaError_t cudaGetLastError(void) { cudaError_t e = last_error; last_error = cudaSuccess; return e; }
+extern "C" cudaError_t cudaGetDevice(int *d) { *d = 0; return cudaSuccess; }
+extern "C" cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
+extern "C" cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int) {
+    switch (a) {
+    case cudaDevAttrComputeCapabilityMajor: *v = 9; break;
+    case cudaDevAttrCooperativeLaunch: *v = 1; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = EMU_OPTIN; break;
+    case cudaDevAttrMultiProcessorCount: *v = emu_env("EMU_SMS", 2); break;
+    default: return cudaErrorInvalidValue;
+    }
+    return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) {
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "host emulator (sm_90, %d SMs)", emu_env("EMU_SMS", 2));
+    p->totalGlobalMem = (size_t)16 << 30, p->major = 9, p->minor = 0, p->multiProcessorCount = emu_env("EMU_SMS", 2);
+    return cudaSuccess;
+}
+
+// Device memory: its own pages, the buffer right before a guard page (and 16-byte aligned, as cudaMalloc's are at
+// least), the page before it also a guard.
+static std::map<void *, std::pair<char *, size_t>> &allocs() {
+    static std::map<void *, std::pair<char *, size_t>> m;
+    return m;
+}
+cudaError_t cudaMalloc(void **p, size_t bytes) {
+    size_t pg = 4096, b16 = (bytes + 15) / 16 * 16, tot = (b16 + pg - 1) / pg * pg + 2 * pg;
+    char *m = (char *)mmap(0, tot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return emu_set_error(cudaErrorMemoryAllocation), cudaErrorMemoryAllocation;
+    mprotect(m, pg, PROT_NONE);
+    mprotect(m + tot - pg, pg, PROT_NONE);
+    char *b = m + tot - pg - b16;
+    for (size_t i = 0; i + 4 <= b16; i += 4) { uint32_t q = 0x7fc0dead; memcpy(b + i, &q, 4); } // as found: garbage
+    allocs()[b] = {m, tot};
+    *p = b;
+    return cudaSuccess;
+}
+cudaError_t cudaFree(void *p) {
+    if (!p) return cudaSuccess;
+    auto it = allocs().find(p);
+    if (it == allocs().end()) emu_fail("cudaFree of a pointer cudaMalloc did not return");
+    munmap(it->second.first, it->second.second);
+    allocs().erase(it);
+    return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void **p, size_t bytes) { *p = calloc(1, bytes ? bytes : 1); return *p ? cudaSuccess : cudaErrorMemoryAllocation; }
+cudaError_t cudaFreeHost(void *p) { free(p); return cudaSuccess; }
+
+static std::vector<std::function<void()>> *capturing; // the graph being captured
+struct EmuGraph { std::vector<std::function<void()>> work; };
+void emu_issue(std::function<void()> f) {
+    if (capturing) capturing->push_back(std::move(f));
+    else f();
+}
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind) {
+    if (capturing) return cudaErrorStreamCaptureUnsupported; // a synchronous copy would end the capture
+    memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
+    emu_issue([=] { memmove(dst, src, bytes); });
+    return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void *dst, int byte, size_t bytes, cudaStream_t) {
+    emu_issue([=] { memset(dst, byte, bytes); });
+    return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) { *s = 1; return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+    if (capturing) return cudaErrorStreamCaptureUnsupported;
+    return cudaSuccess;
+}
+struct EmuEvent { double t; };
+static double now_ms() { timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6; }
+cudaError_t cudaEventCreate(cudaEvent_t *e) { *e = new EmuEvent{0}; return cudaSuccess; }
+cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) { emu_issue([e] { e->t = now_ms(); }); return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) { *ms = (float)(b->t - a->t); return cudaSuccess; }
+cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
+    if (capturing) return cudaErrorStreamCaptureUnsupported;
+    capturing = new std::vector<std::function<void()>>;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g) {
+    if (!capturing) return cudaErrorInvalidValue;
+    *g = new EmuGraph{std::move(*capturing)};
+    delete capturing;
+    capturing = nullptr;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *x, cudaGraph_t g, unsigned long long) { *x = new EmuGraph(*g); return cudaSuccess; }
+cudaError_t cudaGraphLaunch(cudaGraphExec_t x, cudaStream_t) {
+    for (auto &f : x->work) emu_issue(f);
+    return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t g) { delete g; return cudaSuccess; }
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t x) { delete x; return cudaSuccess; }
+
+// ---- cuBLAS: column-major C = α·op(A)·op(B) + β·C, f32 accumulation (in double here) ---------------------------
+#include "cublas_v2.h"
+struct EmuBlas { int dummy; };
+cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = new EmuBlas{0}; return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasDestroy(cublasHandle_t h) { delete h; return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetWorkspace(cublasHandle_t, void *, size_t) { return CUBLAS_STATUS_SUCCESS; }
+// op(X)[i][p] of an X stored column-major with leading dimension ld, as floats (rows × k of op(X)).
+static std::vector<float> op_rows(const void *X, cudaDataType t, cublasOperation_t op, int rows, int k, int ld) {
+    std::vector<float> o((size_t)rows * k);
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < k; p++) {
+            size_t at = op == CUBLAS_OP_T ? (size_t)p + (size_t)i * ld : (size_t)i + (size_t)p * ld;
+            o[(size_t)i * k + p] = t == CUDA_R_16F ? h2d(((const uint16_t *)X)[at]) : ((const float *)X)[at];
+        }
+    return o;
+}
+static void gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const void *A,
+                 cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb, float beta, float *C, int ldc) {
+    std::vector<float> a = op_rows(A, at, ta, m, k, lda); // op(A): m × k
+    // op(B) is k × n; its columns are the rows of op(B)ᵀ, which is B read with the opposite op
+    std::vector<float> b = op_rows(B, bt, tb == CUBLAS_OP_T ? CUBLAS_OP_N : CUBLAS_OP_T, n, k, ldb);
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            const float *x = &a[(size_t)i * k], *y = &b[(size_t)j * k];
+            double s = 0;
+            for (int p = 0; p < k; p++) s += (double)x[p] * y[p];
+            float &c = C[(size_t)i + (size_t)j * ldc];
+            c = (float)(alpha * s + (beta != 0 ? (double)beta * c : 0.0));
+        }
+}
+cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const void *alpha, const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt,
+                            int ldb, const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t,
+                            cublasGemmAlgo_t) {
+    if (ct != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+    float al = *(const float *)alpha, be = *(const float *)beta;
+    emu_issue([=] { gemm(ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, (float *)C, ldc); });
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                           const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta,
+                           float *C, int ldc) {
+    float al = *alpha, be = *beta;
+    emu_issue([=] { gemm(ta, tb, m, n, k, al, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, be, C, ldc); });
+    return CUBLAS_STATUS_SUCCESS;
+}

@@ -56,25 +56,9 @@ static inline grid_group this_grid() { return grid_group{}; }
 }
 
 // ---- the runtime API -----------------------------------------------------------------------------------------
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorCooperativeLaunchTooLarge = 720 };
-static inline const char *cudaGetErrorString(cudaError_t e) { return e ? "emulated CUDA error" : "no error"; }
-static inline cudaError_t cudaGetLastError() { return cudaSuccess; }
-static inline cudaError_t cudaGetDevice(int *d) { *d = 0; return cudaSuccess; }
-enum cudaDeviceAttr {
-    cudaDevAttrComputeCapabilityMajor, cudaDevAttrCooperativeLaunch, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-    cudaDevAttrMultiProcessorCount
-};
+#include "cuda_runtime_api.h" // the part C code may call too
 int emu_env(const char *name, int dflt);
 static const int EMU_OPTIN = 232448, EMU_SM_SMEM = 233472;
-static inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int) {
-    switch (a) {
-    case cudaDevAttrComputeCapabilityMajor: *v = 9; break;
-    case cudaDevAttrCooperativeLaunch: *v = 1; break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = EMU_OPTIN; break;
-    case cudaDevAttrMultiProcessorCount: *v = emu_env("EMU_SMS", 2); break;
-    }
-    return cudaSuccess;
-}
 struct cudaFuncAttributes { int ptxVersion, binaryVersion; };
 template <class F> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, F) {
     a->ptxVersion = a->binaryVersion = 90;
@@ -102,6 +86,43 @@ struct cudaLaunchConfig_t {
     cudaLaunchAttribute *attrs;
     unsigned numAttrs;
 };
+// Memory, streams, events and graphs.  Device memory is host memory (each allocation ends at a guard page); there
+// is one stream in effect and work runs when it is issued, except while a stream is being captured: then launches,
+// copies, fills and GEMMs are recorded, and a graph launch runs them again in order (copies read their source then).
+enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
+enum { cudaStreamNonBlocking = 1 };
+enum cudaStreamCaptureMode { cudaStreamCaptureModeThreadLocal = 1 };
+struct cudaDeviceProp { char name[256]; size_t totalGlobalMem; int major, minor, multiProcessorCount; };
+typedef struct EmuEvent *cudaEvent_t;
+typedef struct EmuGraph *cudaGraph_t;
+typedef struct EmuGraph *cudaGraphExec_t;
+cudaError_t cudaMalloc(void **p, size_t bytes);
+template <class T> cudaError_t cudaMalloc(T **p, size_t bytes) { return cudaMalloc((void **)p, bytes); }
+cudaError_t cudaFree(void *p);
+cudaError_t cudaMallocHost(void **p, size_t bytes);
+template <class T> cudaError_t cudaMallocHost(T **p, size_t bytes) { return cudaMallocHost((void **)p, bytes); }
+cudaError_t cudaFreeHost(void *p);
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind k);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind k, cudaStream_t s);
+cudaError_t cudaMemsetAsync(void *dst, int byte, size_t bytes, cudaStream_t s);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int dev);
+cudaError_t cudaEventCreate(cudaEvent_t *e);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b);
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode m);
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *x, cudaGraph_t g, unsigned long long flags);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t x, cudaStream_t s);
+cudaError_t cudaGraphDestroy(cudaGraph_t g);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t x);
+// Run f now, or record it into the graph being captured.
+void emu_issue(std::function<void()> f);
+void emu_set_error(cudaError_t e);
+
 // How the next launches are scheduled (tests vary it): 0 FIFO, 1 LIFO, 2 random, seeded.
 extern int emu_policy;
 extern unsigned emu_seed;
@@ -114,16 +135,25 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t *cfg, void (*k)(KA...), 
     size_t lim = 48 * 1024;
     auto it = emu_smem_limits().find((const void *)k);
     if (it != emu_smem_limits().end()) lim = it->second;
-    if (cfg->dynamicSmemBytes > lim) return cudaErrorInvalidValue; // as the device: the attribute was not raised
+    if (cfg->dynamicSmemBytes > lim) { // as the device: the attribute was not raised
+        emu_set_error(cudaErrorInvalidValue);
+        return cudaErrorInvalidValue;
+    }
     const dim3 &g = cfg->gridDim, &b = cfg->blockDim;
     if (coop) {
         int per = 0;
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k, (int)(b.x * b.y * b.z), cfg->dynamicSmemBytes);
-        if ((long)g.x * g.y * g.z > (long)per * emu_env("EMU_SMS", 2)) return cudaErrorCooperativeLaunchTooLarge;
+        if ((long)g.x * g.y * g.z > (long)per * emu_env("EMU_SMS", 2)) {
+            emu_set_error(cudaErrorCooperativeLaunchTooLarge);
+            return cudaErrorCooperativeLaunchTooLarge;
+        }
     }
     std::tuple<std::decay_t<KA>...> t(args...);
-    emu_launches++;
-    emu_launch3(uint3{g.x, g.y, g.z}, uint3{b.x, b.y, b.z}, cfg->dynamicSmemBytes, coop, emu_policy, emu_seed++,
-                [&] { std::apply(k, t); });
+    uint3 gg{g.x, g.y, g.z}, bb{b.x, b.y, b.z};
+    size_t dyn = cfg->dynamicSmemBytes;
+    emu_issue([=] {
+        emu_launches++;
+        emu_launch3(gg, bb, dyn, coop, emu_policy, emu_seed++, [&] { std::apply(k, t); });
+    });
     return cudaSuccess;
 }

@@ -6,7 +6,7 @@ emu_cp_async, emu_prmt).  Everything else compiles as written.  With --bug N, on
 showing that the tests catch it.  Usage: prep.py OUTDIR [--bug N]"""
 import os, re, sys
 SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', '..', 'kernels', 'cuda')
-FILES = ['cuda.h', 'internal.cuh', 'common.cuh', 'attn.cuh', 'select.cuh', 'kernels.cu', 'select.cu', 'attn.cu']
+FILES = ['cuda.h', 'model.cu', 'internal.cuh', 'common.cuh', 'attn.cuh', 'select.cuh', 'kernels.cu', 'select.cu', 'attn.cu']
 TYPES = r'(?:unsigned char|unsigned|int|float|double|TopkShared)'
 
 def shared(text, fname):

@@ -14,28 +14,41 @@ std::map<const void *, int> &emu_smem_limits() {
     return m;
 }
 
-static double h2d(uint16_t h) { __half x; x.x = h; return __half2float(x); }
+static double h2d(uint16_t h) { return emu_f16_table[h]; }
 static uint16_t half_of(uint32_t w, int hi) { return hi ? (uint16_t)(w >> 16) : (uint16_t)w; }
 
-struct MmaIn { uint32_t a[4], b[2]; };
+struct MmaIn { uint32_t a[4], b[2]; float c[4]; };
 void emu_mma_16816(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    MmaIn me = {{a[0], a[1], a[2], a[3]}, {b0, b1}};
+    MmaIn me = {{a[0], a[1], a[2], a[3]}, {b0, b1}, {c[0], c[1], c[2], c[3]}};
+    emu_warp_done(emu_shfl_phase()) = 0; // no lane still reads this phase's results (emu_collective)
     emu_collective(&me, sizeof me, 0x6000, [&](auto slot) {
-        auto A = [&](int r, int k) { // A[r][k]: lane 4(r%8) + (k%8)/2, register (r >= 8) + 2(k >= 8), half k&1
-            const MmaIn *m = (const MmaIn *)slot(4 * (r % 8) + (k % 8) / 2);
-            return h2d(half_of(m->a[(r >= 8) + 2 * (k >= 8)], k & 1));
-        };
-        auto B = [&](int k, int n) { // B[k][n]: lane 4n + (k%8)/2, register k >= 8, half k&1
-            const MmaIn *m = (const MmaIn *)slot(4 * n + (k % 8) / 2);
-            return h2d(half_of(m->b[k >= 8], k & 1));
-        };
-        int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-        for (int i = 0; i < 4; i++) {
-            int r = g + 8 * (i >= 2), n = 2 * t + (i & 1);
-            double s = c[i];
-            for (int k = 0; k < 16; k++) s += A(r, k) * B(k, n);
-            c[i] = (float)s;
+        int ph = emu_shfl_phase();
+        float(*out)[4] = emu_warp_out(ph);
+        if (!emu_warp_done(ph)) { // the first lane past the barrier works out every lane's D = A·B + C
+            float A[16][16], B[16][8];
+            for (int l = 0; l < 32; l++) {
+                const MmaIn *m = (const MmaIn *)slot(l);
+                int g = l >> 2, t = l & 3;
+                for (int i = 0; i < 4; i++) // a[i]: row g + 8(i&1), columns 2t + 8(i>>1) + {0, 1}
+                    for (int h = 0; h < 2; h++)
+                        A[g + 8 * (i & 1)][2 * t + 8 * (i >> 1) + h] = emu_f16_table[half_of(m->a[i], h)];
+                for (int i = 0; i < 2; i++) // b[i]: column g, rows 2t + 8i + {0, 1}
+                    for (int h = 0; h < 2; h++) B[2 * t + 8 * i + h][g] = emu_f16_table[half_of(m->b[i], h)];
+            }
+            for (int l = 0; l < 32; l++) {
+                const MmaIn *m = (const MmaIn *)slot(l);
+                int g = l >> 2, t = l & 3;
+                for (int i = 0; i < 4; i++) { // c[i]: row g + 8(i >= 2), column 2t + (i&1)
+                    int r = g + 8 * (i >= 2), n = 2 * t + (i & 1);
+                    double sum = m->c[i]; // products exact, the sum in double, rounded once
+                    for (int k = 0; k < 16; k++) sum += (double)A[r][k] * B[k][n];
+                    out[l][i] = (float)sum;
+                }
+            }
+            emu_warp_done(ph) = 1;
         }
+        int lane = threadIdx.x & 31;
+        for (int i = 0; i < 4; i++) c[i] = out[lane][i];
     });
 }
 

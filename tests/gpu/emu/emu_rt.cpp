@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 #include <vector>
+#include <deque>
 #include <string>
 #include <map>
 #include <random>
@@ -59,6 +60,8 @@ struct Block { // one resident block's state
     std::map<std::string, std::pair<char *, size_t>> statics;
     char slots[MAXT / 32][2][32][SLOT]; // warp collectives, double-buffered by phase
     int slot_tag[MAXT / 32][2][32];
+    float warp_out[MAXT / 32][2][32][4]; // a warp collective's results, computed once for all lanes
+    int warp_done[MAXT / 32][2];
 };
 } // namespace
 
@@ -72,6 +75,17 @@ struct EmuFiber {
     long cp_groups;
 };
 EmuFiber *emu_cur;
+float emu_f16_table[65536];
+static struct F16Table {
+    F16Table() {
+        for (int i = 0; i < 65536; i++) {
+            uint16_t h = (uint16_t)i;
+            _Float16 f;
+            memcpy(&f, &h, 2);
+            emu_f16_table[i] = (float)f;
+        }
+    }
+} f16_table_init;
 uint3 gridDim, blockDim;
 long emu_switches;
 
@@ -79,7 +93,7 @@ namespace {
 std::vector<EmuFiber> fib;
 std::vector<Block *> blocks; // slots, reused from launch to launch
 void *sched_sp;
-std::vector<int> ready;
+std::deque<int> ready;
 std::mt19937 rng;
 int policy; // 0 FIFO, 1 LIFO, 2 random
 bool coop;
@@ -210,7 +224,7 @@ void run_ready(const char *what) {
         int k;
         if (policy == 1) { k = ready.back(); ready.pop_back(); }
         else if (policy == 2) { size_t j = rng() % ready.size(); k = ready[j]; ready[j] = ready.back(); ready.pop_back(); }
-        else { k = ready.front(); ready.erase(ready.begin()); }
+        else { k = ready.front(); ready.pop_front(); }
         emu_cur = &fib[k];
         emu_switch(&sched_sp, fib[k].sp);
         emu_cur = nullptr;
@@ -252,6 +266,8 @@ void emu_warp_full(const char *what) { // a warp collective with the full mask: 
 void *emu_shfl_slot(int ph, int lane) { return cur_block().slots[warp_of()][ph][lane]; }
 int &emu_shfl_tag(int ph, int lane) { return cur_block().slot_tag[warp_of()][ph][lane]; }
 int &emu_shfl_phase() { return emu_cur->phase; }
+float (*emu_warp_out(int ph))[4] { return cur_block().warp_out[warp_of()][ph]; }
+int &emu_warp_done(int ph) { return cur_block().warp_done[warp_of()][ph]; }
 void *emu_dyn_smem() { return cur_block().dyn; }
 void *emu_static_smem(const char *key, size_t bytes) {
     Block &B = cur_block();

@@ -39,6 +39,8 @@ void *emu_static_smem(const char *key, size_t bytes);
 void *emu_shfl_slot(int phase_sel, int lane); // per warp exchange slot (64 bytes)
 int &emu_shfl_tag(int phase_sel, int lane);
 int &emu_shfl_phase();
+float (*emu_warp_out(int phase_sel))[4]; // per warp: 32 lanes' results of a collective computed once
+int &emu_warp_done(int phase_sel);
 void emu_fail(const char *msg);
 #define __syncthreads() emu_syncthreads()
 
@@ -52,8 +54,8 @@ template <typename F> inline void emu_collective(const void *mine, size_t n, int
     memcpy(emu_shfl_slot(p, lane), mine, n);
     emu_shfl_tag(p, lane) = tag;
     emu_warp_barrier();
-    for (int l = 0; l < 32; l++)
-        if (emu_shfl_tag(p, l) != tag) emu_fail("the lanes of a warp ask different collectives at once");
+    if (emu_shfl_tag(p, (lane + 1) & 31) != tag) // around the ring: all lanes asked alike
+        emu_fail("the lanes of a warp ask different collectives at once");
     f([p](int l) { return (const void *)emu_shfl_slot(p, l); });
     ph ^= 1;
 }
@@ -95,7 +97,8 @@ static inline unsigned __ballot_sync(unsigned mask, int pred) {
 }
 static inline void __syncwarp(unsigned mask = 0xffffffffu) { emu_mask(mask); emu_warp_barrier(); }
 
-static inline float __half2float(__half h) { _Float16 f; memcpy(&f, &h.x, 2); return (float)f; }
+extern float emu_f16_table[65536]; // every f16's value (emu_rt.cpp): the conversion without F16C is a libgcc call
+static inline float __half2float(__half h) { return emu_f16_table[h.x]; }
 static inline __half __float2half_rn(float f) { _Float16 h = (_Float16)f; __half r; memcpy(&r.x, &h, 2); return r; }
 static inline float2 __half22float2(__half2 h) { return float2{__half2float(h.x), __half2float(h.y)}; }
 static inline unsigned short __half_as_ushort(__half h) { return h.x; }

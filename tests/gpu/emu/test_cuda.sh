@@ -4,7 +4,7 @@
 # cuBLAS), then tests/test_cuda.c as the GPU machine runs it (tests/gpu/run.sh): every kernel against its C
 # counterpart, and the model against the CPU backend on the default model's first two layers and their sidecar.
 # Once with the shipped kernels, once with the opt-in ones (new), once with them and quantised weights (quant), as
-# run.sh's variants.  Slow: each variant takes tens of minutes on two cores.  Logs and JSON reports in BUILD_DIR.
+# run.sh's variants.  Slow: 7 to 10 minutes a variant on two cores.  Logs and JSON reports in BUILD_DIR.
 #
 #   tests/gpu/emu/test_cuda.sh [shipped|new|quant ...] [BUILD_DIR]      (default: all three, build-cuemu)
 set -euo pipefail

@@ -1,14 +1,17 @@
 // Host emulation of kernels/cuda's decode step (prep.py + cuda_emu.h: the sources compiled unchanged but for
-// shared memory and inline PTX).  One step of n rows, each a token of its own sequence, over two layers of the
-// default model's shape with seeded random weights and caches, three ways:
-//   shipped  the launch sequence model.cu records for a decode graph, with the kernels a GPU run has checked
-//            (f32 GEMV, per-key f32 index scores, the global-memory top-k, split-K attention);
-//   optin    the same sequence with the opt-in kernels (DSA_CUDA_GEMV=mma, DSA_CUDA_SELECT=new);
-//   persist  the persistent kernel (cu_decode: every phase in one cooperative launch).
+// shared memory and inline PTX).  One step of n rows, each a token of its own sequence, over two layers with seeded
+// random weights and caches, five ways:
+//   shipped   the launch sequence model.cu records for a decode graph, with the kernels a GPU run has checked
+//             (f32 GEMV, per-key f32 index scores, the global-memory top-k, split-K attention);
+//   optin     the same sequence with the opt-in kernels (DSA_CUDA_GEMV=mma, DSA_CUDA_SELECT=new);
+//   persist   the persistent kernel (cu_decode: every phase in one cooperative launch);
+//   qgraph, qpersist   optin and persist with the weights kept quantised (DSA_CUDA_QUANT; the f16 copies hold the
+//             same weights exactly, so they compare with shipped);
 // and compares what they leave: the hidden states, the K/V and FP8 key rows written, every layer's selection, and
-// nothing written anywhere else in the caches.  persist must match optin to f32 rounding (the same device code
-// but for the attention's block size) and select exactly alike; both must match shipped within the tensor-core
-// GEMV's error.  Then the tiled prefill attention (DSA_CUDA_FLASH) against the split-K kernel on a causal block.
+// nothing written anywhere else in the caches.  persist must match optin (qpersist qgraph) to f32 rounding (the
+// same device code but for the attention's block size) and select exactly alike in layer 0; all must match shipped
+// within the tensor-core GEMV's error.  Then the tiled prefill attention (DSA_CUDA_FLASH) against the split-K
+// kernel on a causal block.  Shapes: the default model's (quantised; not quick: f16 too), heads of 128 (not quick).
 //
 //   test_decode [quick]     (EMU_SMS / EMU_PER_SM set the emulated device's multiprocessors and its occupancy)
 #include "cuda_emu.h"
@@ -31,6 +34,7 @@ template <class T> static T *dev(size_t n) { return (T *)emu_galloc(n * sizeof(T
 template <class T> static T *dev_from(const std::vector<T> &v) { T *p = dev<T>(v.size()); memcpy(p, v.data(), v.size() * sizeof(T)); return p; }
 static std::vector<float> randv(size_t n, double sd, double mean = 0) { std::vector<float> v(n); for (auto &x : v) x = mean + sd * gauss(); return v; }
 static std::vector<uint16_t> randh(size_t n, double sd) { std::vector<uint16_t> v(n); for (auto &x : v) x = f2h(sd * gauss()); return v; }
+static int grid_round(int len) { int g = 256; while (g < len) g *= 2; return g; } // as model.cu's
 static void poison(void *p, size_t bytes) { for (size_t i = 0; i + 4 <= bytes; i += 4) { uint32_t q = 0x7fc0dead; memcpy((char *)p + i, &q, 4); } }
 
 static const int NL = 2, NCTX = 640, VOC = 1000;
@@ -152,8 +156,7 @@ static Step make_step(const Shape &s, int n, int flavour) {
         st.rw.push_back(RowDev{(int)(R64() % VOC), pos, r});
         maxlen = std::max(maxlen, pos + 1), maxk = std::max(maxk, q.topk);
     }
-    st.grid_len = 256;
-    while (st.grid_len < maxlen) st.grid_len *= 2; // model.cu's grid_round
+    st.grid_len = grid_round(maxlen);
     st.sel_ld = maxk;
     st.rows = dev_from(st.rw), st.seqs = dev_from(st.sq);
     return st;
@@ -427,7 +430,6 @@ static void decode_case(const Model &m, int n, int flavour) {
 // Dense causal prefill of n consecutive positions of one sequence: the tiled kernel against the split-K one.
 static void flash_case(const Shape &s, int n, int p0) {
     int KV = s.KVH * s.D, Q = s.E + 2 * KV;
-    Step st;
     SeqDev q = {};
     q.n_ctx = NCTX;
     size_t kvl = (size_t)NL * NCTX * KV;
@@ -437,8 +439,7 @@ static void flash_case(const Shape &s, int n, int p0) {
     for (int r = 0; r < n; r++) rw.push_back(RowDev{0, p0 + r, 0});
     RowDev *rows = dev_from(rw);
     float *qv = dev_from(randv((size_t)n * Q, 1.5));
-    int grid_len = 256;
-    while (grid_len < p0 + n) grid_len *= 2;
+    int grid_len = grid_round(p0 + n);
     float *part = dev<float>(cu_attention_part_floats(s, n, grid_len));
     int *counter = dev<int>((size_t)n * s.KVH);
     memset(counter, 0, (size_t)n * s.KVH * 4);

@@ -1,7 +1,8 @@
-// The part of the CUDA runtime and device library that kernels/cuda's kernels.cu, select.cu and attn.cu use, for
-// compiling them unchanged (but for the rewrites of prep.py) on the host: launches run on the fiber emulator
-// (emu_rt.cpp), device memory is host memory, the "device" an sm_90 part with EMU_SMS multiprocessors (default 2),
-// EMU_PER_SM blocks of the persistent kernel each (default 2) and 227 KB of opt-in shared memory a block.
+// The part of the CUDA runtime, device library and cuBLAS that kernels/cuda uses, for compiling it unchanged (but
+// for the rewrites of prep.py) on the host: launches run on the fiber emulator (emu_rt.cpp), device memory is host
+// memory, graphs are recorded work, cuBLAS's GEMMs run on the host (cuda_emu.cpp).  The "device" is an sm_90 part
+// with EMU_SMS multiprocessors (default 2), EMU_PER_SM blocks of the persistent kernel each (default 2) and 227 KB
+// of opt-in shared memory a block.
 #pragma once
 #include "shim.h"
 #include "emu_rt.h"

@@ -1,5 +1,8 @@
-// The device PTX and runtime pieces of cuda_emu.h that are not inline.
+// What cuda_emu.h declares and does not define inline: the device PTX, the runtime, cuBLAS.
 #include "cuda_emu.h"
+#include "cublas_v2.h"
+#include <time.h>
+#include <vector>
 
 int emu_policy = 0;
 unsigned emu_seed = 1;
@@ -67,9 +70,6 @@ void emu_ldsm4(uint32_t *r, const void *p, bool trans) {
 }
 
 // ---- the runtime ---------------------------------------------------------------------------------------------
-#include <sys/mman.h>
-#include <time.h>
-#include <vector>
 
 static cudaError_t last_error = cudaSuccess;
 void emu_set_error(cudaError_t e) { last_error = e; }
@@ -102,30 +102,16 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) {
     return cudaSuccess;
 }
 
-// Device memory: its own pages, the buffer right before a guard page (and 16-byte aligned, as cudaMalloc's are at
-// least), the page before it also a guard.
-static std::map<void *, std::pair<char *, size_t>> &allocs() {
-    static std::map<void *, std::pair<char *, size_t>> m;
-    return m;
-}
+// Device memory: emu_galloc's (between guard pages), poisoned as cudaMalloc's memory is undefined.
 cudaError_t cudaMalloc(void **p, size_t bytes) {
-    size_t pg = 4096, b16 = (bytes + 15) / 16 * 16, tot = (b16 + pg - 1) / pg * pg + 2 * pg;
-    char *m = (char *)mmap(0, tot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return emu_set_error(cudaErrorMemoryAllocation), cudaErrorMemoryAllocation;
-    mprotect(m, pg, PROT_NONE);
-    mprotect(m + tot - pg, pg, PROT_NONE);
-    char *b = m + tot - pg - b16;
-    for (size_t i = 0; i + 4 <= b16; i += 4) { uint32_t q = 0x7fc0dead; memcpy(b + i, &q, 4); } // as found: garbage
-    allocs()[b] = {m, tot};
+    char *b = (char *)emu_galloc(bytes);
+    if (!b) return emu_set_error(cudaErrorMemoryAllocation), cudaErrorMemoryAllocation;
+    emu_poison(b, bytes);
     *p = b;
     return cudaSuccess;
 }
 cudaError_t cudaFree(void *p) {
-    if (!p) return cudaSuccess;
-    auto it = allocs().find(p);
-    if (it == allocs().end()) emu_fail("cudaFree of a pointer cudaMalloc did not return");
-    munmap(it->second.first, it->second.second);
-    allocs().erase(it);
+    if (p && !emu_gfree(p)) emu_fail("cudaFree of a pointer cudaMalloc did not return");
     return cudaSuccess;
 }
 cudaError_t cudaMallocHost(void **p, size_t bytes) { *p = calloc(1, bytes ? bytes : 1); return *p ? cudaSuccess : cudaErrorMemoryAllocation; }
@@ -183,7 +169,6 @@ cudaError_t cudaGraphDestroy(cudaGraph_t g) { delete g; return cudaSuccess; }
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t x) { delete x; return cudaSuccess; }
 
 // ---- cuBLAS: column-major C = α·op(A)·op(B) + β·C, f32 accumulation (in double here) ---------------------------
-#include "cublas_v2.h"
 struct EmuBlas { int dummy; };
 cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = new EmuBlas{0}; return CUBLAS_STATUS_SUCCESS; }
 cublasStatus_t cublasDestroy(cublasHandle_t h) { delete h; return CUBLAS_STATUS_SUCCESS; }

@@ -46,13 +46,10 @@ emu_switch:
 namespace {
 enum { RUN, WAIT, DONE };
 const int MAXT = 1024, STK = 256 * 1024, SLOT = 64;
-const uint32_t POISON = 0x7fc0dead;
 
 struct Bar { int arrived = 0, members = 0; };
 struct Pending { void *dst; const void *src; bool ok; long group; };
 struct Block { // one resident block's state
-    uint3 idx;
-    int live;
     Bar bar, warp[MAXT / 32];
     char *dyn = nullptr; // dynamic shared memory, right before a guard page
     char *dyn_map = nullptr;
@@ -88,6 +85,10 @@ static struct F16Table {
 } f16_table_init;
 uint3 gridDim, blockDim;
 long emu_switches;
+void emu_poison(void *p, size_t bytes) { // a NaN in every f32
+    const uint32_t q = 0x7fc0dead;
+    for (size_t i = 0; i + 4 <= bytes; i += 4) memcpy((char *)p + i, &q, 4);
+}
 
 namespace {
 std::vector<EmuFiber> fib;
@@ -98,10 +99,9 @@ std::mt19937 rng;
 int policy; // 0 FIFO, 1 LIFO, 2 random
 bool coop;
 Bar grid_bar;
-int nthreads, nres, nfib; // threads per block, blocks resident at once, their threads
+int nthreads, nfib; // threads per block; the threads of the blocks resident at once
 const std::function<void()> *body;
 
-void poison(char *p, size_t n) { for (size_t i = 0; i + 4 <= n; i += 4) memcpy(p + i, &POISON, 4); }
 
 void yield_blocked(Bar *b) {
     emu_cur->state = WAIT;
@@ -138,8 +138,10 @@ void barrier(Bar *b) {
     emu_switch(&emu_cur->sp, sched_sp);
 }
 // A member left (its thread returned): a barrier its remaining members all wait at opens.
-void leave(Bar *b, int lo, int hi) {
+void leave(Bar *b) {
     b->members--;
+    int lo, hi;
+    bar_range(b, &lo, &hi);
     if (b->members > 0 && b->arrived == b->members) b->arrived = 0, release(b, lo, hi);
 }
 Block &cur_block() { return *blocks[emu_cur->blk]; }
@@ -162,12 +164,9 @@ void fiber_main() {
     EmuFiber &f = *emu_cur;
     cp_complete(f, 1L << 62);
     f.state = DONE;
-    Block &B = cur_block();
-    int b0 = f.blk * nthreads, w = warp_of();
-    B.live--;
-    leave(&B.warp[w], b0 + 32 * w, std::min(b0 + 32 * w + 32, b0 + nthreads));
-    leave(&B.bar, b0, b0 + nthreads);
-    if (coop) leave(&grid_bar, 0, nfib);
+    leave(&cur_block().warp[warp_of()]);
+    leave(&cur_block().bar);
+    if (coop) leave(&grid_bar);
     emu_switch(&f.sp, sched_sp);
     abort();
 }
@@ -182,18 +181,16 @@ void set_dyn(Block &B, size_t dyn) {
     }
     size_t d16 = (dyn + 15) / 16 * 16; // the base 16-byte aligned, as on the device
     B.dyn = B.dyn_map + B.dyn_map_sz - pg - d16;
-    poison(B.dyn, d16);
+    emu_poison(B.dyn, d16);
 }
 
 // Start the fibers of block slot s as block bi.
 void start_block(int s, uint3 bi, size_t dyn) {
     Block &B = *blocks[s];
-    B.idx = bi;
-    B.live = nthreads;
     B.bar = Bar{0, nthreads};
     for (int w = 0; w < (nthreads + 31) / 32; w++) B.warp[w] = Bar{0, std::min(32, nthreads - 32 * w)};
     set_dyn(B, dyn);
-    for (auto &st : B.statics) poison(st.second.first, st.second.second);
+    for (auto &st : B.statics) emu_poison(st.second.first, st.second.second);
     memset(B.slots, 0xff, sizeof B.slots);
     memset(B.slot_tag, 0xff, sizeof B.slot_tag);
     std::vector<int> mine;
@@ -273,18 +270,15 @@ void *emu_static_smem(const char *key, size_t bytes) {
     Block &B = cur_block();
     std::string k = std::string(key) + "#" + std::to_string(bytes); // a template's instantiations differ in size
     auto it = B.statics.find(k);
-    if (it == B.statics.end()) { // its own pages, the buffer right before a guard page
-        size_t pg = 4096, b16 = (bytes + 15) / 16 * 16, tot = (b16 + pg - 1) / pg * pg + pg;
-        char *m = (char *)mmap(0, tot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        mprotect(m + tot - pg, pg, PROT_NONE);
-        char *b = m + tot - pg - b16;
-        poison(b, b16);
+    if (it == B.statics.end()) {
+        size_t b16 = (bytes + 15) / 16 * 16;
+        char *b = (char *)emu_galloc(b16);
+        emu_poison(b, b16);
         it = B.statics.emplace(k, std::make_pair(b, b16)).first;
     }
     if (it->second.second < bytes) emu_fail("static shared memory size");
     return it->second.first;
 }
-uint3 emu_block_idx() { return emu_cur->pub.bid; }
 
 void emu_cp_async(void *dst, const void *src, bool ok) {
     if ((uintptr_t)dst % 16 || (ok && (uintptr_t)src % 16)) emu_fail("cp.async of 16 bytes not 16-byte aligned");
@@ -293,12 +287,26 @@ void emu_cp_async(void *dst, const void *src, bool ok) {
 void emu_cp_commit() { emu_cur->cp_groups++; }
 void emu_cp_wait(int n) { cp_complete(*emu_cur, emu_cur->cp_groups - n); }
 
-void *emu_galloc(size_t bytes) { // global memory: the buffer ends right before a guard page (16-byte aligned)
+static std::map<void *, std::pair<char *, size_t>> &mappings() { // emu_galloc's buffers: their mmap
+    static std::map<void *, std::pair<char *, size_t>> m;
+    return m;
+}
+void *emu_galloc(size_t bytes) { // pages of its own, the buffer (16-byte aligned) between two guard pages
     size_t pg = 4096, b16 = (bytes + 15) / 16 * 16, tot = (b16 + pg - 1) / pg * pg + 2 * pg;
     char *m = (char *)mmap(0, tot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return nullptr;
     mprotect(m, pg, PROT_NONE);
     mprotect(m + tot - pg, pg, PROT_NONE);
-    return m + tot - pg - b16;
+    char *b = m + tot - pg - b16;
+    mappings()[b] = {m, tot};
+    return b;
+}
+bool emu_gfree(void *p) {
+    auto it = mappings().find(p);
+    if (it == mappings().end()) return false;
+    munmap(it->second.first, it->second.second);
+    mappings().erase(it);
+    return true;
 }
 
 // A load or store outside every buffer (a guard page, or a wild pointer): say which thread, then die.
@@ -337,8 +345,7 @@ void emu_launch3(uint3 grid, uint3 block, size_t dyn, bool cooperative, int pol,
     gridDim = grid, blockDim = block;
     nthreads = int(block.x * block.y * block.z);
     if (nthreads < 1 || nthreads > MAXT) emu_fail("block size");
-    int nblocks = int(grid.x * grid.y * grid.z);
-    nres = coop ? nblocks : 1;
+    int nblocks = int(grid.x * grid.y * grid.z), nres = coop ? nblocks : 1; // blocks resident at once
     while ((int)blocks.size() < nres) blocks.push_back(new Block);
     nfib = nres * nthreads;
     if ((int)fib.size() < nfib) fib.resize(nfib); // between launches only: emu_cur is null

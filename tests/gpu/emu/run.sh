@@ -4,11 +4,12 @@
 # (shuffles, votes, mma.m16n8k16, ldmatrix) exchanged lane by lane, cp.async done no earlier than its wait, shared
 # memory poisoned with NaN and ending at a guard page.  x86-64 only (the fibers switch with a few lines of assembly).
 #
-#   gemv    the quantised GEMV (extract.py copies its device code verbatim; test.cpp): both callers, the persistent
-#           kernel's gemv_phase<NT, true> and k_gemv_q, on random Q4_1 and Q8_0 blocks of the default model's shapes,
+#   The sources are compiled whole for the host: prep.py rewrites only shared memory and inline PTX, cuda_emu.h
+#   stands in for the runtime.
+#   gemv    the quantised GEMV (test.cpp, with kernels.cu): both callers, the persistent kernel's
+#           gemv_phase<NT, true> and k_gemv_q, on random Q4_1 and Q8_0 blocks of the default model's shapes,
 #           bit-identical to each other and within 1e-5 of a double reference.
-#   decode  kernels.cu, select.cu and attn.cu compiled whole for the host (prep.py rewrites only shared memory and
-#           inline PTX; cuda_emu.h stands in for the runtime), test_decode.cpp: a decode step of up to 16 rows over
+#   decode  test_decode.cpp, with kernels.cu, select.cu and attn.cu: a decode step of up to 16 rows over
 #           two layers of the default model's shape, as the shipped kernels, the opt-in kernels and the persistent
 #           kernel, with f16 weights and with quantised ones, compared with each other; and the tiled prefill
 #           attention against the split-K kernel.  On an emulated device of 2 multiprocessors × 2 persistent blocks
@@ -17,8 +18,8 @@
 #   tests/gpu/emu/run.sh [quick] [gemv|decode] [BUILD_DIR]
 #
 # quick (ctest): fewer cases, one device, no injected bugs.  Without quick it also builds copies with a bug
-# injected on purpose (extract.py --bug N, prep.py --bug N: a wrong swizzle, missing barriers, wrong MMA fragments,
-# a wait too short ...) and expects every one to be caught.
+# injected on purpose (prep.py --bug N; prep.py --list gemv|decode names them: a wrong swizzle, missing barriers,
+# wrong MMA fragments, a wait too short ...) and expects the test it names to catch every one.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 quick= only=
@@ -27,10 +28,12 @@ case "${1:-}" in gemv|decode) only=$1; shift ;; esac
 B=${1:-$here/../../../build-emu}
 mkdir -p "$B"
 flags=(-O2 -std=c++17 -fno-strict-aliasing -ffp-contract=off -Wall -Wno-unknown-pragmas -Wno-unused-variable
-       -Wno-unused-but-set-variable -Wno-maybe-uninitialized -Wno-sign-compare -Wno-unused-function -I"$here" -I"$B")
+       -Wno-unused-but-set-variable -Wno-maybe-uninitialized -Wno-sign-compare -Wno-unused-function -I"$here")
 # f16 conversions in hardware where the CPU has them (otherwise each is a libgcc call)
 grep -qw f16c /proc/cpuinfo 2>/dev/null && flags+=(-mf16c)
+dflags=("${flags[@]}" -D__CUDA_ARCH__=900 -I"$here/include") # for kernels/cuda's sources (prep.py)
 g++ "${flags[@]}" -c "$here/emu_rt.cpp" -o "$B/emu_rt.o"
+g++ "${dflags[@]}" -c "$here/cuda_emu.cpp" -o "$B/cuda_emu.o"
 expect_caught() { # LOG WHAT COMMAND...: a build with a bug injected must fail
   if "${@:3}" > "$1" 2>&1; then
     echo "injected bug $2 NOT caught ($1)"
@@ -40,24 +43,22 @@ expect_caught() { # LOG WHAT COMMAND...: a build with a bug injected must fail
 }
 
 if [ "$only" != decode ]; then
-  build_gemv() { # NAME [--bug N]
-    python3 "$here/extract.py" "$B/$1.inc" "${@:2}"
-    g++ "${flags[@]}" -DEXTRACTED="\"$1.inc\"" "$here/test.cpp" "$B/emu_rt.o" -o "$B/$1"
+  build_gemv() { # DIR [--bug N]: kernels.cu as prep.py leaves it, and test.cpp
+    python3 "$here/prep.py" "$1/src" "${@:2}"
+    g++ "${dflags[@]}" -I"$1" "$here/test.cpp" "$B/emu_rt.o" "$B/cuda_emu.o" -o "$1/emu"
   }
   echo "== the quantised GEMV"
-  build_gemv emu
-  "$B/emu" $quick
+  build_gemv "$B/gemv"
+  "$B/gemv/emu" $quick
   if [ -z "$quick" ]; then
-    for b in 1 2 3 4; do
-      build_gemv "emu_bug$b" --bug "$b"
-      expect_caught "$B/emu_bug$b.txt" "$b" "$B/emu_bug$b" quick
+    python3 "$here/prep.py" --list gemv | while read -r b what; do
+      build_gemv "$B/gemv_bug$b" --bug "$b"
+      expect_caught "$B/gemv_bug$b.txt" "$b ($what)" "$B/gemv_bug$b/emu" quick
     done
   fi
 fi
 
 if [ "$only" != gemv ]; then
-  dflags=("${flags[@]}" -D__CUDA_ARCH__=900 -I"$here/include")
-  g++ "${dflags[@]}" -c "$here/cuda_emu.cpp" -o "$B/cuda_emu.o"
   build_decode() { # DIR [--bug N]: the kernels as prep.py leaves them, and test_decode
     python3 "$here/prep.py" "$1/src" "${@:2}"
     local pids=()
@@ -77,7 +78,7 @@ if [ "$only" != gemv ]; then
     for dev in 1x1 3x1; do
       EMU_SMS=${dev%x*} EMU_PER_SM=${dev#*x} "$B/decode/test_decode" quick
     done
-    python3 "$here/prep.py" --list | while read -r b what; do
+    python3 "$here/prep.py" --list decode | while read -r b what; do
       build_decode "$B/decode_bug$b" --bug "$b"
       expect_caught "$B/decode_bug$b.txt" "$b ($what)" "$B/decode_bug$b/test_decode" quick
     done

@@ -35,7 +35,6 @@ template <class T> static T *dev_from(const std::vector<T> &v) { T *p = dev<T>(v
 static std::vector<float> randv(size_t n, double sd, double mean = 0) { std::vector<float> v(n); for (auto &x : v) x = mean + sd * gauss(); return v; }
 static std::vector<uint16_t> randh(size_t n, double sd) { std::vector<uint16_t> v(n); for (auto &x : v) x = f2h(sd * gauss()); return v; }
 static int grid_round(int len) { int g = 256; while (g < len) g *= 2; return g; } // as model.cu's
-static void poison(void *p, size_t bytes) { for (size_t i = 0; i + 4 <= bytes; i += 4) { uint32_t q = 0x7fc0dead; memcpy((char *)p + i, &q, 4); } }
 
 static const int NL = 2, NCTX = 640, VOC = 1000;
 struct Model {
@@ -200,11 +199,11 @@ static Scratch make_scratch(const Shape &s, const Step &st) {
 }
 static void poison_scratch(const Shape &s, const Step &st, Scratch &b) {
     int n = st.n, Q = s.E + 2 * s.KVH * s.D;
-    poison(b.x, (size_t)n * s.E * 4), poison(b.qkv, (size_t)n * Q * 4), poison(b.att, (size_t)n * s.E * 4);
-    poison(b.hb, (size_t)n * s.F * 4), poison(b.ixproj, (size_t)n * s.ix_rows * 4);
-    poison(b.iq, (size_t)n * s.ixH * s.ixd * 4), poison(b.iw, (size_t)n * s.ixH * 4);
-    poison(b.part, cu_attention_part_floats(s, n, st.grid_len) * 4), poison(b.scores, (size_t)n * st.grid_len * 4);
-    poison(b.cnt, (size_t)NL * n * 4), poison(b.sel, (size_t)NL * n * st.sel_ld * 4);
+    emu_poison(b.x, (size_t)n * s.E * 4), emu_poison(b.qkv, (size_t)n * Q * 4), emu_poison(b.att, (size_t)n * s.E * 4);
+    emu_poison(b.hb, (size_t)n * s.F * 4), emu_poison(b.ixproj, (size_t)n * s.ix_rows * 4);
+    emu_poison(b.iq, (size_t)n * s.ixH * s.ixd * 4), emu_poison(b.iw, (size_t)n * s.ixH * 4);
+    emu_poison(b.part, cu_attention_part_floats(s, n, st.grid_len) * 4), emu_poison(b.scores, (size_t)n * st.grid_len * 4);
+    emu_poison(b.cnt, (size_t)NL * n * 4), emu_poison(b.sel, (size_t)NL * n * st.sel_ld * 4);
 }
 
 static void die(const char *what) { fprintf(stderr, "FAIL: %s was refused\n", what); exit(2); }
@@ -445,7 +444,7 @@ static void flash_case(const Shape &s, int n, int p0) {
     memset(counter, 0, (size_t)n * s.KVH * 4);
     float *a0 = dev<float>((size_t)n * s.E), *a1 = dev<float>((size_t)n * s.E);
     __half *h1 = dev<__half>((size_t)n * s.E);
-    poison(a0, (size_t)n * s.E * 4), poison(a1, (size_t)n * s.E * 4), poison(h1, (size_t)n * s.E * 2);
+    emu_poison(a0, (size_t)n * s.E * 4), emu_poison(a1, (size_t)n * s.E * 4), emu_poison(h1, (size_t)n * s.E * 2);
     emu_policy = n % 3;
     if (cu_attention(s, qv, Q, rows, n, seqs, 1, nullptr, 0, nullptr, grid_len, part, counter, a0, nullptr))
         die("cu_attention");

@@ -265,6 +265,18 @@ static void test_indexer(void) {
             }
             CHECK(bad == 0, "%s: H=%d d=%d n=%d: %d of %d scores off (worst %.2f of the bound)", g_lv, H, d, n, bad, n,
                   worst);
+            /* a key's score is the same bits whatever the call's start and length: a decode step splits the keys
+             * across threads, a prefill row takes them all, and both must select the same positions */
+            float *part = xmalloc((size_t)n * sizeof *part);
+            int moved = 0;
+            for (int rep = 0; rep < 6; rep++) {
+                int s0 = irand(n), len = 1 + irand(n - s0);
+                dsa_indexer_scores(len, H, d, K8 + (size_t)s0 * d, ks + s0, q, w, part);
+                for (int s = 0; s < len; s++) moved += memcmp(&part[s], &out[s0 + s], sizeof *part) != 0;
+            }
+            CHECK(moved == 0, "%s: H=%d d=%d n=%d: %d scores changed bits with the call's start or length", g_lv, H, d,
+                  n, moved);
+            free(part);
             if (n >= 100) CHECK(relu_hits > 0, "H=%d d=%d: no negative dot, ReLU untested", H, d);
             free(K8), free(ks), free(out), free(q), free(w), free(row);
         }
@@ -372,6 +384,32 @@ static void test_topk(void) {
     float nn[3] = {NAN, -INFINITY, NAN};
     CHECK(topk_case(3, nn, 1, msg, sizeof msg) && topk_case(3, nn, 2, msg, sizeof msg), "%s: top-k NaN: %s", g_lv,
           msg);
+
+    /* the sizes a long context selects in (k a small part of n, where dsa_topk guesses a floor from a sample of
+     * the scores): patterns that make the guess too high (a stride matching the sample's), ties across the floor */
+    static const char *const pat[] = {"distinct", "strided highs", "8 values", "ascending", "negative highs"};
+    static const int pn[] = {2048, 3000, 8192, 16385};
+    static const int pk[] = {1, 100, 512, 1500, 2048};
+    for (int p = 0; p < 5; p++) {
+        int cases = 0, bad = 0;
+        char first[256] = "";
+        for (size_t ni = 0; ni < sizeof pn / sizeof pn[0]; ni++) {
+            int n = pn[ni], step = n >> 10;
+            float *sc = xmalloc((size_t)n * sizeof *sc);
+            for (int i = 0; i < n; i++)
+                sc[i] = p == 0   ? (float)srand1()
+                        : p == 1 ? (i % step == 0 ? 10.0f + (float)urand() : (float)srand1())
+                        : p == 2 ? (float)(irand(8) - 4)
+                        : p == 3 ? (float)i * 1e-3f
+                                 : (i % 7 == 0 ? -1.0f - (float)urand() : -100.0f - (float)urand());
+            for (size_t ki = 0; ki < sizeof pk / sizeof pk[0]; ki++) {
+                cases++;
+                if (!topk_case(n, sc, pk[ki], msg, sizeof msg) && bad++ == 0) snprintf(first, sizeof first, "%s", msg);
+            }
+            free(sc);
+        }
+        CHECK(bad == 0, "%s: top-k, %s: %d of %d cases wrong; first: %s", g_lv, pat[p], bad, cases, first);
+    }
 
     /* adversarial orders, large n: correct and fast (an O(n^2) selection takes minutes here) */
     const int N = 300000;

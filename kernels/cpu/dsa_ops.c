@@ -1,6 +1,7 @@
 /*
  * The lightning indexer's kernels: FP8 e4m3 keys, the Hadamard rotation, the index score and top-k selection.
- * Plain C here; dsa_ops_avx2.c has the SIMD index score that dsa_indexer_scores picks when the CPU has it.
+ * Plain C here; dsa_ops_avx2.c and dsa_ops_avx512.c have the SIMD index scores that dsa_indexer_scores picks when
+ * the CPU has them.
  */
 #include "kernels.h"
 #include "ops_impl.h"
@@ -72,6 +73,10 @@ static int use_avx2(void) { return strcmp(dsa_cpu_name(), "generic") != 0; }
 void dsa_indexer_scores(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q, const float *w,
                         float *out) {
 #if defined(__x86_64__)
+    if (!strcmp(dsa_cpu_name(), "avx512") && d % 16 == 0 && d <= 256) {
+        dsa_indexer_scores_avx512(n, H, d, K8, kscale, q, w, out);
+        return;
+    }
     if (use_avx2() && d % 8 == 0 && d <= 256) {
         dsa_indexer_scores_avx2(n, H, d, K8, kscale, q, w, out);
         return;
@@ -103,15 +108,16 @@ void dsa_indexer_scores(int n, int H, int d, const uint8_t *K8, const float *ksc
 /* ---- top-k ------------------------------------------------------------------------------------------------- */
 
 /* A key whose unsigned order is (score, index): scores map to integers that sort like the floats (NaN lowest),
- * and the index in the low half makes every key distinct, so "the k largest keys" is one fixed set. */
-static inline uint64_t rank_key(float f, uint32_t i) {
+ * and the index in the low half makes every key distinct, so "the k largest keys" is one fixed set.  No branches:
+ * signs are as likely as not. */
+static inline uint32_t rank_hi(float f) {
     uint32_t u;
-    if (f == 0) f = 0.0f; /* -0 ties with +0 */
     memcpy(&u, &f, 4);
-    if (f != f) u = 0;
-    else u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-    return (uint64_t)u << 32 | i;
+    u = (u << 1) ? u : 0;                           /* -0 ties with +0 */
+    uint32_t key = u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
+    return (u & 0x7FFFFFFFu) > 0x7F800000u ? 0 : key; /* NaN lowest */
 }
+static inline uint64_t rank_key(float f, uint32_t i) { return (uint64_t)rank_hi(f) << 32 | i; }
 
 /* After the call a[m] is the element a full ascending sort would put there (Hoare selection, median of three). */
 static void nth_element(uint64_t *a, int n, int m) {
@@ -137,17 +143,54 @@ static void nth_element(uint64_t *a, int n, int m) {
     }
 }
 
+/* A lower bound for the k-th largest key, guessed from a strided sample of about 1024 scores: the sample's r-th
+ * largest, with r a quarter more than its share of k and a margin, so that usually a little more than k keys reach
+ * it.  0 when n or k makes the guess pointless. */
+static uint32_t sample_floor(int n, const float *score, int k, uint64_t *scratch) {
+    if (n < 2048 || k > n / 4) return 0;
+    int step = n >> 10, m = n / step;
+    int r = (int)((double)k * m / n * 1.25) + 8;
+    if (r >= m) return 0;
+    for (int i = 0; i < m; i++) scratch[i] = (uint64_t)rank_hi(score[(size_t)i * step]) << 32 | (uint32_t)i;
+    nth_element(scratch, m, m - r);
+    return (uint32_t)(scratch[m - r] >> 32);
+}
+
+/* The keys of the scores whose score half reaches floor, in index order, into out; returns how many. */
+static int gather_keys(int n, const float *score, uint32_t floor, uint64_t *out) {
+#if defined(__x86_64__)
+    if (!strcmp(dsa_cpu_name(), "avx512")) return dsa_topk_gather_avx512(n, score, floor, out);
+#endif
+    int c = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t h = rank_hi(score[i]);
+        if (h >= floor) out[c++] = (uint64_t)h << 32 | (uint32_t)i;
+    }
+    return c;
+}
+
+/* The indices whose key reaches thr, ascending, into idx; returns how many. */
+static int emit_keys(int n, const float *score, uint64_t thr, int32_t *idx) {
+#if defined(__x86_64__)
+    if (!strcmp(dsa_cpu_name(), "avx512")) return dsa_topk_emit_avx512(n, score, thr, idx);
+#endif
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (rank_key(score[i], (uint32_t)i) >= thr) idx[m++] = i;
+    return m;
+}
+
 int dsa_topk(int n, const float *score, int k, int32_t *idx, uint64_t *scratch) {
     if (k <= 0 || n <= 0) return 0;
     if (k >= n) {
         for (int i = 0; i < n; i++) idx[i] = i;
         return n;
     }
-    for (int i = 0; i < n; i++) scratch[i] = rank_key(score[i], (uint32_t)i);
-    nth_element(scratch, n, n - k);
-    uint64_t thr = scratch[n - k];
-    int m = 0;
-    for (int i = 0; i < n; i++)
-        if (rank_key(score[i], (uint32_t)i) >= thr) idx[m++] = i;
-    return m;
+    /* The k largest keys are among those whose score half reaches a floor that at least k keys reach: select
+     * among those few instead of all n.  Where the floor lets fewer than k through, select among all. */
+    uint32_t floor = sample_floor(n, score, k, scratch);
+    int c = gather_keys(n, score, floor, scratch);
+    if (c < k) c = gather_keys(n, score, 0, scratch);
+    nth_element(scratch, c, c - k);
+    return emit_keys(n, score, scratch[c - k], idx);
 }

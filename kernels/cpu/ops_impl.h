@@ -1,4 +1,5 @@
-/* Private to kernels/cpu: the AVX2+F16C attention ops (ops_avx2.c) that ops.c dispatches to. */
+/* Private to kernels/cpu: the AVX2+F16C attention ops (ops_avx2.c) that ops.c dispatches to, and the SIMD index
+ * scores (dsa_ops_avx2.c, dsa_ops_avx512.c) that dsa_ops.c dispatches to. */
 #ifndef DSA_OPS_IMPL_H
 #define DSA_OPS_IMPL_H
 
@@ -15,5 +16,10 @@ void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size
                            float *o);
 void dsa_indexer_scores_avx2(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q,
                              const float *w, float *out);
+void dsa_indexer_scores_avx512(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q,
+                               const float *w, float *out);
+/* dsa_topk's two passes over the scores (dsa_ops.c has them in C, and the rank keys they compare) */
+int dsa_topk_gather_avx512(int n, const float *score, uint32_t floor, uint64_t *out);
+int dsa_topk_emit_avx512(int n, const float *score, uint64_t thr, int32_t *idx);
 
 #endif

@@ -24,6 +24,7 @@
 #include "sessions.h"
 
 #define PREFILL_CHUNK 128 /* tokens of one prompt per round: other sessions keep streaming during a long prefill */
+#define PREFILL_EVENT_S 0.25 /* a long prefill reports its progress ("prefill" events) at most this often */
 #define DEFAULT_MAX_TOKENS 512
 
 typedef struct gen gen;
@@ -58,7 +59,7 @@ struct gen {
     char *text;
     size_t n_text, cap_text;
     dsa_detok dt;
-    double t0, t_first, t_prefilled;
+    double t0, t_first, t_prefilled, t_progress; /* t_progress: the last prefill event (or t0) */
     int cancel;             /* 1: chat.cancel or the client left, 2: shutdown */
     int dsa_on, k;
 };
@@ -404,7 +405,7 @@ static int chat_send(d_conn c, const proto_request *r) {
     dsa_ids ids = {0}, prev = {0};
     int nm = 0;
     if (!g) goto oom;
-    g->t0 = t0;
+    g->t0 = g->t_progress = t0;
     /* the transcript in context, the new message at its end: drop old turns while it does not fit */
     for (int round = 0;; round++) {
         ses_messages_free(msgs, nm);
@@ -782,6 +783,11 @@ static int step(void) {
         W.tok_prefill += n;
         p->used = ++W.clock;
         if (last) g->phase = 1, g->t_prefilled = now_s();
+        else if (now_s() - g->t_progress >= PREFILL_EVENT_S) {
+            g->t_progress = now_s();
+            event(g->conn, g->id, "prefill",
+                  json_pack("{s:i,s:i}", "done", g->at - g->reused, "total", g->n_prompt - g->reused));
+        }
         did = 1;
     }
     /* one token of every decoding session whose client keeps up */

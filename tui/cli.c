@@ -193,9 +193,15 @@ static int send_stream(dc_conn *c, long long id, const send_args *a, json_t *ses
     char *acc = NULL;
     size_t alen = 0, acap = 0;
     int rc = DC_EXIT_CUT, at_bol = 1;
+    int progress = isatty(2), shown = 0; /* a long prompt's progress on the terminal, erased at the first token */
     json_t *sid = json_incref(session);
     for (;;) {
         json_t *m = dc_wait(c, -1, err, sizeof err);
+        const char *ev = m ? json_string_value(json_object_get(m, "event")) : NULL;
+        if (shown && (!ev || strcmp(ev, "prefill"))) {
+            fputs("\r\033[K", stderr);
+            shown = 0;
+        }
         if (!m) {
             fprintf(stderr, "dsachat: %s before the reply was done\n", err);
             break;
@@ -209,8 +215,15 @@ static int send_stream(dc_conn *c, long long id, const send_args *a, json_t *ses
             json_decref(m);
             break;
         }
-        const char *ev = json_string_value(json_object_get(m, "event"));
-        if (ev && !strcmp(ev, "start") && json_object_get(m, "session")) {
+        if (ev && !strcmp(ev, "prefill") && progress) {
+            json_int_t done = json_integer_value(json_object_get(m, "done")),
+                       total = json_integer_value(json_object_get(m, "total"));
+            if (total > 0) {
+                fprintf(stderr, "\rdsachat: reading the prompt, %lld of %lld tokens (%lld%%)", (long long)done,
+                        (long long)total, (long long)(done * 100 / total));
+                shown = 1;
+            }
+        } else if (ev && !strcmp(ev, "start") && json_object_get(m, "session")) {
             json_decref(sid);
             sid = json_incref(json_object_get(m, "session")); /* the id, also when -s gave a name */
         } else if (ev && !strcmp(ev, "token")) {

@@ -93,6 +93,7 @@ static struct ui {
     int nmsgs, capmsgs;
     long long chat_id; /* the chat.send streaming, or -1 */
     long long chat_sid; /* its session */
+    long long pre_done, pre_total; /* its prompt's evaluation so far ("prefill" events), until the first token */
     int pasting;       /* inside a bracketed paste: Enter is a new line */
     int scroll;        /* lines scrolled back from the bottom */
 
@@ -473,7 +474,11 @@ static void on_chat(const json_t *m) {
     }
     const char *ev = jstr(m, "event");
     int shown = last && last->streaming; /* (not when another session is shown meanwhile) */
-    if (ev && !strcmp(ev, "token")) {
+    if (ev && !strcmp(ev, "prefill")) {
+        U.pre_done = jint(m, "done", 0);
+        U.pre_total = jint(m, "total", 0);
+    } else if (ev && !strcmp(ev, "token")) {
+        U.pre_total = 0;
         const char *t = jstr(m, "text");
         if (t && shown) msg_append(last, t);
     } else if (ev && !strcmp(ev, "done")) {
@@ -662,6 +667,7 @@ static void send_chat(const char *text) {
     msg_add(R_ASSISTANT, "")->streaming = 1;
     U.chat_id = id;
     U.chat_sid = U.sid;
+    U.pre_done = U.pre_total = 0;
 }
 
 /* ---- the input editor ---------------------------------------------------------------------------------------------- */
@@ -949,7 +955,9 @@ static void draw_status(int y, int width) {
     else if (U.state == C_SPAWNING || U.daemon_loading)
         snprintf(conn, sizeof conn, "starting dsachatd, loading the model %c", spin[U.spinner & 3]);
     else snprintf(conn, sizeof conn, "disconnected, reconnecting…");
-    if (U.tok_s > 0) snprintf(tps, sizeof tps, "%.1f tok/s", U.tok_s);
+    if (U.chat_id >= 0 && U.pre_total > 0) /* a long prompt being read: how much of it (fits a narrow bar) */
+        snprintf(tps, sizeof tps, "reading %lld%%", U.pre_done * 100 / U.pre_total);
+    else if (U.tok_s > 0) snprintf(tps, sizeof tps, "%.1f tok/s", U.tok_s);
     else snprintf(tps, sizeof tps, "- tok/s");
     if (U.notice_until > now_ms()) snprintf(s, sizeof s, " %s ", U.notice);
     else snprintf(s, sizeof s, " [%s] %s %s │ ctx %lld/%lld │ %s │ %s │ %s ", U.sname ? U.sname : "-",

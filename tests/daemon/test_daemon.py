@@ -160,7 +160,10 @@ def check_stream(res, max_tokens, what, sid=None):
     expect(ev[0] == "start", f"{what}: first event is not start: {ev[:5]}")
     expect(ev[-1] == "done" and ev.count("done") == 1 and ev.count("start") == 1,
            f"{what}: events not start, token*, done: {ev}")
-    expect(all(e == "token" for e in ev[1:-1]), f"{what}: unexpected events between start and done: {ev}")
+    mid = ev[1:-1]
+    n_pre = mid.count("prefill")
+    expect(all(e == "prefill" for e in mid[:n_pre]) and all(e == "token" for e in mid[n_pre:]),
+           f"{what}: events between start and done not prefill*, token*: {ev}")
     for o in res.events:
         expect(o.get("id") == res.id, f"{what}: event with a foreign id: {o}")
     st = res.start
@@ -184,6 +187,11 @@ def check_stream(res, max_tokens, what, sid=None):
         expect(n_ev == gen, f"{what}: {n_ev} token events but generated_tokens {gen} (stop {d['stop']})")
     if res.text.isascii() and d["stop"] == "eos":
         expect(gen - n_ev in (0, 1), f"{what}: {n_ev} token events but generated_tokens {gen} (stop eos)")
+    done_prev = 0
+    for o in res.events[1:1 + n_pre]:
+        expect(is_int(o.get("done")) and o.get("total") == s["prefilled_tokens"] and done_prev < o["done"] < o["total"],
+               f"{what}: prefill event {o} after done {done_prev} (prefilled_tokens {s['prefilled_tokens']})")
+        done_prev = o.get("done") if is_int(o.get("done")) else done_prev
     expect(s["prompt_tokens"] == s["reused_tokens"] + s["prefilled_tokens"],
            f"{what}: prompt_tokens {s['prompt_tokens']} != reused {s['reused_tokens']} + prefilled "
            f"{s['prefilled_tokens']}")
@@ -604,6 +612,24 @@ async def t_context_full(env):
     check_stream(res, 4, "chat after context_full", sid)
 
 
+@check("a long prompt reports its prefill progress before the first token", timeout=180)
+async def t_prefill_progress(env):
+    c = await env.connect()
+    sid = await new_session(c)
+    words = ["river", "mountain", "lamp", "orange", "engine", "violin", "harbour", "pepper"]
+    text = "Summarise this list. " + " ".join(f"Item {i} is a {words[i % 8]}." for i in range(250))
+    res = await c.chat(sid, text, max_tokens=2, sampling=GREEDY, timeout=170)
+    s = check_stream(res, 2, "a long prompt", sid)   # checks the prefill events' order and numbers
+    pre = [o for o in res.events if o.get("event") == "prefill"]
+    expect(s["prefilled_tokens"] >= 1500, f"the long prompt is only {s['prefilled_tokens']} tokens")
+    secs = s["prefill_ms"] / 1000
+    # at most one event per 250 ms; at least one when the prefill took well over that
+    expect(len(pre) <= secs / 0.25 + 1, f"{len(pre)} prefill events in {secs:.2f} s of prefill")
+    expect(secs < 0.75 or len(pre) >= 1, f"no prefill event in {secs:.2f} s of prefill")
+    env.note(f"a {s['prefilled_tokens']}-token prompt: {len(pre)} prefill events in {secs:.2f} s, "
+             f"done {[o['done'] for o in pre][:8]}")
+
+
 @check("two sessions generating at once give their solo greedy texts", timeout=120)
 async def t_two_sessions(env):
     pa, pb, mt = "Write a short poem about the sea.", "Explain what a computer is.", 24
@@ -853,7 +879,7 @@ async def t_stalled_reader(env):
             buf += chunk
         evs = [json.loads(x) for x in buf.splitlines() if x.strip()]
         kinds = [e.get("event") for e in evs]
-        expect(kinds[0] == "start" and kinds[-1] == "done" and set(kinds[1:-1]) <= {"token"},
+        expect(kinds[0] == "start" and kinds[-1] == "done" and set(kinds[1:-1]) <= {"prefill", "token"},
                f"events of the unread chat: {kinds[:4]}...{kinds[-3:]}")
         expect(all(e.get("id") == "slow" for e in evs), "events of the unread chat with other ids")
         expect(evs[-1]["stop"] == "cancelled", f"the unread chat ended with {evs[-1]['stop']}")
@@ -965,7 +991,7 @@ async def _backpressure(env, other, sid_other, sid, rss0, s):
     expect(bad is None, f"unexpected reply while draining (expected model.info id {next_info}): "
                         f"{json.dumps(bad)[:200]}")
     kinds = [e.get("event") for e in chat_ev]
-    expect(kinds[0] == "start" and kinds[-1] == "done" and set(kinds[1:-1]) <= {"token"},
+    expect(kinds[0] == "start" and kinds[-1] == "done" and set(kinds[1:-1]) <= {"prefill", "token"},
            f"the stalled chat's events: {kinds[:5]}...{kinds[-3:]}")
     expect(chat_ev[-1]["stop"] in ("eos", "length"), f"the stalled chat ended with {chat_ev[-1]['stop']}")
     writer.close()

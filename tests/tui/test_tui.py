@@ -20,6 +20,7 @@ screen with capture-pane, waiting by polling, never by fixed sleeps:
   commands     /export, /new, /rename, /system, /dsa, /set, /stats, /help, an unknown one, /delete (n, then y)
   editor       multi-line input (Ctrl-J, Alt-Enter), Up/Down between lines and through the history, Ctrl-A/E/K/U/W,
                Alt-B/F, a long line of wide characters wrapping
+  long_prompt  a pasted prompt of about 2000 tokens: the status bar shows how much of it has been read
 
 Each check prints "ok NAME" or "FAIL NAME: why"; exit status 1 when one failed.
 """
@@ -463,10 +464,39 @@ def check_session_arg(e):
     expect(names.count("notes") == 1, f"sessions after -s notes: {names}")
 
 
+def check_long_prompt(e):
+    e.type("/set max_tokens 4")
+    e.keys("Enter")
+    e.wait(lambda s: "settings:" in s and "max_tokens 4" in s, "/set max_tokens 4 to be confirmed")
+    words = ["river", "mountain", "lamp", "orange", "engine", "violin", "harbour", "pepper"]
+    text = "Which item is a violin? " + " ".join(f"Item {i} is a {words[i % 8]}." for i in range(250))
+    path = os.path.join(e.dir, "paste.txt")
+    with open(path, "w") as f:
+        f.write(text)
+    e.tm("load-buffer", path)
+    e.tm("paste-buffer", "-p", "-t", "t")   # bracketed, as a terminal pastes
+    e.wait_text("Item 249 is a", 30)
+    e.keys("Enter")
+    pat = re.compile(r"│ reading (\d+)% │ generating…")
+    s = e.wait(lambda s: pat.search(e.status(s)), "the status bar to show the prompt being read", 120)
+    seen = [int(pat.search(e.status(s)).group(1))]
+    while True:   # the share read grows, then tok/s takes its place again
+        s = e.screen()
+        m = pat.search(e.status(s))
+        if not m:
+            break
+        seen.append(int(m.group(1)))
+        time.sleep(0.05)
+    expect(all(0 <= p < 100 for p in seen) and seen == sorted(seen), f"the share read, as seen: {seen}")
+    e.wait_idle(300)
+    hist = e.cli("history", "notes", "--json")["messages"]
+    expect(hist[-2]["role"] == "user" and hist[-2]["content"] == text, "the pasted prompt was not stored whole")
+
+
 CHECKS = [("start", check_start), ("stream", check_stream), ("utf8", check_utf8), ("sessions", check_sessions),
           ("resize", check_resize), ("cancel", check_cancel), ("reopen", check_reopen),
           ("reconnect", check_reconnect), ("commands", check_commands),
-          ("editor", check_editor), ("session_arg", check_session_arg)]
+          ("editor", check_editor), ("session_arg", check_session_arg), ("long_prompt", check_long_prompt)]
 
 
 def main():

@@ -30,11 +30,24 @@ enum conn_state { C_DOWN, C_SPAWNING, C_UP };
 enum kind { K_NONE, K_HELLO, K_LIST, K_OPEN, K_HISTORY, K_CREATE, K_RENAME, K_DELETE, K_SET, K_EXPORT, K_STATS,
             K_CANCEL };
 
+/* One display line of the transcript. */
+typedef struct tline {
+    int msg;     /* -1: a blank line */
+    int header;  /* the role line */
+    int hang;    /* extra columns before a wrapped paragraph's later lines */
+    size_t start, end;
+} tline;
+
 typedef struct msg {
     enum role role;
     char *text;
     size_t len, cap;
     int truncated, streaming, dropped;
+    /* its display lines, laid out for lay_w columns and the first lay_len bytes: a draw lays out again only what
+     * changed (the reply streaming in, everything after a resize), so a long transcript costs nothing per token */
+    tline *lay;
+    int nlay, caplay, lay_w;
+    size_t lay_len;
 } msg;
 
 typedef struct sess {
@@ -165,8 +178,13 @@ static void msg_append(msg *m, const char *t) {
     m->len += n;
 }
 
+static void msg_free(msg *m) {
+    free(m->text);
+    free(m->lay);
+}
+
 static void clear_transcript(void) {
-    for (int i = 0; i < U.nmsgs; i++) free(U.msgs[i].text);
+    for (int i = 0; i < U.nmsgs; i++) msg_free(&U.msgs[i]);
     U.nmsgs = 0;
     U.scroll = 0;
 }
@@ -467,7 +485,7 @@ static void on_reply(const pending *p, const json_t *r) {
 static void on_chat(const json_t *m) {
     msg *last = U.nmsgs ? &U.msgs[U.nmsgs - 1] : NULL;
     if (dc_err_code(m)) {
-        if (last && last->streaming) U.nmsgs--, free(last->text);
+        if (last && last->streaming) U.nmsgs--, msg_free(last);
         info(R_ERROR, "%s: %s", dc_err_code(m), dc_err_message(m));
         U.chat_id = -1;
         return;
@@ -825,20 +843,12 @@ static void draw_str(int y, int x, const char *s, int maxcols) {
     draw_text(s, strlen(s), maxcols);
 }
 
-/* One display line of the transcript. */
-typedef struct tline {
-    int msg;     /* -1: a blank line */
-    int header;  /* the role line */
-    int hang;    /* extra columns before a wrapped paragraph's later lines */
-    size_t start, end;
-} tline;
+static int nT; /* display lines of the whole transcript */
 
-static tline *T;
-static int nT, capT;
-
-static void tpush(int m, int header, int hang, size_t s, size_t e) {
-    if (nT == capT) capT = capT ? capT * 2 : 256, T = xrealloc(T, sizeof *T * (size_t)capT);
-    T[nT++] = (tline){m, header, hang, s, e};
+static void tpush(msg *to, int m, int header, int hang, size_t s, size_t e) {
+    if (to->nlay == to->caplay)
+        to->caplay = to->caplay ? to->caplay * 2 : 8, to->lay = xrealloc(to->lay, sizeof *to->lay * (size_t)to->caplay);
+    to->lay[to->nlay++] = (tline){m, header, hang, s, e};
 }
 
 /* How far a wrapped paragraph's later lines are indented: as far as its first line is (an indented list in a
@@ -852,12 +862,15 @@ static int hang_of(const msg *m, size_t p, size_t e, int width) {
     return h <= width / 2 ? h : 0;
 }
 
-static void layout_transcript(int width) {
-    nT = 0;
-    for (int i = 0; i < U.nmsgs; i++) {
-        msg *m = &U.msgs[i];
+static void layout_msg(int i, int width) {
+    msg *m = &U.msgs[i];
+    if (m->lay && m->lay_w == width && m->lay_len == m->len) return;
+    m->nlay = 0;
+    m->lay_w = width;
+    m->lay_len = m->len;
+    {
         int indent = m->role == R_INFO || m->role == R_ERROR ? 0 : 2;
-        if (indent) tpush(i, 1, 0, 0, 0);
+        if (indent) tpush(m, i, 1, 0, 0, 0);
         size_t p = 0;
         for (;;) {
             size_t e = p;
@@ -867,17 +880,25 @@ static void layout_transcript(int width) {
             if (k < 0) die_oom();
             size_t q = p; /* where the lines of L start */
             if (k > 1 && (hang = hang_of(m, p, e, width - indent)) > 0) { /* the first line as it is, the rest */
-                tpush(i, 0, 0, p + L[0].start, p + L[0].end);                 /* wrapped again, narrower */
+                tpush(m, i, 0, 0, p + L[0].start, p + L[0].end);              /* wrapped again, narrower */
                 q = p + L[1].start;
                 free(L);
                 if ((k = tx_wrap(m->text + q, e - q, width - indent - hang, &L)) < 0) die_oom();
             }
-            for (int j = 0; j < k; j++) tpush(i, 0, hang, q + L[j].start, q + L[j].end);
+            for (int j = 0; j < k; j++) tpush(m, i, 0, hang, q + L[j].start, q + L[j].end);
             free(L);
             if (e >= m->len) break;
             p = e + 1;
         }
-        if (indent) tpush(-1, 0, 0, 0, 0);
+        if (indent) tpush(m, -1, 0, 0, 0, 0);
+    }
+}
+
+static void layout_transcript(int width) {
+    nT = 0;
+    for (int i = 0; i < U.nmsgs; i++) {
+        layout_msg(i, width);
+        nT += U.msgs[i].nlay;
     }
 }
 
@@ -900,8 +921,13 @@ static void draw_transcript(int top, int left, int height, int width) {
     if (U.scroll < 0) U.scroll = 0;
     int first = nT - height - U.scroll;
     if (first < 0) first = 0;
-    for (int y = 0; y < height && first + y < nT; y++) {
-        tline *l = &T[first + y];
+    /* the message holding line `first`, found from the end (the view is usually there) */
+    int mi = U.nmsgs - 1, at = nT; /* at: the line after message mi */
+    while (mi > 0 && at - U.msgs[mi].nlay > first) at -= U.msgs[mi--].nlay;
+    int off = mi >= 0 ? first - (at - U.msgs[mi].nlay) : 0;
+    for (int y = 0; y < height && first + y < nT; y++, off++) {
+        while (off >= U.msgs[mi].nlay) mi++, off = 0;
+        tline *l = &U.msgs[mi].lay[off];
         if (l->msg < 0) continue;
         msg *m = &U.msgs[l->msg];
         int pair = m->role == R_USER ? P_USER : m->role == R_ASSISTANT ? P_ASSIST : m->role == R_ERROR ? P_ERROR : P_INFO;

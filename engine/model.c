@@ -804,19 +804,6 @@ typedef struct {
 static inline dsa_ctx *row_ctx(const att_job *j, int t) { return j->rc ? j->rc[t] : j->c; }
 static inline int row_pos(const att_job *j, int t) { return j->rc ? j->rc[t]->pos : j->pos0 + t; }
 
-static void softmax(float *x, int n) {
-    float mx = -INFINITY;
-    for (int s = 0; s < n; s++)
-        if (x[s] > mx) mx = x[s];
-    float sum = 0;
-    for (int s = 0; s < n; s++) {
-        x[s] = expf(x[s] - mx);
-        sum += x[s];
-    }
-    float inv = 1.0f / sum;
-    for (int s = 0; s < n; s++) x[s] *= inv;
-}
-
 static uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -875,7 +862,7 @@ static void select_part(void *arg, int ith, int nth) {
             for (int h = 0; h < hp->n_head; h++) {
                 dsa_attn_scores_f16(len, D, K + (h / group) * D, (size_t)c->kv_dim,
                                     c->q + (size_t)t * hp->n_embd + h * D, 1.0f / sqrtf((float)D), p);
-                softmax(p, len);
+                dsa_softmax(len, p);
                 for (int s = 0; s < len; s++) sc[s] += p[s];
             }
             c->sel_n[t] = dsa_topk(len, sc, k, idx, c->tkscratch + (size_t)ith * c->n_ctx);
@@ -928,14 +915,14 @@ static void attention_part(void *arg, int ith, int nth) {
                 const int32_t *idx = c->sel + (size_t)t * c->topk;
                 int ns = c->sel_n[t];
                 dsa_attn_scores_f16_idx(ns, D, K + kvh * D, (size_t)c->kv_dim, idx, q, scale, sc);
-                softmax(sc, ns);
+                dsa_softmax(ns, sc);
                 dsa_attn_sum_f16_idx(ns, D, sc, V + kvh * D, (size_t)c->kv_dim, idx, o);
                 if (pc)
                     for (int i = 0; i < ns; i++) pc[idx[i]] += sc[i] * inv_h;
                 continue;
             }
             dsa_attn_scores_f16(len, D, K + kvh * D, (size_t)c->kv_dim, q, scale, sc);
-            softmax(sc, len);
+            dsa_softmax(len, sc);
             dsa_attn_sum_f16(len, D, sc, V + kvh * D, (size_t)c->kv_dim, o);
             if (pc)
                 for (int s = 0; s < len; s++) pc[s] += sc[s] * inv_h;

@@ -1,7 +1,7 @@
 /*
  * Attention ops over an f16 cache (kernels/cpu/ops.c): at every kernel level, scores and the weighted V sum
  * equal a float64 computation within float rounding, and a row's result does not depend on how many rows the
- * call covered (the header promises it; prefill and decode rely on it).
+ * call covered (the header promises it; prefill and decode rely on it); softmax equals float64 within float rounding.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -17,6 +17,8 @@ static double urand(void) { /* xorshift64, uniform in [-1, 1) */
     rng ^= rng << 17;
     return (double)(rng >> 11) * 0x1.0p-52 - 1.0;
 }
+
+static void check_softmax(const char *name);
 
 static void check_level(int level, const char *name) {
     dsa_kernels_init(level);
@@ -76,6 +78,54 @@ static void check_level(int level, const char *name) {
         CHECK(fabs(o5[0] - ref0) < 1e-5, "%s d=%d: sum of 5 rows %g, want %g", name, d, o5[0], ref0);
         free(K), free(V), free(q), free(sc), free(sc5), free(o), free(o5), free(w);
     }
+    check_softmax(name);
+}
+
+/* softmax against float64, in two parts that hold whatever the summation order: each probability's ratio to the
+ * largest one is e^(x - max) (with x - max as float computes it) within 6·2^-24 relative (or 1e-37 absolute, where
+ * it is below float's normal range), and the probabilities add up to 1 within (n + 8)·2^-24.  Lengths around the
+ * vector width, spreads up to where e^x underflows. */
+static void check_softmax(const char *name) {
+    static const int ns[] = {1, 2, 7, 8, 9, 15, 16, 17, 31, 100, 513, 4099};
+    static const double spread[] = {0, 1, 30, 200};
+    float *x = malloc(4099 * sizeof *x), *y = malloc(4099 * sizeof *y);
+    if (!x || !y) abort();
+    double worst = 0;
+    int bad = 0, cases = 0;
+    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
+        for (size_t si = 0; si < sizeof spread / sizeof spread[0]; si++) {
+            int n = ns[ni], im = 0;
+            for (int i = 0; i < n; i++) x[i] = (float)(urand() * spread[si] + 7);
+            for (int i = 0; i < n; i++) im = x[i] > x[im] ? i : im;
+            memcpy(y, x, (size_t)n * sizeof *x);
+            dsa_softmax(n, y);
+            cases++;
+            int off = 0;
+            double sum = 0;
+            for (int i = 0; i < n; i++) {
+                double ref = exp((double)(x[i] - x[im])), got = (double)y[i] / y[im], err = fabs(got - ref);
+                sum += y[i];
+                if (ref > 0x1p-126 && err / ref > worst) worst = err / ref;
+                if (!(err <= 6 * 0x1p-24 * ref || err <= 1e-37)) off++;
+            }
+            if (!(fabs(sum - 1) <= (n + 8) * 0x1p-24)) off++;
+            if (off && bad++ < 3)
+                CHECK(0, "%s: softmax n=%d spread %g: %d probabilities off float64 (sum %.9g)", name, n, spread[si],
+                      off, sum);
+            float y2[8];
+            if (n >= 8) { /* the same values give the same bits */
+                memcpy(y2, x, sizeof y2);
+                dsa_softmax(8, y2);
+                memcpy(y, x, 8 * sizeof *x);
+                dsa_softmax(8, y);
+                CHECK(memcmp(y, y2, sizeof y2) == 0, "%s: softmax of the same 8 values differs", name);
+            }
+        }
+    CHECK(bad == 0, "%s: softmax: %d of %d cases off (worst relative error %.3g)", name, bad, cases, worst);
+    float one[1] = {-1e30f};
+    dsa_softmax(1, one);
+    CHECK(one[0] == 1.0f, "%s: softmax of one value is %g", name, one[0]);
+    free(x), free(y);
 }
 
 int main(void) {
@@ -84,5 +134,6 @@ int main(void) {
     const char *best = dsa_cpu_name();
     if (strcmp(best, "generic") != 0) check_level(2, "avx2");
     if (strcmp(best, "avx512") == 0) check_level(3, "avx512");
+    dsa_kernels_init(0);
     return tu_finish("test_ops");
 }

@@ -139,6 +139,10 @@ void dsa_attn_scores_f16(int n, int d, const uint16_t *K, size_t stride, const f
 void dsa_attn_sum_f16(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o);
 /* dst[i] = f16(src[i]) */
 void dsa_f32_to_f16_row(int n, const float *src, uint16_t *dst);
+/* x = softmax(x[0..n)) in place (n ≥ 1).  With AVX2 the exponentials come from a polynomial (Cephes' expf: within
+ * 2 ulp of exp over the range a softmax uses; below e^-87.3 they are 0) eight at a time; the plain-C version calls
+ * expf.  The result depends only on x and n. */
+void dsa_softmax(int n, float *x);
 
 /* Sparse attention: the same two ops over the rows idx[0..n) of the cache (row s at K + idx[s]·stride).  With the
  * indices 0..n-1 they give exactly the bits of the contiguous versions. */

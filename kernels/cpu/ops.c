@@ -5,6 +5,7 @@
 #include "kernels.h"
 #include "ops_impl.h"
 
+#include <math.h>
 #include <string.h>
 
 /* The quant dispatcher decides what this CPU runs (it honours DSA_CPU and dsa_kernels_init, which the tests use to
@@ -39,6 +40,25 @@ void dsa_f32_to_f16_row(int n, const float *src, uint16_t *dst) {
     }
 #endif
     for (int i = 0; i < n; i++) dst[i] = dsa_f32_to_f16(src[i]);
+}
+
+void dsa_softmax(int n, float *x) {
+#if defined(__x86_64__)
+    if (use_avx2()) {
+        dsa_softmax_avx2(n, x);
+        return;
+    }
+#endif
+    float mx = -INFINITY;
+    for (int s = 0; s < n; s++)
+        if (x[s] > mx) mx = x[s];
+    float sum = 0;
+    for (int s = 0; s < n; s++) {
+        x[s] = expf(x[s] - mx);
+        sum += x[s];
+    }
+    float inv = 1.0f / sum;
+    for (int s = 0; s < n; s++) x[s] *= inv;
 }
 
 static void scores(int n, int d, const uint16_t *K, size_t stride, const int32_t *idx, const float *q, float scale,

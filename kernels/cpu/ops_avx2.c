@@ -4,6 +4,8 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <math.h>
+#include <string.h>
 
 void dsa_axpy_f16_avx2(int n, float a, const uint16_t *x, float *y) {
     __m256 va = _mm256_set1_ps(a);
@@ -39,6 +41,65 @@ void dsa_f32_to_f16_row_avx2(int n, const float *src, uint16_t *dst) {
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
     for (; i < n; i++) dst[i] = dsa_f32_to_f16(src[i]);
+}
+
+/* e^x for x ≤ 0 (a softmax's x − max), Cephes' expf: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 in two parts, so r is
+ * exact), e^r by a degree-7 polynomial, 2^n put into the exponent.  Below −87.3 (where 2^n would leave the normal
+ * range) the result is 0; a NaN stays NaN. */
+static inline __m256 exp_neg(__m256 x) {
+    __m256 lo = _mm256_set1_ps(-87.33654f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(lo, x); /* (NaN passes: max returns its second operand when one is NaN) */
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+void dsa_softmax_avx2(int n, float *x) {
+    int i = 0;
+    __m256 m8 = _mm256_set1_ps(-INFINITY);
+    for (; i + 8 <= n; i += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(x + i));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float mx = _mm_cvtss_f32(h);
+    for (; i < n; i++)
+        if (x[i] > mx) mx = x[i];
+    /* the last partial group of 8 goes through the same code, padded with −∞ (e^−∞ = 0) */
+    __m256 vm = _mm256_set1_ps(mx), sum = _mm256_setzero_ps();
+    for (i = 0; i < n; i += 8) {
+        float t[8];
+        int k = n - i < 8 ? n - i : 8;
+        const float *src = x + i;
+        if (k < 8) {
+            for (int j = 0; j < 8; j++) t[j] = j < k ? x[i + j] : -INFINITY;
+            src = t;
+        }
+        __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(src), vm));
+        sum = _mm256_add_ps(sum, e);
+        if (k == 8) _mm256_storeu_ps(x + i, e);
+        else {
+            _mm256_storeu_ps(t, e);
+            memcpy(x + i, t, (size_t)k * sizeof *t);
+        }
+    }
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+    __m256 inv = _mm256_set1_ps(1.0f / _mm_cvtss_f32(s4));
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+    for (; i < n; i++) x[i] *= _mm_cvtss_f32(_mm256_castps256_ps128(inv));
 }
 
 static inline __m256 ld_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }

@@ -30,6 +30,7 @@
 #endif
 
 #define MAX_BATCH 256
+#define SEL_GROUP 4 /* prefill rows whose index scores are computed together (select_rows_indexer) */
 
 typedef struct {
     enum dsa_type type;
@@ -85,7 +86,7 @@ struct dsa_ctx {
     int32_t *sel;      /* [batch][topk] selected positions, ascending */
     int *sel_n;        /* [batch]: how many, or -1 for dense (the context is not longer than k) */
     uint64_t *tkscratch; /* [threads][n_ctx] */
-    float *scores2;    /* [threads][n_ctx] */
+    float *scores2;    /* [threads][SEL_GROUP][n_ctx] */
     dsa_layer_hook hook;
     void *hook_ud;
     float *pcap;       /* [batch][n_ctx] attention probabilities summed over heads / heads (capture on) */
@@ -664,7 +665,7 @@ int dsa_ctx_set_sparse(dsa_ctx *c, const dsa_indexer *ix, dsa_select_mode mode, 
         c->sel = malloc(B * (size_t)k * sizeof *c->sel);
         c->sel_n = malloc(B * sizeof *c->sel_n);
         c->tkscratch = malloc((size_t)nth * c->n_ctx * sizeof *c->tkscratch);
-        c->scores2 = malloc((size_t)nth * c->n_ctx * sizeof *c->scores2);
+        c->scores2 = malloc((size_t)nth * SEL_GROUP * c->n_ctx * sizeof *c->scores2);
         if (!c->sel || !c->sel_n || !c->tkscratch || !c->scores2) return errf(err, errlen, "out of memory");
     }
     c->mode = mode;
@@ -828,12 +829,44 @@ static void index_scores_split(void *arg, int ith, int nth) {
 /* One token per task: which positions its attention reads.  The set is shared by all heads (DeepSeek's choice;
  * with GQA it is also what keeps the gathered KV rows few).  While the causal prefix is no longer than k the
  * token attends densely, bit for bit the dense path. */
+
+/* The indexer's selection for a prefill: groups of SEL_GROUP consecutive rows per task, their scores in one pass
+ * over the keys (dsa_indexer_scores_rows: the bits each row's own call would give, so decode selects alike). */
+static void select_rows_indexer(att_job *j, int ith, int nth) {
+    dsa_ctx *c = j->c;
+    const dsa_indexer_hp *ih = &c->ix->hp;
+    int k = c->topk, Hd = ih->n_head * ih->head_dim;
+    float *sc = c->scores2 + (size_t)ith * SEL_GROUP * c->n_ctx;
+    const uint8_t *k8;
+    const float *ks;
+    dsa_ctx_index_keys(c, j->layer, &k8, &ks);
+    for (int t0 = ith * SEL_GROUP; t0 < j->n; t0 += nth * SEL_GROUP) {
+        int rows[SEL_GROUP], lens[SEL_GROUP], R = 0;
+        for (int t = t0; t < t0 + SEL_GROUP && t < j->n; t++) {
+            int len = row_pos(j, t) + 1;
+            if (len <= k) c->sel_n[t] = -1; /* attends densely, bit for bit the dense path */
+            else rows[R] = t, lens[R++] = len;
+        }
+        if (!R) continue;
+        /* rows[] are consecutive, so their queries and weights are too */
+        dsa_indexer_scores_rows(R, lens, ih->n_head, ih->head_dim, k8, ks, c->iq + (size_t)rows[0] * Hd,
+                                c->iw + (size_t)rows[0] * ih->n_head, sc, (size_t)c->n_ctx);
+        for (int r = 0; r < R; r++)
+            c->sel_n[rows[r]] = dsa_topk(lens[r], sc + (size_t)r * c->n_ctx, k, c->sel + (size_t)rows[r] * k,
+                                         c->tkscratch + (size_t)ith * c->n_ctx);
+    }
+}
+
 static void select_part(void *arg, int ith, int nth) {
     att_job *j = arg;
     dsa_ctx *c = j->c;
     const dsa_hparams *hp = &c->m->hp;
     int k = c->topk;
-    float *sc = c->scores2 + (size_t)ith * c->n_ctx;
+    if (c->mode == DSA_SEL_INDEXER && !j->pre && !j->rc) {
+        select_rows_indexer(j, ith, nth);
+        return;
+    }
+    float *sc = c->scores2 + (size_t)ith * SEL_GROUP * c->n_ctx;
     for (int t = ith; t < j->n; t += nth) {
         int len = row_pos(j, t) + 1;
         int32_t *idx = c->sel + (size_t)t * k;

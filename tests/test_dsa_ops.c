@@ -276,6 +276,30 @@ static void test_indexer(void) {
             }
             CHECK(moved == 0, "%s: H=%d d=%d n=%d: %d scores changed bits with the call's start or length", g_lv, H, d,
                   n, moved);
+            /* several queries at once (a prefill's consecutive rows): each row the bits of its own call */
+            for (int R = 1; R <= 5; R++) {
+                int lens[5];
+                float *qs = xmalloc((size_t)R * H * d * sizeof *qs), *ws = xmalloc((size_t)R * H * sizeof *ws);
+                size_t ldo = (size_t)n + 3;
+                float *outs = xmalloc((size_t)R * ldo * sizeof *outs), *one = xmalloc((size_t)n * sizeof *one);
+                for (int r = 0; r < R; r++) {
+                    lens[r] = r == 0 ? n : irand(n + 1); /* the longest first or not, some empty */
+                    for (int i = 0; i < H * d; i++) qs[(size_t)r * H * d + i] = (float)srand1();
+                    for (int j = 0; j < H; j++) ws[(size_t)r * H + j] = (float)(srand1() * 2);
+                }
+                if (R > 2) lens[0] = irand(n + 1), lens[R - 1] = n;
+                for (size_t i = 0; i < (size_t)R * ldo; i++) outs[i] = -12345.0f;
+                dsa_indexer_scores_rows(R, lens, H, d, K8, ks, qs, ws, outs, ldo);
+                int diff = 0, stray = 0;
+                for (int r = 0; r < R; r++) {
+                    dsa_indexer_scores(lens[r], H, d, K8, ks, qs + (size_t)r * H * d, ws + (size_t)r * H, one);
+                    for (int s2 = 0; s2 < lens[r]; s2++) diff += memcmp(&one[s2], &outs[(size_t)r * ldo + s2], 4) != 0;
+                    for (size_t s2 = (size_t)lens[r]; s2 < ldo; s2++) stray += outs[(size_t)r * ldo + s2] != -12345.0f;
+                }
+                CHECK(diff == 0 && stray == 0, "%s: H=%d d=%d n=%d, %d rows at once: %d scores differ from one row's "
+                      "call, %d written past a row's end", g_lv, H, d, n, R, diff, stray);
+                free(qs), free(ws), free(outs), free(one);
+            }
             free(part);
             if (n >= 100) CHECK(relu_hits > 0, "H=%d d=%d: no negative dot, ReLU untested", H, d);
             free(K8), free(ks), free(out), free(q), free(w), free(row);

@@ -105,6 +105,22 @@ void dsa_indexer_scores(int n, int H, int d, const uint8_t *K8, const float *ksc
     }
 }
 
+void dsa_indexer_scores_rows(int R, const int *n, int H, int d, const uint8_t *K8, const float *kscale,
+                             const float *q, const float *w, float *out, size_t ldo) {
+#if defined(__x86_64__)
+    if (!strcmp(dsa_cpu_name(), "avx512") && d % 16 == 0 && d <= 256) {
+        dsa_indexer_scores_rows_avx512(R, n, H, d, K8, kscale, q, w, out, ldo);
+        return;
+    }
+    if (use_avx2() && d % 8 == 0 && d <= 256) {
+        dsa_indexer_scores_rows_avx2(R, n, H, d, K8, kscale, q, w, out, ldo);
+        return;
+    }
+#endif
+    for (int r = 0; r < R; r++)
+        dsa_indexer_scores(n[r], H, d, K8, kscale, q + (size_t)r * H * d, w + (size_t)r * H, out + (size_t)r * ldo);
+}
+
 /* ---- top-k ------------------------------------------------------------------------------------------------- */
 
 /* A key whose unsigned order is (score, index): scores map to integers that sort like the floats (NaN lowest),

@@ -44,15 +44,20 @@ static inline __m256 reduce8(const __m256 *P) {
                          _mm256_shuffle_ps(t[0], t[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* 8 keys (K8: 8 rows of d = 8·nc bytes) → 8 scores.  kf: 8·d floats of scratch, 32-byte aligned. */
-static inline __attribute__((always_inline)) void block8(const int nc, int H, const uint8_t *K8, const float *kscale,
-                                                         const float *q, const float *w, float *kf, float *out) {
+/* 8 keys (K8: 8 rows of d = 8·nc bytes) → kf: 8·d floats, 32-byte aligned. */
+static inline __attribute__((always_inline)) void convert8(const int nc, const uint8_t *K8, float *kf) {
     const int d = 8 * nc;
     for (int i = 0; i < 8; i++) {
         int c = 0;
         for (; c + 2 <= nc; c += 2) ld_fp8x16(K8 + (size_t)i * d + 8 * c, kf + i * d + 8 * c);
         if (c < nc) _mm256_store_ps(kf + i * d + 8 * c, ld_fp8(K8 + (size_t)i * d + 8 * c));
     }
+}
+
+/* The 8 converted keys in kf → their 8 scores for one query (q: H·d, w: H). */
+static inline __attribute__((always_inline)) void heads8(const int nc, int H, const float *kf, const float *kscale,
+                                                         const float *q, const float *w, float *out) {
+    const int d = 8 * nc;
     __m256 acc = _mm256_setzero_ps(), zero = _mm256_setzero_ps();
     for (int j = 0; j < H; j++) {
         const float *qj = q + (size_t)j * d;
@@ -68,29 +73,51 @@ static inline __attribute__((always_inline)) void block8(const int nc, int H, co
     _mm256_storeu_ps(out, _mm256_mul_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(kscale), _mm256_set1_ps(256.0f))));
 }
 
-static inline __attribute__((always_inline)) void scores(const int nc, int n, int H, const uint8_t *K8,
-                                                         const float *kscale, const float *q, const float *w,
-                                                         float *out) {
+/* R queries (see dsa_indexer_scores_rows); R = 1 is dsa_indexer_scores.  A block past the last key of every row
+ * is zero-padded; a row shorter than a block's end gets only its own keys' scores. */
+static inline __attribute__((always_inline)) void scores(const int nc, int R, const int *n, int H,
+                                                         const uint8_t *K8, const float *kscale, const float *q,
+                                                         const float *w, float *out, size_t ldo) {
     const int d = 8 * nc;
     _Alignas(32) float kf[8 * 256];
-    int s = 0;
-    for (; s + 8 <= n; s += 8) block8(nc, H, K8 + (size_t)s * d, kscale + s, q, w, kf, out + s);
-    if (s < n) { /* the last keys, zero-padded to a block: the same operations on them */
-        _Alignas(32) uint8_t kb[8 * 256];
-        float sb[8], ob[8];
-        memset(kb, 0, sizeof kb);
-        memset(sb, 0, sizeof sb);
-        memcpy(kb, K8 + (size_t)s * d, (size_t)(n - s) * d);
-        memcpy(sb, kscale + s, (size_t)(n - s) * sizeof *sb);
-        block8(nc, H, kb, sb, q, w, kf, ob);
-        memcpy(out + s, ob, (size_t)(n - s) * sizeof *ob);
+    int nmax = 0;
+    for (int r = 0; r < R; r++) nmax = n[r] > nmax ? n[r] : nmax;
+    for (int s = 0; s < nmax; s += 8) {
+        const uint8_t *kb = K8 + (size_t)s * d;
+        const float *sb = kscale + s;
+        _Alignas(32) uint8_t pad[8 * 256];
+        float spad[8], ob[8];
+        if (s + 8 > nmax) {
+            memset(pad, 0, sizeof pad);
+            memset(spad, 0, sizeof spad);
+            memcpy(pad, kb, (size_t)(nmax - s) * d);
+            memcpy(spad, sb, (size_t)(nmax - s) * sizeof *spad);
+            kb = pad, sb = spad;
+        }
+        convert8(nc, kb, kf);
+        for (int r = 0; r < R; r++) {
+            int m = n[r] - s;
+            if (m <= 0) continue;
+            float *o = out + (size_t)r * ldo + s;
+            if (m >= 8) heads8(nc, H, kf, sb, q + (size_t)r * H * d, w + (size_t)r * H, o);
+            else {
+                heads8(nc, H, kf, sb, q + (size_t)r * H * d, w + (size_t)r * H, ob);
+                memcpy(o, ob, (size_t)m * sizeof *ob);
+            }
+        }
     }
 }
 
 /* d is a multiple of 8, at most 256. */
 void dsa_indexer_scores_avx2(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q,
                              const float *w, float *out) {
-    if (d == 64) scores(8, n, H, K8, kscale, q, w, out); /* the shipped indexer's head: constants unroll */
-    else scores(d / 8, n, H, K8, kscale, q, w, out);
+    if (d == 64) scores(8, 1, &n, H, K8, kscale, q, w, out, 0); /* the shipped indexer's head: constants unroll */
+    else scores(d / 8, 1, &n, H, K8, kscale, q, w, out, 0);
+}
+
+void dsa_indexer_scores_rows_avx2(int R, const int *n, int H, int d, const uint8_t *K8, const float *kscale,
+                                  const float *q, const float *w, float *out, size_t ldo) {
+    if (d == 64) scores(8, R, n, H, K8, kscale, q, w, out, ldo);
+    else scores(d / 8, R, n, H, K8, kscale, q, w, out, ldo);
 }
 #endif

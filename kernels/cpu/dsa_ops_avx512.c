@@ -6,7 +6,8 @@
  * reduced together by a transposing tree (2 shuffles and an add per pair of vectors) instead of 16 horizontal
  * sums.  Every key goes through the same sequence of operations wherever it sits in a block, and a last partial
  * block is run zero-padded through the same code: a key's score does not depend on n or on where the call
- * starts, so a decode step that splits the keys across threads gets the bits a prefill row gets. */
+ * starts, so a decode step that splits the keys across threads gets the bits a prefill row gets.  A prefill
+ * scores several consecutive rows against one conversion of each block (dsa_indexer_scores_rows). */
 #include "kernels.h"
 #include "ops_impl.h"
 
@@ -38,12 +39,17 @@ static inline __m512 reduce16(const __m512 *P) {
                          _mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* 16 keys (K8: 16 rows of d = 16·nc bytes) → 16 scores.  kf: 16·d floats of scratch, 64-byte aligned. */
-static inline __attribute__((always_inline)) void block16(const int nc, int H, const uint8_t *K8, const float *kscale,
-                                                          const float *q, const float *w, float *kf, float *out) {
+/* 16 keys (K8: 16 rows of d = 16·nc bytes) → kf: 16·d floats, 64-byte aligned. */
+static inline __attribute__((always_inline)) void convert16(const int nc, const uint8_t *K8, float *kf) {
     const int d = 16 * nc;
     for (int i = 0; i < 16; i++)
         for (int c = 0; c < nc; c++) _mm512_store_ps(kf + i * d + 16 * c, ld_fp8x16(K8 + (size_t)i * d + 16 * c));
+}
+
+/* The 16 converted keys in kf → their 16 scores for one query (q: H·d, w: H). */
+static inline __attribute__((always_inline)) void heads16(const int nc, int H, const float *kf, const float *kscale,
+                                                          const float *q, const float *w, float *out) {
+    const int d = 16 * nc;
     __m512 acc = _mm512_setzero_ps(), zero = _mm512_setzero_ps();
     for (int j = 0; j < H; j++) {
         __m512 qv[16], P[16];
@@ -59,29 +65,53 @@ static inline __attribute__((always_inline)) void block16(const int nc, int H, c
     _mm512_storeu_ps(out, _mm512_mul_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(kscale), _mm512_set1_ps(256.0f))));
 }
 
-static inline __attribute__((always_inline)) void scores(const int nc, int n, int H, const uint8_t *K8, const float *kscale, const float *q,
-                   const float *w, float *out) {
+/* R queries (see dsa_indexer_scores_rows); R = 1 is dsa_indexer_scores.  A block past the last key of every row
+ * is zero-padded; a row shorter than a block's end gets only its own keys' scores (the others' are computed and
+ * dropped: a key's score does not depend on its neighbours). */
+static inline __attribute__((always_inline)) void scores(const int nc, int R, const int *n, int H,
+                                                         const uint8_t *K8, const float *kscale, const float *q,
+                                                         const float *w, float *out, size_t ldo) {
     const int d = 16 * nc;
     _Alignas(64) float kf[16 * 256];
-    int s = 0;
-    for (; s + 16 <= n; s += 16) block16(nc, H, K8 + (size_t)s * d, kscale + s, q, w, kf, out + s);
-    if (s < n) { /* the last keys, zero-padded to a block: the same operations on them */
-        _Alignas(64) uint8_t kb[16 * 256];
-        float sb[16], ob[16];
-        memset(kb, 0, sizeof kb);
-        memset(sb, 0, sizeof sb);
-        memcpy(kb, K8 + (size_t)s * d, (size_t)(n - s) * d);
-        memcpy(sb, kscale + s, (size_t)(n - s) * sizeof *sb);
-        block16(nc, H, kb, sb, q, w, kf, ob);
-        memcpy(out + s, ob, (size_t)(n - s) * sizeof *ob);
+    int nmax = 0;
+    for (int r = 0; r < R; r++) nmax = n[r] > nmax ? n[r] : nmax;
+    for (int s = 0; s < nmax; s += 16) {
+        const uint8_t *kb = K8 + (size_t)s * d;
+        const float *sb = kscale + s;
+        _Alignas(64) uint8_t pad[16 * 256];
+        float spad[16], ob[16];
+        if (s + 16 > nmax) {
+            memset(pad, 0, sizeof pad);
+            memset(spad, 0, sizeof spad);
+            memcpy(pad, kb, (size_t)(nmax - s) * d);
+            memcpy(spad, sb, (size_t)(nmax - s) * sizeof *spad);
+            kb = pad, sb = spad;
+        }
+        convert16(nc, kb, kf);
+        for (int r = 0; r < R; r++) {
+            int m = n[r] - s;
+            if (m <= 0) continue;
+            float *o = out + (size_t)r * ldo + s;
+            if (m >= 16) heads16(nc, H, kf, sb, q + (size_t)r * H * d, w + (size_t)r * H, o);
+            else {
+                heads16(nc, H, kf, sb, q + (size_t)r * H * d, w + (size_t)r * H, ob);
+                memcpy(o, ob, (size_t)m * sizeof *ob);
+            }
+        }
     }
 }
 
 /* d is a multiple of 16, at most 256. */
 void dsa_indexer_scores_avx512(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q,
                                const float *w, float *out) {
-    if (d == 64) scores(4, n, H, K8, kscale, q, w, out); /* the shipped indexer's head: constants unroll */
-    else scores(d / 16, n, H, K8, kscale, q, w, out);
+    if (d == 64) scores(4, 1, &n, H, K8, kscale, q, w, out, 0); /* the shipped indexer's head: constants unroll */
+    else scores(d / 16, 1, &n, H, K8, kscale, q, w, out, 0);
+}
+
+void dsa_indexer_scores_rows_avx512(int R, const int *n, int H, int d, const uint8_t *K8, const float *kscale,
+                                    const float *q, const float *w, float *out, size_t ldo) {
+    if (d == 64) scores(4, R, n, H, K8, kscale, q, w, out, ldo);
+    else scores(d / 16, R, n, H, K8, kscale, q, w, out, ldo);
 }
 
 /* ---- top-k passes ---------------------------------------------------------------------------------------------- */

@@ -168,6 +168,11 @@ void dsa_hadamard(int n, float *x);
  * which is Σ_j w[j]·ReLU(q[j]·k(s)) for the dequantised key k(s) = kscale[s]·e4m3(k8[s]), since kscale ≥ 0. */
 void dsa_indexer_scores(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q, const float *w,
                         float *out);
+/* The same for R queries over one set of keys (consecutive rows of a prefill): query r (q + r·H·d, w + r·H) against
+ * keys s < n[r], into out + r·ldo.  Each score is the bits dsa_indexer_scores gives; the keys are converted from FP8
+ * once for all R rows. */
+void dsa_indexer_scores_rows(int R, const int *n, int H, int d, const uint8_t *K8, const float *kscale,
+                             const float *q, const float *w, float *out, size_t ldo);
 
 /* Top-k selection in O(n): writes the indices of the k highest scores to idx in ascending order and returns how
  * many (min(k, n)).  Ties go to the later index, NaN ranks lowest, so the set is one fixed function of the

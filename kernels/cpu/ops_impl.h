@@ -19,6 +19,10 @@ void dsa_indexer_scores_avx2(int n, int H, int d, const uint8_t *K8, const float
                              const float *w, float *out);
 void dsa_indexer_scores_avx512(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q,
                                const float *w, float *out);
+void dsa_indexer_scores_rows_avx2(int R, const int *n, int H, int d, const uint8_t *K8, const float *kscale,
+                                  const float *q, const float *w, float *out, size_t ldo);
+void dsa_indexer_scores_rows_avx512(int R, const int *n, int H, int d, const uint8_t *K8, const float *kscale,
+                                    const float *q, const float *w, float *out, size_t ldo);
 /* dsa_topk's two passes over the scores (dsa_ops.c has them in C, and the rank keys they compare) */
 int dsa_topk_gather_avx512(int n, const float *score, uint32_t floor, uint64_t *out);
 int dsa_topk_emit_avx512(int n, const float *score, uint64_t thr, int32_t *idx);

@@ -71,7 +71,7 @@ struct dsa_ctx {
     size_t kv_bytes;
     /* batch scratch */
     float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *cos, *sin;
-    float *scores;     /* [threads][n_ctx] */
+    float *scores;     /* [threads][query heads per KV head][n_ctx] */
     void *mmscratch;
     size_t mmscratch_size;
     /* DeepSeek Sparse Attention (dsa_ctx_set_sparse) */
@@ -356,7 +356,7 @@ static int ctx_new(dsa_model *m, int n_ctx, int n_threads, dsa_pool *pool, dsa_c
     c->hb2 = malloc(B * F * sizeof(float));
     c->cos = malloc(B * (size_t)hp->rope_dim / 2 * sizeof(float));
     c->sin = malloc(B * (size_t)hp->rope_dim / 2 * sizeof(float));
-    c->scores = malloc((size_t)nth * n_ctx * sizeof(float));
+    c->scores = malloc((size_t)nth * (hp->n_head / hp->n_head_kv) * n_ctx * sizeof(float));
     /* one scratch serves every matmul: big enough for the widest input in either activation type */
     int64_t wide = (int64_t)((F > E ? F : E) + DSA_QK_K - 1) / DSA_QK_K * DSA_QK_K;
     size_t s1 = dsa_matmul_scratch(DSA_Q4_0, wide, MAX_BATCH), s2 = dsa_matmul_scratch(DSA_Q4_K, wide, MAX_BATCH),
@@ -889,7 +889,7 @@ static void select_part(void *arg, int ith, int nth) {
         case DSA_SEL_ORACLE: {
             /* the true attention probability summed over heads, which is what the indexer is trained towards */
             int D = hp->head_dim, group = hp->n_head / hp->n_head_kv;
-            float *p = c->scores + (size_t)ith * c->n_ctx;
+            float *p = c->scores + (size_t)ith * (hp->n_head / hp->n_head_kv) * c->n_ctx;
             const uint16_t *K = c->kc + (size_t)j->layer * c->n_ctx * c->kv_dim;
             memset(sc, 0, (size_t)len * sizeof *sc);
             for (int h = 0; h < hp->n_head; h++) {
@@ -928,16 +928,26 @@ static void attention_part(void *arg, int ith, int nth) {
     const dsa_hparams *hp = &c->m->hp;
     int H = hp->n_head, D = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     float scale = 1.0f / sqrtf((float)D), inv_h = 1.0f / H;
-    float *sc = c->scores + (size_t)ith * c->n_ctx;
+    float *sc = c->scores + (size_t)ith * group * c->n_ctx;
     /* With the probabilities captured (dsa_ctx_capture_probs) a task is a whole token, so that one thread sums its
-     * heads; otherwise a (token, head) pair.  The arithmetic of each pair is the same either way. */
-    int per_token = c->pcap != NULL, tasks = per_token ? j->n : j->n * H;
+     * heads; with several rows a (token, KV head) pair, whose query heads convert each K/V row once
+     * (dsa_attn_heads_f16); for a single row (decode) a (token, head) pair, which spreads better over the threads.
+     * The arithmetic of each (token, head) is the same in all three. */
+    int per_token = c->pcap != NULL, per_kv = !per_token && j->n >= 4;
+    int span = per_token ? H : per_kv ? group : 1, tasks = j->n * (H / span);
     for (int task = ith; task < tasks; task += nth) {
-        int t = per_token ? task : task / H, h0 = per_token ? 0 : task % H, h1 = per_token ? H : h0 + 1;
+        int t = task / (H / span), h0 = task % (H / span) * span, h1 = h0 + span;
         int len = row_pos(j, t) + 1;
         const dsa_ctx *rcx = row_ctx(j, t);
         const uint16_t *K = rcx->kc + (size_t)j->layer * rcx->n_ctx * rcx->kv_dim;
         const uint16_t *V = rcx->vc + (size_t)j->layer * rcx->n_ctx * rcx->kv_dim;
+        if (per_kv) {
+            int kvh = h0 / group, sel = j->sparse && c->sel_n[t] >= 0;
+            dsa_attn_heads_f16(group, sel ? c->sel_n[t] : len, D, K + kvh * D, V + kvh * D, (size_t)c->kv_dim,
+                               sel ? c->sel + (size_t)t * c->topk : NULL, c->q + (size_t)t * hp->n_embd + h0 * D, scale,
+                               sc, (size_t)c->n_ctx, c->att + (size_t)t * hp->n_embd + h0 * D);
+            continue;
+        }
         float *pc = per_token ? c->pcap + (size_t)t * c->n_ctx : NULL;
         if (pc) memset(pc, 0, (size_t)len * sizeof *pc);
         for (int h = h0; h < h1; h++) {

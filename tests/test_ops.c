@@ -76,6 +76,32 @@ static void check_level(int level, const char *name) {
         double ref0 = 0;
         for (int s = 0; s < 5; s++) ref0 += (double)w[s] * dsa_f16_to_f32(V[(size_t)s * stride]);
         CHECK(fabs(o5[0] - ref0) < 1e-5, "%s d=%d: sum of 5 rows %g, want %g", name, d, o5[0], ref0);
+        /* G query heads sharing this KV head at once: each head the bits of its own three calls */
+        for (int G = 1; G <= 4; G++)
+            for (int sparse = 0; sparse < 2; sparse++) {
+                int m = sparse ? 77 : n;
+                int32_t idx[77];
+                for (int i = 0; i < 77; i++) idx[i] = (int32_t)((i * 37 + 5) % n);
+                float *qg = malloc((size_t)G * d * sizeof *qg), *pg = malloc((size_t)G * (n + 3) * sizeof *pg);
+                float *og = malloc((size_t)G * d * sizeof *og), *p1 = malloc((size_t)n * sizeof *p1);
+                float *o1 = malloc((size_t)d * sizeof *o1);
+                if (!qg || !pg || !og || !p1 || !o1) abort();
+                for (int i = 0; i < G * d; i++) qg[i] = (float)(urand() * 3);
+                dsa_attn_heads_f16(G, m, d, K, V, stride, sparse ? idx : NULL, qg, scale, pg, (size_t)n + 3, og);
+                int diff = 0;
+                for (int g = 0; g < G; g++) {
+                    if (sparse) dsa_attn_scores_f16_idx(m, d, K, stride, idx, qg + (size_t)g * d, scale, p1);
+                    else dsa_attn_scores_f16(m, d, K, stride, qg + (size_t)g * d, scale, p1);
+                    dsa_softmax(m, p1);
+                    if (sparse) dsa_attn_sum_f16_idx(m, d, p1, V, stride, idx, o1);
+                    else dsa_attn_sum_f16(m, d, p1, V, stride, o1);
+                    diff += memcmp(p1, pg + (size_t)g * (n + 3), (size_t)m * sizeof *p1) != 0;
+                    diff += memcmp(o1, og + (size_t)g * d, (size_t)d * sizeof *o1) != 0;
+                }
+                CHECK(diff == 0, "%s d=%d: %d heads at once%s differ from one head at a time (%d)", name, d, G,
+                      sparse ? " (selected rows)" : "", diff);
+                free(qg), free(pg), free(og), free(p1), free(o1);
+            }
         free(K), free(V), free(q), free(sc), free(sc5), free(o), free(o5), free(w);
     }
     check_softmax(name);

@@ -137,6 +137,13 @@ float dsa_dot_f16(int n, const uint16_t *x, const float *y);
  * is, so a token's attention does not depend on how many tokens were evaluated with it. */
 void dsa_attn_scores_f16(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale, float *out);
 void dsa_attn_sum_f16(int n, int d, const float *w, const uint16_t *V, size_t stride, float *o);
+/* Attention of G query heads that share one KV head (grouped-query attention) over the rows idx[0..n) of the
+ * cache (rows 0..n-1 when idx is NULL): for each head g, scores of q + g·d, dsa_softmax, the weighted sum of V
+ * into o + g·d; p + g·pstride holds head g's probabilities afterwards.  Each head gets the bits of
+ * dsa_attn_scores_f16(_idx) + dsa_softmax + dsa_attn_sum_f16(_idx); each K and V row is read and converted once
+ * for all G. */
+void dsa_attn_heads_f16(int G, int n, int d, const uint16_t *K, const uint16_t *V, size_t stride, const int32_t *idx,
+                        const float *q, float scale, float *p, size_t pstride, float *o);
 /* dst[i] = f16(src[i]) */
 void dsa_f32_to_f16_row(int n, const float *src, uint16_t *dst);
 /* x = softmax(x[0..n)) in place (n ≥ 1).  With AVX2 the exponentials come from a polynomial (Cephes' expf: within

@@ -175,4 +175,60 @@ void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size
         _mm256_storeu_ps(o + i, acc);
     }
 }
+
+/* Grouped-query versions: each K (V) row is converted once and used by all G heads; every head's arithmetic is
+ * the one-head kernel's above, operation for operation, so the bits are the same. */
+void dsa_attn_scores_f16_g_avx2(int G, int n, int d, const uint16_t *K, size_t stride, const int32_t *idx,
+                                const float *q, float scale, float *out, size_t ps) {
+    if (d == 64) {
+        for (int s = 0; s < n; s++) {
+            const uint16_t *k = ROW(K, s);
+            __m256 k0 = ld_f16(k), k1 = ld_f16(k + 8), k2 = ld_f16(k + 16), k3 = ld_f16(k + 24), k4 = ld_f16(k + 32),
+                   k5 = ld_f16(k + 40), k6 = ld_f16(k + 48), k7 = ld_f16(k + 56);
+            for (int g = 0; g < G; g++) {
+                const float *qg = q + (size_t)g * 64;
+                __m256 a = _mm256_mul_ps(k0, _mm256_loadu_ps(qg)), b = _mm256_mul_ps(k1, _mm256_loadu_ps(qg + 8));
+                a = _mm256_fmadd_ps(k2, _mm256_loadu_ps(qg + 16), a);
+                b = _mm256_fmadd_ps(k3, _mm256_loadu_ps(qg + 24), b);
+                a = _mm256_fmadd_ps(k4, _mm256_loadu_ps(qg + 32), a);
+                b = _mm256_fmadd_ps(k5, _mm256_loadu_ps(qg + 40), b);
+                a = _mm256_fmadd_ps(k6, _mm256_loadu_ps(qg + 48), a);
+                b = _mm256_fmadd_ps(k7, _mm256_loadu_ps(qg + 56), b);
+                out[(size_t)g * ps + s] = hsum(_mm256_add_ps(a, b)) * scale;
+            }
+        }
+        return;
+    }
+    for (int g = 0; g < G; g++) dsa_attn_scores_f16_avx2(n, d, K, stride, idx, q + (size_t)g * d, scale, out + (size_t)g * ps);
+}
+
+void dsa_attn_sum_f16_g_avx2(int G, int n, int d, const float *w, size_t ps, const uint16_t *V, size_t stride,
+                             const int32_t *idx, float *o) {
+    if (d != 64) {
+        for (int g = 0; g < G; g++) dsa_attn_sum_f16_avx2(n, d, w + (size_t)g * ps, V, stride, idx, o + (size_t)g * d);
+        return;
+    }
+    /* 32 dims at a time: 4 accumulators per head for up to 3 heads and the 4 converted V registers fit the 16 */
+    for (int g0 = 0; g0 < G; g0 += 3) {
+        int gn = G - g0 < 3 ? G - g0 : 3;
+        for (int half = 0; half < 64; half += 32) {
+            __m256 acc[3][4];
+            for (int g = 0; g < 3; g++)
+                for (int c = 0; c < 4; c++) acc[g][c] = _mm256_setzero_ps();
+            for (int s = 0; s < n; s++) {
+                const uint16_t *v = ROW(V, s) + half;
+                __m256 v0 = ld_f16(v), v1 = ld_f16(v + 8), v2 = ld_f16(v + 16), v3 = ld_f16(v + 24);
+                for (int g = 0; g < gn; g++) {
+                    __m256 a = _mm256_set1_ps(w[(size_t)(g0 + g) * ps + s]);
+                    acc[g][0] = _mm256_fmadd_ps(a, v0, acc[g][0]);
+                    acc[g][1] = _mm256_fmadd_ps(a, v1, acc[g][1]);
+                    acc[g][2] = _mm256_fmadd_ps(a, v2, acc[g][2]);
+                    acc[g][3] = _mm256_fmadd_ps(a, v3, acc[g][3]);
+                }
+            }
+            for (int g = 0; g < gn; g++)
+                for (int c = 0; c < 4; c++) _mm256_storeu_ps(o + (size_t)(g0 + g) * 64 + half + 8 * c, acc[g][c]);
+        }
+    }
+}
 #endif

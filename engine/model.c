@@ -826,10 +826,6 @@ static void index_scores_split(void *arg, int ith, int nth) {
                        c->scores2 + s0);
 }
 
-/* One token per task: which positions its attention reads.  The set is shared by all heads (DeepSeek's choice;
- * with GQA it is also what keeps the gathered KV rows few).  While the causal prefix is no longer than k the
- * token attends densely, bit for bit the dense path. */
-
 /* The indexer's selection for a prefill: groups of SEL_GROUP consecutive rows per task, their scores in one pass
  * over the keys (dsa_indexer_scores_rows: the bits each row's own call would give, so decode selects alike). */
 static void select_rows_indexer(att_job *j, int ith, int nth) {
@@ -857,6 +853,9 @@ static void select_rows_indexer(att_job *j, int ith, int nth) {
     }
 }
 
+/* One token per task: which positions its attention reads.  The set is shared by all heads (DeepSeek's choice;
+ * with GQA it is also what keeps the gathered KV rows few).  While the causal prefix is no longer than k the
+ * token attends densely, bit for bit the dense path. */
 static void select_part(void *arg, int ith, int nth) {
     att_job *j = arg;
     dsa_ctx *c = j->c;
@@ -889,7 +888,7 @@ static void select_part(void *arg, int ith, int nth) {
         case DSA_SEL_ORACLE: {
             /* the true attention probability summed over heads, which is what the indexer is trained towards */
             int D = hp->head_dim, group = hp->n_head / hp->n_head_kv;
-            float *p = c->scores + (size_t)ith * (hp->n_head / hp->n_head_kv) * c->n_ctx;
+            float *p = c->scores + (size_t)ith * group * c->n_ctx;
             const uint16_t *K = c->kc + (size_t)j->layer * c->n_ctx * c->kv_dim;
             memset(sc, 0, (size_t)len * sizeof *sc);
             for (int h = 0; h < hp->n_head; h++) {

@@ -126,8 +126,7 @@ static inline __m512i rank_hi16(__m512 f) {
     return _mm512_maskz_mov_epi32((__mmask16)~nan, key);
 }
 
-/* 16 scores from p, the last n - i past the end read as NaN (never selected, never gathered above a floor > 0;
- * the callers handle floor 0 by keeping only the first n). */
+/* 16 scores from p; the lanes past the last `left` read as NaN (the callers mask them off). */
 static inline __m512 ld16(const float *p, int left) {
     if (left >= 16) return _mm512_loadu_ps(p);
     return _mm512_mask_loadu_ps(_mm512_set1_ps(__builtin_nanf("")), (__mmask16)((1u << left) - 1), p);

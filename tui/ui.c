@@ -862,36 +862,35 @@ static int hang_of(const msg *m, size_t p, size_t e, int width) {
     return h <= width / 2 ? h : 0;
 }
 
+/* Message i's display lines for width columns, laid out again only when the width or the text changed. */
 static void layout_msg(int i, int width) {
     msg *m = &U.msgs[i];
     if (m->lay && m->lay_w == width && m->lay_len == m->len) return;
     m->nlay = 0;
     m->lay_w = width;
     m->lay_len = m->len;
-    {
-        int indent = m->role == R_INFO || m->role == R_ERROR ? 0 : 2;
-        if (indent) tpush(m, i, 1, 0, 0, 0);
-        size_t p = 0;
-        for (;;) {
-            size_t e = p;
-            while (e < m->len && m->text[e] != '\n') e++;
-            tx_line *L;
-            int k = tx_wrap(m->text + p, e - p, width - indent, &L), hang = 0;
-            if (k < 0) die_oom();
-            size_t q = p; /* where the lines of L start */
-            if (k > 1 && (hang = hang_of(m, p, e, width - indent)) > 0) { /* the first line as it is, the rest */
-                tpush(m, i, 0, 0, p + L[0].start, p + L[0].end);              /* wrapped again, narrower */
-                q = p + L[1].start;
-                free(L);
-                if ((k = tx_wrap(m->text + q, e - q, width - indent - hang, &L)) < 0) die_oom();
-            }
-            for (int j = 0; j < k; j++) tpush(m, i, 0, hang, q + L[j].start, q + L[j].end);
+    int indent = m->role == R_INFO || m->role == R_ERROR ? 0 : 2;
+    if (indent) tpush(m, i, 1, 0, 0, 0);
+    size_t p = 0;
+    for (;;) {
+        size_t e = p;
+        while (e < m->len && m->text[e] != '\n') e++;
+        tx_line *L;
+        int k = tx_wrap(m->text + p, e - p, width - indent, &L), hang = 0;
+        if (k < 0) die_oom();
+        size_t q = p; /* where the lines of L start */
+        if (k > 1 && (hang = hang_of(m, p, e, width - indent)) > 0) { /* the first line as it is, the rest */
+            tpush(m, i, 0, 0, p + L[0].start, p + L[0].end);              /* wrapped again, narrower */
+            q = p + L[1].start;
             free(L);
-            if (e >= m->len) break;
-            p = e + 1;
+            if ((k = tx_wrap(m->text + q, e - q, width - indent - hang, &L)) < 0) die_oom();
         }
-        if (indent) tpush(m, -1, 0, 0, 0, 0);
+        for (int j = 0; j < k; j++) tpush(m, i, 0, hang, q + L[j].start, q + L[j].end);
+        free(L);
+        if (e >= m->len) break;
+        p = e + 1;
     }
+    if (indent) tpush(m, -1, 0, 0, 0, 0);
 }
 
 static void layout_transcript(int width) {

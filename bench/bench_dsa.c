@@ -15,25 +15,13 @@
  * (for rows4, "us" and "ns_per_key" are per row).
  * Timings depend on the machine and its load: they are never pass/fail.
  */
+#include "bench_util.h"
 #include "kernels.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static uint64_t g_rng = 12345;
-static uint32_t rnd(void) {
-    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (uint32_t)(g_rng >> 33);
-}
-static float uniform(void) { return (float)rnd() / 2147483648.0f - 1.0f; }
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static const char *const LEVELS[4] = {"", "generic", "avx2", "avx512"};
 

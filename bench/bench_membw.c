@@ -4,6 +4,8 @@
  *
  *   bench_membw [--threads N] [--mib M] [--json]
  */
+#include "bench_util.h"
+
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,12 +26,6 @@ static void *reader(void *a) {
     for (size_t i = 0; i + 4 <= s->n; i += 4) x0 += s->p[i], x1 += s->p[i + 1], x2 += s->p[i + 2], x3 += s->p[i + 3];
     s->sum = x0 ^ x1 ^ x2 ^ x3;
     return NULL;
-}
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
 int main(int argc, char **argv) {

@@ -16,6 +16,7 @@
  * with "acts" in --json.  --acts LIST changes the A values.
  * Timings depend on the machine and its load: they are never pass/fail.
  */
+#include "bench_util.h"
 #include "kernels.h"
 
 #include <math.h>
@@ -26,19 +27,6 @@
 
 static int is_weight(enum dsa_type t) { return dsa_traits_ref(t) && dsa_traits_ref(t)->is_weight; }
 static const char *const LEVELS[4] = {"", "generic", "avx2", "avx512"};
-
-static uint64_t g_rng = 12345;
-static uint32_t rnd(void) {
-    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (uint32_t)(g_rng >> 33);
-}
-static float uniform(void) { return (float)rnd() / 2147483648.0f - 1.0f; }
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Random weights with finite f16 scales (the bytes a real model holds are no faster or slower to multiply). */
 static void *make_weights(enum dsa_type t, int n, int rows) {

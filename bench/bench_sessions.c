@@ -9,6 +9,8 @@
  *   bench_sessions [-m MODEL] [--sizes 4000,8000] [--threads N] [--dir STORE] [--reps R] [--json]
  */
 #define _GNU_SOURCE
+#include "bench_util.h"
+
 #include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -21,12 +23,6 @@
 #include "dsa.h"
 #include "model.h"
 #include "sessions.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void die(const char *what, const char *err) {
     fprintf(stderr, "bench_sessions: %s: %s\n", what, err);

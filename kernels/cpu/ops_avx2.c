@@ -111,27 +111,38 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(h);
 }
 
-/* d is a multiple of 8.  The common head sizes (64, 128) keep q in registers for the whole pass over the keys. */
 /* ROW(s): row s of the cache, or row idx[s] when the caller gave an index list (sparse attention). */
 #define ROW(base, s) ((base) + (size_t)(idx ? idx[s] : (s)) * stride)
 
+/* Heads of 64: each K row converted once for the G query heads q + 64·g, scores into out + g·ps.  The one-head
+ * kernel is this with G = 1 (constant, so q stays in registers), which is what gives the grouped version (below)
+ * the same bits. */
+static inline __attribute__((always_inline)) void scores64(int G, int n, const uint16_t *K, size_t stride,
+                                                           const int32_t *idx, const float *restrict q, float scale,
+                                                           float *restrict out, size_t ps) {
+    for (int s = 0; s < n; s++) {
+        const uint16_t *k = ROW(K, s);
+        __m256 k0 = ld_f16(k), k1 = ld_f16(k + 8), k2 = ld_f16(k + 16), k3 = ld_f16(k + 24), k4 = ld_f16(k + 32),
+               k5 = ld_f16(k + 40), k6 = ld_f16(k + 48), k7 = ld_f16(k + 56);
+        for (int g = 0; g < G; g++) {
+            const float *qg = q + (size_t)g * 64;
+            __m256 a = _mm256_mul_ps(k0, _mm256_loadu_ps(qg)), b = _mm256_mul_ps(k1, _mm256_loadu_ps(qg + 8));
+            a = _mm256_fmadd_ps(k2, _mm256_loadu_ps(qg + 16), a);
+            b = _mm256_fmadd_ps(k3, _mm256_loadu_ps(qg + 24), b);
+            a = _mm256_fmadd_ps(k4, _mm256_loadu_ps(qg + 32), a);
+            b = _mm256_fmadd_ps(k5, _mm256_loadu_ps(qg + 40), b);
+            a = _mm256_fmadd_ps(k6, _mm256_loadu_ps(qg + 48), a);
+            b = _mm256_fmadd_ps(k7, _mm256_loadu_ps(qg + 56), b);
+            out[(size_t)g * ps + s] = hsum(_mm256_add_ps(a, b)) * scale;
+        }
+    }
+}
+
+/* d is a multiple of 8.  Heads of 64 keep q in registers for the whole pass over the keys. */
 void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, const int32_t *idx, const float *q,
                               float scale, float *out) {
     if (d == 64) {
-        __m256 q0 = _mm256_loadu_ps(q), q1 = _mm256_loadu_ps(q + 8), q2 = _mm256_loadu_ps(q + 16),
-               q3 = _mm256_loadu_ps(q + 24), q4 = _mm256_loadu_ps(q + 32), q5 = _mm256_loadu_ps(q + 40),
-               q6 = _mm256_loadu_ps(q + 48), q7 = _mm256_loadu_ps(q + 56);
-        for (int s = 0; s < n; s++) {
-            const uint16_t *k = ROW(K, s);
-            __m256 a = _mm256_mul_ps(ld_f16(k), q0), b = _mm256_mul_ps(ld_f16(k + 8), q1);
-            a = _mm256_fmadd_ps(ld_f16(k + 16), q2, a);
-            b = _mm256_fmadd_ps(ld_f16(k + 24), q3, b);
-            a = _mm256_fmadd_ps(ld_f16(k + 32), q4, a);
-            b = _mm256_fmadd_ps(ld_f16(k + 40), q5, b);
-            a = _mm256_fmadd_ps(ld_f16(k + 48), q6, a);
-            b = _mm256_fmadd_ps(ld_f16(k + 56), q7, b);
-            out[s] = hsum(_mm256_add_ps(a, b)) * scale;
-        }
+        scores64(1, n, K, stride, idx, q, scale, out, 0);
         return;
     }
     for (int s = 0; s < n; s++) {
@@ -181,22 +192,7 @@ void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size
 void dsa_attn_scores_f16_g_avx2(int G, int n, int d, const uint16_t *K, size_t stride, const int32_t *idx,
                                 const float *q, float scale, float *out, size_t ps) {
     if (d == 64) {
-        for (int s = 0; s < n; s++) {
-            const uint16_t *k = ROW(K, s);
-            __m256 k0 = ld_f16(k), k1 = ld_f16(k + 8), k2 = ld_f16(k + 16), k3 = ld_f16(k + 24), k4 = ld_f16(k + 32),
-                   k5 = ld_f16(k + 40), k6 = ld_f16(k + 48), k7 = ld_f16(k + 56);
-            for (int g = 0; g < G; g++) {
-                const float *qg = q + (size_t)g * 64;
-                __m256 a = _mm256_mul_ps(k0, _mm256_loadu_ps(qg)), b = _mm256_mul_ps(k1, _mm256_loadu_ps(qg + 8));
-                a = _mm256_fmadd_ps(k2, _mm256_loadu_ps(qg + 16), a);
-                b = _mm256_fmadd_ps(k3, _mm256_loadu_ps(qg + 24), b);
-                a = _mm256_fmadd_ps(k4, _mm256_loadu_ps(qg + 32), a);
-                b = _mm256_fmadd_ps(k5, _mm256_loadu_ps(qg + 40), b);
-                a = _mm256_fmadd_ps(k6, _mm256_loadu_ps(qg + 48), a);
-                b = _mm256_fmadd_ps(k7, _mm256_loadu_ps(qg + 56), b);
-                out[(size_t)g * ps + s] = hsum(_mm256_add_ps(a, b)) * scale;
-            }
-        }
+        scores64(G, n, K, stride, idx, q, scale, out, ps);
         return;
     }
     for (int g = 0; g < G; g++) dsa_attn_scores_f16_avx2(n, d, K, stride, idx, q + (size_t)g * d, scale, out + (size_t)g * ps);

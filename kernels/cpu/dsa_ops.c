@@ -70,18 +70,9 @@ void dsa_hadamard(int n, float *x) {
 
 static int use_avx2(void) { return strcmp(dsa_cpu_name(), "generic") != 0; }
 
-void dsa_indexer_scores(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q, const float *w,
-                        float *out) {
-#if defined(__x86_64__)
-    if (!strcmp(dsa_cpu_name(), "avx512") && d % 16 == 0 && d <= 256) {
-        dsa_indexer_scores_avx512(n, H, d, K8, kscale, q, w, out);
-        return;
-    }
-    if (use_avx2() && d % 8 == 0 && d <= 256) {
-        dsa_indexer_scores_avx2(n, H, d, K8, kscale, q, w, out);
-        return;
-    }
-#endif
+/* Plain C, one query. */
+static void scores_c(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q, const float *w,
+                     float *out) {
     float k[256 * 2];
     float *kf = d <= 512 ? k : NULL;
     for (int s = 0; s < n; s++) {
@@ -118,7 +109,13 @@ void dsa_indexer_scores_rows(int R, const int *n, int H, int d, const uint8_t *K
     }
 #endif
     for (int r = 0; r < R; r++)
-        dsa_indexer_scores(n[r], H, d, K8, kscale, q + (size_t)r * H * d, w + (size_t)r * H, out + (size_t)r * ldo);
+        scores_c(n[r], H, d, K8, kscale, q + (size_t)r * H * d, w + (size_t)r * H, out + (size_t)r * ldo);
+}
+
+/* One query is the rows version with one row: the same code, so the same bits. */
+void dsa_indexer_scores(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q, const float *w,
+                        float *out) {
+    dsa_indexer_scores_rows(1, &n, H, d, K8, kscale, q, w, out, 0);
 }
 
 /* ---- top-k ------------------------------------------------------------------------------------------------- */

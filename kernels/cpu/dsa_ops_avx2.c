@@ -109,15 +109,9 @@ static inline __attribute__((always_inline)) void scores(const int nc, int R, co
 }
 
 /* d is a multiple of 8, at most 256. */
-void dsa_indexer_scores_avx2(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q,
-                             const float *w, float *out) {
-    if (d == 64) scores(8, 1, &n, H, K8, kscale, q, w, out, 0); /* the shipped indexer's head: constants unroll */
-    else scores(d / 8, 1, &n, H, K8, kscale, q, w, out, 0);
-}
-
 void dsa_indexer_scores_rows_avx2(int R, const int *n, int H, int d, const uint8_t *K8, const float *kscale,
                                   const float *q, const float *w, float *out, size_t ldo) {
-    if (d == 64) scores(8, R, n, H, K8, kscale, q, w, out, ldo);
+    if (d == 64) scores(8, R, n, H, K8, kscale, q, w, out, ldo); /* the shipped indexer's head: constants unroll */
     else scores(d / 8, R, n, H, K8, kscale, q, w, out, ldo);
 }
 #endif

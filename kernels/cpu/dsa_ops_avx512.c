@@ -102,15 +102,9 @@ static inline __attribute__((always_inline)) void scores(const int nc, int R, co
 }
 
 /* d is a multiple of 16, at most 256. */
-void dsa_indexer_scores_avx512(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q,
-                               const float *w, float *out) {
-    if (d == 64) scores(4, 1, &n, H, K8, kscale, q, w, out, 0); /* the shipped indexer's head: constants unroll */
-    else scores(d / 16, 1, &n, H, K8, kscale, q, w, out, 0);
-}
-
 void dsa_indexer_scores_rows_avx512(int R, const int *n, int H, int d, const uint8_t *K8, const float *kscale,
                                     const float *q, const float *w, float *out, size_t ldo) {
-    if (d == 64) scores(4, R, n, H, K8, kscale, q, w, out, ldo);
+    if (d == 64) scores(4, R, n, H, K8, kscale, q, w, out, ldo); /* the shipped indexer's head: constants unroll */
     else scores(d / 16, R, n, H, K8, kscale, q, w, out, ldo);
 }
 

@@ -20,10 +20,7 @@ void dsa_attn_scores_f16_g_avx2(int G, int n, int d, const uint16_t *K, size_t s
                                 const float *q, float scale, float *out, size_t ps);
 void dsa_attn_sum_f16_g_avx2(int G, int n, int d, const float *w, size_t ps, const uint16_t *V, size_t stride,
                              const int32_t *idx, float *o);
-void dsa_indexer_scores_avx2(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q,
-                             const float *w, float *out);
-void dsa_indexer_scores_avx512(int n, int H, int d, const uint8_t *K8, const float *kscale, const float *q,
-                               const float *w, float *out);
+/* dsa_indexer_scores_rows (one query is R = 1); d a multiple of 8 (avx2) or 16 (avx512), at most 256 */
 void dsa_indexer_scores_rows_avx2(int R, const int *n, int H, int d, const uint8_t *K8, const float *kscale,
                                   const float *q, const float *w, float *out, size_t ldo);
 void dsa_indexer_scores_rows_avx512(int R, const int *n, int H, int d, const uint8_t *K8, const float *kscale,

@@ -3,7 +3,7 @@
  *
  *   bench_dsa [--json] [--n N] [--heads H] [--dim D] [--topk K] [--ms T]
  *
- * The two kernels a long-context DSA decode step adds per layer (docs/perf.md):
+ * The kernels a long-context DSA step adds per layer (docs/perf.md):
  *   scores  dsa_indexer_scores over N FP8 keys (default 8192 × 64 bytes, the shipped indexer's 4 heads × 64),
  *           as ns per key and GB/s of key bytes (the keys, 512 KB, stay in L2: the figure is the kernel's);
  *   rows4   dsa_indexer_scores_rows for 4 consecutive prefill rows over the same keys, as ns per (row, key);

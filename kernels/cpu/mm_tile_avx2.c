@@ -136,12 +136,14 @@ static inline __attribute__((always_inline)) void pack8_legacy(int n, const void
         return;
     }
     const __m256i m4 = _mm256_set1_epi8(15);
-    /* the next panel's rows, a slice per block: decode packs every panel for one activation row (see avx512) */
-    const uint8_t *next = w + NR * ws;
+    /* The rows three panels ahead, a slice per block, into L2: decode packs every panel for one activation row
+     * (see avx512).  At the AVX2 level on an AMD EPYC, a streaming Q4_1 GEMV of 576 columns, 1 / 2 threads: the
+     * next panel into L1 11 / 20 GB/s; two panels ahead into L2 17.6 / 27; three 18 / 29; four 17 / 27. */
+    const uint8_t *ahead = w + 3 * NR * ws;
     for (int i = 0; i < nb; i++) {
         const uint8_t *b = w + (size_t)i * bs;
         for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)
-            _mm_prefetch((const char *)next + o, _MM_HINT_T0);
+            _mm_prefetch((const char *)ahead + o, _MM_HINT_T1);
         if (kind == DSA_Q8_0) {
             panel8x *p = (panel8x *)panel + i;
             scales8(b, ws, p->d, NULL);
@@ -322,12 +324,12 @@ static inline __attribute__((always_inline)) void pack8_k(int n, const void *vw,
         return;
     }
     const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
-    const uint8_t *next = w + NR * ws;
+    const uint8_t *ahead = w + 3 * NR * ws; /* as pack8_legacy */
     for (int i = 0; i < nb; i++) {
         const uint8_t *b = w + (size_t)i * bs;
         panel8k *p = &P[i];
         for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)
-            _mm_prefetch((const char *)next + o, _MM_HINT_T0);
+            _mm_prefetch((const char *)ahead + o, _MM_HINT_T1);
         if (kind == DSA_Q6_K) {
             __m256i s4[4], e4[4];
             transpose4x8(b + 192, ws, s4); /* the 16 scales */

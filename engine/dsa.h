@@ -64,7 +64,8 @@ char *dsa_indexer_default_path(const char *model_path);
 const char *dsa_model_fingerprint(dsa_model *m);
 
 /* The indexer's q (H·d), k (d) and w (H) for one token at position pos from its projection row p (rows floats,
- * the output of W·h).  p is scratch afterwards. */
+ * the output of W·h).  p is scratch afterwards.  With q NULL only k is made (w is not touched), and only p's key
+ * part (floats H·d .. H·d+d-1) is read. */
 void dsa_indexer_project(const dsa_indexer *ix, int layer, float *p, int pos, float *q, float *k, float *w);
 
 /* ---- contexts --------------------------------------------------------------------------------------------- */

@@ -303,6 +303,7 @@ void dsa_indexer_project(const dsa_indexer *ix, int layer, float *p, int pos, fl
     for (int i = 0; i < d; i++) k[i] = (float)(kr[i] - mean) * rs * g[i] + b[i];
     if (hp->rope_dim) rope_half(k, hp->rope_dim, ix->rope_freq, pos);
     dsa_hadamard(d, k);
+    if (!q) return;
     for (int j = 0; j < H; j++) {
         float *qj = q + (size_t)j * d;
         memcpy(qj, p + (size_t)j * d, (size_t)d * sizeof *qj);

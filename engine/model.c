@@ -1021,13 +1021,22 @@ static void eval_batch(dsa_ctx *c, dsa_ctx *const *rc, const int32_t *ids, int n
             double t0 = dsa_now();
             const dsa_indexer *ix = c->ix;
             int R = ix->rows, Hd = ix->hp.n_head * ix->hp.head_dim, d = ix->hp.head_dim;
-            dsa_matmul(c->pool, DSA_F32, ix->W + (size_t)l * R * E, R, E, c->xb, n, c->iproj, R, c->mmscratch);
+            /* Queries and weights only where a row selects (or a layer hook may read them): while every row's
+             * prefix is within k, only the key rows of the projection (d of its R) are multiplied.  Each row of an
+             * f32 product is its own dot product, so the keys are the same bits either way. */
+            int need_q = c->hook != NULL;
+            for (int t = 0; t < n && !need_q; t++) need_q = c->mode == DSA_SEL_INDEXER && aj.sparse && row_pos(&aj, t) + 1 > c->topk;
+            const float *W = ix->W + (size_t)l * R * E;
+            if (need_q)
+                dsa_matmul(c->pool, DSA_F32, W, R, E, c->xb, n, c->iproj, R, c->mmscratch);
+            else
+                dsa_matmul(c->pool, DSA_F32, W + (size_t)Hd * E, d, E, c->xb, n, c->iproj + Hd, R, c->mmscratch);
             float kbuf[256];
             for (int t = 0; t < n; t++) {
                 dsa_ctx *rt = rc ? rc[t] : c;
                 int pos = row_pos(&aj, t);
                 size_t slot = (size_t)l * rt->n_ctx + pos;
-                dsa_indexer_project(ix, l, c->iproj + (size_t)t * R, pos, c->iq + (size_t)t * Hd, kbuf,
+                dsa_indexer_project(ix, l, c->iproj + (size_t)t * R, pos, need_q ? c->iq + (size_t)t * Hd : NULL, kbuf,
                                     c->iw + (size_t)t * ix->hp.n_head);
                 dsa_fp8_quant_row(d, kbuf, rt->ik + slot * d, rt->iks + slot);
             }

@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* every weight type the kernels know, so a new type is covered here without editing this file */
 static enum dsa_type WTYPES[DSA_TYPE_COUNT];
@@ -295,38 +297,54 @@ static void test_tile_extremes(void) {
     }
 }
 
-/* Weight rows farther apart than 32-bit gather offsets reach (the AVX-512 packs then go byte by byte), and panels
- * of one row: the same bits as rows next to each other.  Only row 0 exists, so only it may be read. */
+/* Weight rows 2 GB apart (an offset a 32-bit index cannot hold): the same bits as the rows next to each other.
+ * One row (a partial panel, packed byte by byte) and 16 rows (full panels, packed with vector loads; each row's
+ * page is the only memory mapped there, so a load past a row's blocks faults). */
 static void test_far_rows(void) {
-    const int nact = 3;
+    const int nact = 3, NR = 16;
+    const size_t far = (size_t)1 << 31;
+    uint8_t *base = mmap(NULL, far * NR, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    CHECK(base != MAP_FAILED, "reserving %zu GB of address space", far * NR >> 30);
+    if (base == MAP_FAILED) return;
     for (int k = 0; k < NWTYPES; k++) {
         enum dsa_type t = WTYPES[k];
         const dsa_type_traits *rt = dsa_traits_ref(t), *ra = dsa_traits_ref(rt->act);
         if (!rt->mm_tile) continue;
         const int n = 2 * rt->blck;
         size_t ws = dsa_row_size(t, n), as = dsa_row_size(rt->act, n);
-        uint8_t *W = malloc(ws);
-        float *X = malloc(sizeof(float) * n * nact), want[3], got[3];
+        uint8_t *W = malloc(ws * NR);
+        float *X = malloc(sizeof(float) * n * nact), want[3 * 16], got[3 * 16];
         char *A = malloc(as * nact);
         int32_t *S = malloc(sizeof(int32_t) * (n / DSA_QK) * nact);
-        random_weights(t, W, ws, 1, n);
+        random_weights(t, W, ws, NR, n);
+        size_t page = (size_t)sysconf(_SC_PAGESIZE), span = (ws + page - 1) / page * page;
+        for (int r = 0; r < NR; r++) {
+            /* the row ends exactly at the end of its mapped page(s) */
+            uint8_t *row = base + (size_t)r * far + span - ws;
+            CHECK(mprotect(base + (size_t)r * far, span, PROT_READ | PROT_WRITE) == 0, "mprotect");
+            memcpy(row, W + (size_t)r * ws, ws);
+        }
         for (int c = 0; c < nact; c++) {
             random_acts(X + c * n, n);
             ra->from_float(X + c * n, A + c * as, n);
             if (rt->act == DSA_Q8_1) dsa_q8_1_sums(A + c * as, n, S + c * (n / DSA_QK));
         }
         const int32_t *sums = rt->act == DSA_Q8_1 ? S : NULL;
-        tile_product(rt, W, ws, 1, A, as, sums, nact, n, want, 1, nact, rt->mm_nr);
-        for (int level = 2; level <= g_max_level; level++) {
-            dsa_kernels_init(level);
-            const dsa_type_traits *st = dsa_traits(t);
-            if (!st->mm_tile) continue;
-            tile_product(st, W, (size_t)1 << 31, 1, A, as, sums, nact, n, got, 1, nact, st->mm_nr);
-            CHECK(memcmp(got, want, sizeof want) == 0, "%s at %s: a row 2 GB from the next differs", dsa_type_name(t),
-                  LEVELS[level]);
+        for (int rows = 1; rows <= NR; rows += NR - 1) {
+            tile_product(rt, W, ws, rows, A, as, sums, nact, n, want, rows, nact, rt->mm_nr);
+            for (int level = 2; level <= g_max_level; level++) {
+                dsa_kernels_init(level);
+                const dsa_type_traits *st = dsa_traits(t);
+                if (!st->mm_tile) continue;
+                tile_product(st, base + span - ws, far, rows, A, as, sums, nact, n, got, rows, nact, st->mm_nr);
+                CHECK(memcmp(got, want, sizeof(float) * rows * nact) == 0, "%s at %s: %d rows 2 GB apart differ",
+                      dsa_type_name(t), LEVELS[level], rows);
+            }
         }
+        for (int r = 0; r < NR; r++) mprotect(base + (size_t)r * far, span, PROT_NONE);
         free(W), free(X), free(A), free(S);
     }
+    munmap(base, far * NR);
 }
 
 /* ---- 2. dsa_matmul ------------------------------------------------------------------------------------------ */

@@ -10,7 +10,8 @@
  *
  * vpdpbusd multiplies unsigned by signed bytes.  q4 quants are unsigned already (q4_0's -8 is taken off
  * afterwards, as 8 · Σ a); q8_0's are stored + 128 and 128 · Σ a is taken off: both from the block sums asum.
- * Packing gathers the 16 rows' bytes with vpgatherdd (one gather = one 4-byte column of a block for 16 rows).
+ * Packing loads each of the 16 rows' blocks and transposes them with shuffles, so that vector c holds dword c of
+ * every row (it gathered each column with vpgatherdd before 2026-12-07: twice as slow on an AMD EPYC).
  */
 #include "quant_impl.h"
 
@@ -75,6 +76,38 @@ static inline __m512i first_dword16(const uint8_t *b, size_t ws) {
     load16x16(b, ws, z);
     __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t2 = _mm512_unpacklo_epi32(z[2], z[3]);
     return _mm512_unpacklo_epi64(t0, t2);
+}
+
+/* 64 bytes of each of 16 rows transposed: g[c] = dword c (0..15) of rows 0..15, row i in lane i.  Unpacks make
+ * 4×4 blocks inside each 128-bit lane (vector 4q+j: dword 4L+j of rows 4q..4q+3 in lane L), then two rounds of
+ * 128-bit shuffles transpose the lanes. */
+static inline void transpose16x16(const uint8_t *b, size_t ws, __m512i g[16]) {
+    __m512i a[16], t[16];
+    for (int i = 0; i < 16; i++) a[i] = _mm512_loadu_si512((const void *)(b + (size_t)i * ws));
+    for (int i = 0; i < 16; i += 2)
+        t[i] = _mm512_unpacklo_epi32(a[i], a[i + 1]), t[i + 1] = _mm512_unpackhi_epi32(a[i], a[i + 1]);
+    for (int q = 0; q < 16; q += 4) {
+        a[q] = _mm512_unpacklo_epi64(t[q], t[q + 2]), a[q + 1] = _mm512_unpackhi_epi64(t[q], t[q + 2]);
+        a[q + 2] = _mm512_unpacklo_epi64(t[q + 1], t[q + 3]), a[q + 3] = _mm512_unpackhi_epi64(t[q + 1], t[q + 3]);
+    }
+    for (int j = 0; j < 4; j++) {
+        __m512i c0 = _mm512_shuffle_i32x4(a[j], a[4 + j], _MM_SHUFFLE(2, 0, 2, 0));
+        __m512i c1 = _mm512_shuffle_i32x4(a[j], a[4 + j], _MM_SHUFFLE(3, 1, 3, 1));
+        __m512i c2 = _mm512_shuffle_i32x4(a[8 + j], a[12 + j], _MM_SHUFFLE(2, 0, 2, 0));
+        __m512i c3 = _mm512_shuffle_i32x4(a[8 + j], a[12 + j], _MM_SHUFFLE(3, 1, 3, 1));
+        g[j] = _mm512_shuffle_i32x4(c0, c2, _MM_SHUFFLE(2, 0, 2, 0));
+        g[8 + j] = _mm512_shuffle_i32x4(c0, c2, _MM_SHUFFLE(3, 1, 3, 1));
+        g[4 + j] = _mm512_shuffle_i32x4(c1, c3, _MM_SHUFFLE(2, 0, 2, 0));
+        g[12 + j] = _mm512_shuffle_i32x4(c1, c3, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+/* The fourth dword of 16 rows' 16 bytes at b (ws apart), row i in lane i. */
+static inline __m512i fourth_dword16(const uint8_t *b, size_t ws) {
+    __m512i z[4];
+    load16x16(b, ws, z);
+    __m512i t1 = _mm512_unpackhi_epi32(z[0], z[1]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+    return _mm512_unpackhi_epi64(t1, t3);
 }
 
 /* 32 bytes of each of 16 rows transposed: g[c] = dword c (0..7) of rows 0..15.  Each 256-bit half does what
@@ -257,24 +290,39 @@ static inline __attribute__((always_inline)) void pack16_k(int n, const void *vw
     const uint8_t *w = vw;
     panel16k *P = panel;
     const int nb = n / DSA_QK_K, bs = kind == DSA_Q4_K ? DSA_BS_Q4_K : kind == DSA_Q5_K ? DSA_BS_Q5_K : DSA_BS_Q6_K;
-    if (ws > (size_t)INT32_MAX / NR) {
+    if (rows < NR) { /* a last panel of fewer rows: byte by byte (the vector loads would read past the matrix) */
         pack16_k_scalar(nb, w, ws, rows, P, kind);
         return;
     }
-    const __mmask16 km = lanes(rows);
-    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                           _mm512_set1_epi32((int)ws));
-    const __m512i zero = _mm512_setzero_si512(), m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(3);
+    const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(3);
     const __m512i one = _mm512_set1_epi8(1), lo16 = _mm512_set1_epi32(0xffff);
     const uint8_t *ahead = w + 2 * NR * ws; /* prefetch the panel after next into L2, as pack16_legacy */
-#define G(off) _mm512_mask_i32gather_epi32(zero, km, idx, b + (off), 1)
+    /* A block's dwords for the 16 rows, transposed as pack16_legacy does (dword c of row i in lane i of D[c]):
+     * q4_K 0..35, q5_K 0..43, q6_K 0..51 (its d, bytes 208..209, apart). */
+    __m512i D[52];
+#define G(off) D[(off) / 4]
     for (int i = 0; i < nb; i++) {
         const uint8_t *b = w + (size_t)i * bs;
         panel16k *p = &P[i];
         for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)
             _mm_prefetch((const char *)ahead + o, _MM_HINT_T1);
+        transpose16x16(b, ws, D);
+        transpose16x16(b + 64, ws, D + 16);
+        if (kind == DSA_Q4_K) {
+            __m512i z[4];
+            load16x16(b + 128, ws, z);
+            transpose4x16(z, D + 32);
+        } else if (kind == DSA_Q5_K) { /* bytes 112..175 (the block's end): dwords 28..43, 28..31 again */
+            transpose16x16(b + 112, ws, D + 28);
+        } else {
+            transpose16x16(b + 128, ws, D + 32);
+        }
         if (kind == DSA_Q6_K) {
-            __m512i dd = G(206); /* bytes 206..209: the last two scales and d (d at 208 ends the block) */
+            __m512i z[4];
+            load16x16(b + 192, ws, z);
+            transpose4x16(z, D + 48);
+            /* bytes 206..209: the last two scales and d (d at 208 ends the block) */
+            __m512i dd = fourth_dword16(b + 194, ws);
             _mm512_store_ps(p->d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dd, 16))));
             __m512i sc4[4];
             for (int t = 0; t < 4; t++) sc4[t] = G(192 + 4 * t);
@@ -329,7 +377,7 @@ static inline __attribute__((always_inline)) void pack16_k(int n, const void *vw
 #undef G
 }
 
-/* The same panel byte by byte (rows too far apart for 32-bit gather offsets). */
+/* The same panel byte by byte (a last panel of fewer than 16 rows). */
 static void pack16_k_scalar(int nb, const uint8_t *w, size_t ws, int rows, panel16k *P, enum dsa_type kind) {
     const int bs = kind == DSA_Q4_K ? DSA_BS_Q4_K : kind == DSA_Q5_K ? DSA_BS_Q5_K : DSA_BS_Q6_K;
     memset(P, 0, (size_t)nb * sizeof *P);

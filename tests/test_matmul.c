@@ -221,6 +221,20 @@ static void check_tiles(enum dsa_type t, int n, int rows, int nact) {
                   "plain C, first [%d]: %.9g vs %.9g", tn, n, LEVELS[level], splits[s][0], splits[s][1], diff,
                   ldy * nact, first, first >= 0 ? got[first] : 0, first >= 0 ? want[first] : 0);
         }
+        if (st->mm_gemv) { /* decode's fused pack + tile, per whole panel and activation row */
+            int diff = 0, first = -1;
+            for (int c = 0; c < nact; c++)
+                for (int i0 = 0; i0 + st->mm_nr <= rows; i0 += st->mm_nr) {
+                    float y[16];
+                    st->mm_gemv(n, W + 1 + (size_t)i0 * ws, ws, A + (size_t)c * as,
+                                sums ? sums + (size_t)c * (n / DSA_QK) : NULL, y);
+                    for (int r = 0; r < st->mm_nr; r++)
+                        if (memcmp(&y[r], &want[(size_t)c * ldy + i0 + r], 4))
+                            diff++, first = first < 0 ? c * rows + i0 + r : first;
+                }
+            CHECK(diff == 0, "%s n=%d at %s: %d one-row products (mm_gemv) differ from plain C, first at %d", tn, n,
+                  LEVELS[level], diff, first);
+        }
     }
     free(W), free(X), free(A), free(S), free(want), free(got), free(ref);
 }
@@ -339,6 +353,11 @@ static void test_far_rows(void) {
                 tile_product(st, base + span - ws, far, rows, A, as, sums, nact, n, got, rows, nact, st->mm_nr);
                 CHECK(memcmp(got, want, sizeof(float) * rows * nact) == 0, "%s at %s: %d rows 2 GB apart differ",
                       dsa_type_name(t), LEVELS[level], rows);
+                if (st->mm_gemv && rows == st->mm_nr) {
+                    st->mm_gemv(n, base + span - ws, far, A, sums, got);
+                    CHECK(memcmp(got, want, sizeof(float) * rows) == 0, "%s at %s: mm_gemv of rows 2 GB apart differs",
+                          dsa_type_name(t), LEVELS[level]);
+                }
             }
         }
         for (int r = 0; r < NR; r++) mprotect(base + (size_t)r * far, span, PROT_NONE);

@@ -62,6 +62,10 @@ static void tile_rows(const mm_job *j, const dsa_mm_out *out, const dsa_type_tra
     size_t wrow = dsa_row_size(out->type, j->cols);
     for (int64_t i0 = r0; i0 < r1; i0 += tr->mm_nr) {
         int rows = r1 - i0 < tr->mm_nr ? (int)(r1 - i0) : tr->mm_nr;
+        if (j->n == 1 && tr->mm_gemv && rows == tr->mm_nr) { /* decode: pack and tile fused, the same bits */
+            tr->mm_gemv((int)j->cols, (const char *)out->W + i0 * wrow, wrow, j->A, j->S, out->Y + i0);
+            continue;
+        }
         tr->mm_pack((int)j->cols, (const char *)out->W + i0 * wrow, wrow, rows, panel);
         tr->mm_tile((int)j->cols, panel, j->A, j->arow, j->S, j->n, out->Y + i0, (size_t)out->ldy, rows);
     }

@@ -263,6 +263,71 @@ TILE16_LEGACY(dsa_mm_tile_q4_0_avx512, 0, 3)
 TILE16_LEGACY(dsa_mm_tile_q4_1_avx512, 1, 0)
 TILE16_LEGACY(dsa_mm_tile_q8_0_avx512, 0, 7)
 
+/* One activation row against 16 weight rows straight from their blocks (decode): pack16_legacy's vectors go to
+ * the products without being stored in a panel, and the float sequence of tile16_legacy_r with R = 1 is kept
+ * (the minimum's chain runs beside the scale's instead of after it, each in its own order). */
+static inline __attribute__((always_inline)) void gemv16_legacy(int n, const uint8_t *w, size_t ws, const uint8_t *a,
+                                                                const int32_t *asum, float *y, enum dsa_type kind) {
+    const int nb = n / DSA_QK, bs = kind == DSA_Q4_0 ? DSA_BS_Q4_0 : kind == DSA_Q4_1 ? DSA_BS_Q4_1 : DSA_BS_Q8_0;
+    const int shift = kind == DSA_Q4_0 ? 3 : kind == DSA_Q8_0 ? 7 : 0;
+    const __m512i m4 = _mm512_set1_epi8(15);
+    const uint8_t *ahead = w + 2 * NR * ws; /* as pack16_legacy */
+    __m512 accd = _mm512_setzero_ps(), accm = _mm512_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * bs, *ab = a + (size_t)i * sizeof(dsa_block_q8_1);
+        const uint8_t *qa = ab + offsetof(dsa_block_q8_1, qs);
+        for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)
+            _mm_prefetch((const char *)ahead + o, _MM_HINT_T1);
+        __m512i dm = first_dword16(b, ws);
+        __m512i s0, s1;
+        if (kind == DSA_Q8_0) {
+            __m512i g[8];
+            transpose8x16(b + 2, ws, g);
+            const __m512i x80 = _mm512_set1_epi8((char)0x80);
+            s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(g[0], x80), _mm512_set1_epi32(rd32(qa)));
+            s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(g[1], x80), _mm512_set1_epi32(rd32(qa + 4)));
+            for (int c = 2; c < 8; c += 2) {
+                s0 = _mm512_dpbusd_epi32(s0, _mm512_xor_si512(g[c], x80), _mm512_set1_epi32(rd32(qa + 4 * c)));
+                s1 = _mm512_dpbusd_epi32(s1, _mm512_xor_si512(g[c + 1], x80), _mm512_set1_epi32(rd32(qa + 4 * c + 4)));
+            }
+        } else {
+            __m512i z[4], g[4];
+            load16x16(b + (kind == DSA_Q4_1 ? 4 : 2), ws, z);
+            transpose4x16(z, g);
+            /* chunk c (c < 4): low nibbles, elements 4c..; chunk c + 4: high nibbles, elements 16 + 4c.. */
+            s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(g[0], m4), _mm512_set1_epi32(rd32(qa)));
+            s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(g[0], 4), m4),
+                                     _mm512_set1_epi32(rd32(qa + 16)));
+            for (int c = 1; c < 4; c++) {
+                s0 = _mm512_dpbusd_epi32(s0, _mm512_and_si512(g[c], m4), _mm512_set1_epi32(rd32(qa + 4 * c)));
+                s1 = _mm512_dpbusd_epi32(s1, _mm512_and_si512(_mm512_srli_epi16(g[c], 4), m4),
+                                         _mm512_set1_epi32(rd32(qa + 16 + 4 * c)));
+            }
+        }
+        __m512i dot = _mm512_add_epi32(s0, s1); /* integer sums: the order of the products does not matter */
+        if (shift) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(asum[i] * (1 << shift)));
+        __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm));
+        __m512 sc = _mm512_mul_ps(d, _mm512_set1_ps(rdf(ab)));
+        accd = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, accd);
+        if (kind == DSA_Q4_1) {
+            __m512 m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
+            accm = _mm512_fmadd_ps(m, _mm512_set1_ps(rdf(ab + offsetof(dsa_block_q8_1, s))), accm);
+        }
+    }
+    if (kind == DSA_Q4_1) accd = _mm512_add_ps(accd, accm);
+    _mm512_storeu_ps(y, accd);
+}
+
+void dsa_mm_gemv_q4_0_avx512(int n, const void *w, size_t ws, const void *a, const int32_t *asum, float *y) {
+    gemv16_legacy(n, w, ws, a, asum, y, DSA_Q4_0);
+}
+void dsa_mm_gemv_q4_1_avx512(int n, const void *w, size_t ws, const void *a, const int32_t *asum, float *y) {
+    gemv16_legacy(n, w, ws, a, asum, y, DSA_Q4_1);
+}
+void dsa_mm_gemv_q8_0_avx512(int n, const void *w, size_t ws, const void *a, const int32_t *asum, float *y) {
+    gemv16_legacy(n, w, ws, a, asum, y, DSA_Q8_0);
+}
+
 /* ---- K-quants -------------------------------------------------------------------------------------------------
  * Per super-block: the unsigned quants as 64 chunks of 4 elements (q4_K 0..15, q5_K 0..31, q6_K 0..63), and per
  * lane the integer scales.  A sub-block's (q6_K: group's) vpdpbusd sum is multiplied by its scale with vpmulld and

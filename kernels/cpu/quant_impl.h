@@ -144,6 +144,8 @@ static inline void dsa_unpack_q6_k(const uint8_t *b, int8_t q[256]) {
 #define DSA_MM_TILE_DECL(t)                                                                                       \
     void dsa_mm_tile_##t(int n, const void *panel, const void *a, size_t a_stride, const int32_t *asum, int nact, \
                          float *y, size_t ldy, int rows);
+#define DSA_MM_GEMV_DECL(t) \
+    void dsa_mm_gemv_##t(int n, const void *w, size_t w_stride, const void *a, const int32_t *asum, float *y);
 DSA_MM_PACK_DECL(q4_0_ref) DSA_MM_PACK_DECL(q4_1_ref) DSA_MM_PACK_DECL(q8_0_ref)
 DSA_MM_PACK_DECL(q4_k_ref) DSA_MM_PACK_DECL(q5_k_ref) DSA_MM_PACK_DECL(q6_k_ref)
 DSA_MM_TILE_DECL(q4_0_ref) DSA_MM_TILE_DECL(q4_1_ref) DSA_MM_TILE_DECL(q45_k_ref) DSA_MM_TILE_DECL(q6_k_ref)
@@ -180,6 +182,7 @@ DSA_MM_TILE_DECL(q4_k_avx2) DSA_MM_TILE_DECL(q5_k_avx2) DSA_MM_TILE_DECL(q6_k_av
 #define DSA_MM_PANEL16_LEGACY 640 /* 16 rows × (32 quants + d + m) */
 DSA_MM_PACK_DECL(q4_0_avx512) DSA_MM_PACK_DECL(q4_1_avx512) DSA_MM_PACK_DECL(q8_0_avx512)
 DSA_MM_TILE_DECL(q4_0_avx512) DSA_MM_TILE_DECL(q4_1_avx512) DSA_MM_TILE_DECL(q8_0_avx512)
+DSA_MM_GEMV_DECL(q4_0_avx512) DSA_MM_GEMV_DECL(q4_1_avx512) DSA_MM_GEMV_DECL(q8_0_avx512)
 #define DSA_MM_PANEL16_K 5760 /* 16 rows × (256 quants + 16 scales + 8 min pairs + d + dmin) */
 DSA_MM_PACK_DECL(q4_k_avx512) DSA_MM_PACK_DECL(q5_k_avx512) DSA_MM_PACK_DECL(q6_k_avx512)
 DSA_MM_TILE_DECL(q45_k_avx512) DSA_MM_TILE_DECL(q6_k_avx512)

@@ -263,6 +263,66 @@ TILE8_LEGACY(dsa_mm_tile_q4_0_avx2, 0, 3, 0)
 TILE8_LEGACY(dsa_mm_tile_q4_1_avx2, 1, 0, 0)
 TILE8_LEGACY(dsa_mm_tile_q8_0_avx2, 0, 7, 1)
 
+/* One activation row against 8 weight rows straight from their blocks (decode): pack8_legacy's vectors go to the
+ * products without being stored in a panel, and the float sequence of tile8_legacy_r with R = 1 is kept (the
+ * minimum's chain runs beside the scale's instead of after it, each in its own order).  The 16-bit sums are
+ * exact (see the top of the file), so adding the chunks in another order gives the same integers. */
+static inline __attribute__((always_inline)) void gemv8_legacy(int n, const uint8_t *w, size_t ws, const uint8_t *a,
+                                                               const int32_t *asum, float *y, enum dsa_type kind) {
+    const int nb = n / DSA_QK, bs = kind == DSA_Q4_0 ? DSA_BS_Q4_0 : kind == DSA_Q4_1 ? DSA_BS_Q4_1 : DSA_BS_Q8_0;
+    const int shift = kind == DSA_Q4_0 ? 3 : kind == DSA_Q8_0 ? 7 : 0;
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const uint8_t *ahead = w + 3 * NR * ws; /* as pack8_legacy */
+    __m256 accd = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    _Alignas(32) float d[NR], m[NR];
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *b = w + (size_t)i * bs, *ab = a + (size_t)i * sizeof(dsa_block_q8_1);
+        const uint8_t *qa = ab + offsetof(dsa_block_q8_1, qs);
+        for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)
+            _mm_prefetch((const char *)ahead + o, _MM_HINT_T1);
+        scales8(b, ws, d, kind == DSA_Q4_1 ? m : NULL);
+        __m256i dot;
+        if (kind == DSA_Q8_0) {
+            __m256i g[8], s = _mm256_setzero_si256(), sh = _mm256_setzero_si256();
+            transpose8(b + 2, ws, g);
+            for (int c = 0; c < 8; c++) {
+                __m256i v = _mm256_xor_si256(g[c], _mm256_set1_epi8((char)0x80));
+                __m256i x = _mm256_set1_epi32(rd32(qa + 4 * c));
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_and_si256(v, m4), x));
+                sh = _mm256_add_epi16(sh, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), x));
+            }
+            dot = _mm256_add_epi32(_mm256_madd_epi16(s, ones), _mm256_madd_epi16(sh, _mm256_set1_epi16(16)));
+        } else {
+            __m256i g[4], s = _mm256_setzero_si256();
+            transpose4x8(b + (kind == DSA_Q4_1 ? 4 : 2), ws, g);
+            for (int c = 0; c < 4; c++) { /* bytes 4c..4c+3: elements 4c.. (low nibbles) and 16+4c.. (high) */
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_and_si256(g[c], m4),
+                                                             _mm256_set1_epi32(rd32(qa + 4 * c))));
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(g[c], 4), m4),
+                                                             _mm256_set1_epi32(rd32(qa + 16 + 4 * c))));
+            }
+            dot = _mm256_madd_epi16(s, ones);
+        }
+        if (shift) dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(asum[i] * (1 << shift)));
+        __m256 sc = _mm256_mul_ps(_mm256_load_ps(d), _mm256_set1_ps(rdf(ab)));
+        accd = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, accd);
+        if (kind == DSA_Q4_1)
+            accm = _mm256_fmadd_ps(_mm256_load_ps(m), _mm256_set1_ps(rdf(ab + offsetof(dsa_block_q8_1, s))), accm);
+    }
+    if (kind == DSA_Q4_1) accd = _mm256_add_ps(accd, accm);
+    _mm256_storeu_ps(y, accd);
+}
+
+void dsa_mm_gemv_q4_0_avx2(int n, const void *w, size_t ws, const void *a, const int32_t *asum, float *y) {
+    gemv8_legacy(n, w, ws, a, asum, y, DSA_Q4_0);
+}
+void dsa_mm_gemv_q4_1_avx2(int n, const void *w, size_t ws, const void *a, const int32_t *asum, float *y) {
+    gemv8_legacy(n, w, ws, a, asum, y, DSA_Q4_1);
+}
+void dsa_mm_gemv_q8_0_avx2(int n, const void *w, size_t ws, const void *a, const int32_t *asum, float *y) {
+    gemv8_legacy(n, w, ws, a, asum, y, DSA_Q8_0);
+}
+
 /* ---- K-quants -------------------------------------------------------------------------------------------------
  * The panel of mm_tile_avx512.c at 8 lanes.  pmaddubsw pairs stay exact in 16 bits over as many chunks as the
  * quants allow (q4_K: 8 chunks, 2·15·127·8 = 30480; q5_K: 4; q6_K: 2), then pmaddwd against the scale held in both

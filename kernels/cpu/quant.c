@@ -442,6 +442,9 @@ static void build_tables(void) {
     set_tiles(g_tab[2], tiles2, sizeof tiles2 / sizeof tiles2[0]);
     set_tiles(g_tab[3], tiles2, sizeof tiles2 / sizeof tiles2[0]);
     set_tiles(g_tab[3], tiles3, sizeof tiles3 / sizeof tiles3[0]);
+    g_tab[2][DSA_Q4_0].mm_gemv = dsa_mm_gemv_q4_0_avx2;
+    g_tab[2][DSA_Q4_1].mm_gemv = dsa_mm_gemv_q4_1_avx2;
+    g_tab[2][DSA_Q8_0].mm_gemv = dsa_mm_gemv_q8_0_avx2;
     g_tab[3][DSA_Q4_0].mm_gemv = dsa_mm_gemv_q4_0_avx512;
     g_tab[3][DSA_Q4_1].mm_gemv = dsa_mm_gemv_q4_1_avx512;
     g_tab[3][DSA_Q8_0].mm_gemv = dsa_mm_gemv_q8_0_avx512;

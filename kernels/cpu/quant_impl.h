@@ -174,6 +174,7 @@ void dsa_quantize_q8_k_avx2(const float *x, void *y, int64_t n);
 #define DSA_MM_PANEL8_Q8_0 576   /* 8 rows × (2 × 32 nibbles + d + padding) */
 DSA_MM_PACK_DECL(q4_0_avx2) DSA_MM_PACK_DECL(q4_1_avx2) DSA_MM_PACK_DECL(q8_0_avx2)
 DSA_MM_TILE_DECL(q4_0_avx2) DSA_MM_TILE_DECL(q4_1_avx2) DSA_MM_TILE_DECL(q8_0_avx2)
+DSA_MM_GEMV_DECL(q4_0_avx2) DSA_MM_GEMV_DECL(q4_1_avx2) DSA_MM_GEMV_DECL(q8_0_avx2)
 #define DSA_MM_PANEL8_K 2880 /* 8 rows × (256 quants + 16 scales + 8 min pairs + d + dmin) */
 DSA_MM_PACK_DECL(q4_k_avx2) DSA_MM_PACK_DECL(q5_k_avx2) DSA_MM_PACK_DECL(q6_k_avx2)
 DSA_MM_TILE_DECL(q4_k_avx2) DSA_MM_TILE_DECL(q5_k_avx2) DSA_MM_TILE_DECL(q6_k_avx2)

@@ -80,6 +80,10 @@ static double time_tiles(const dsa_type_traits *tt, const uint8_t *w, size_t rs,
         double t0 = now();
         for (int i0 = 0; i0 < rows; i0 += tt->mm_nr) {
             int nr = rows - i0 < tt->mm_nr ? rows - i0 : tt->mm_nr;
+            if (nact == 1 && tt->mm_gemv && nr == tt->mm_nr) { /* what dsa_matmul runs for decode */
+                tt->mm_gemv(n, w + (size_t)i0 * rs, rs, a, sums, y + i0);
+                continue;
+            }
             tt->mm_pack(n, w + (size_t)i0 * rs, rs, nr, panel);
             tt->mm_tile(n, panel, a, as, sums, nact, y + i0, (size_t)rows, nr);
         }
@@ -187,7 +191,8 @@ int main(int argc, char **argv) {
     void *as_buf = malloc(dsa_row_size(DSA_Q8_K, n) * (size_t)max_act + dsa_row_size(DSA_Q8_1, n) * (size_t)max_act);
     int32_t *sums = malloc(sizeof(int32_t) * (size_t)(n / 32) * max_act);
     float *y = malloc(sizeof(float) * (size_t)rows * max_act);
-    if (!json) printf("tiles: pack + tile, ns per weight row per activation row\n");
+    if (!json) printf("tiles: pack + tile (A=1: the fused mm_gemv where a level has one), ns per weight row per "
+                      "activation row\n");
     for (int k = 0; k < DSA_TYPE_COUNT; k++) {
         enum dsa_type t = (enum dsa_type)k;
         if (!is_weight(t)) continue;

@@ -374,6 +374,74 @@ static void pack8_k_partial(int nb, const uint8_t *w, size_t ws, int rows, panel
         }
 }
 
+/* One super-block of 8 rows (at b, ws apart) into its panel entry p. */
+static inline __attribute__((always_inline)) void pack8_k_block(const uint8_t *b, size_t ws, panel8k *p,
+                                                                enum dsa_type kind) {
+    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    if (kind == DSA_Q6_K) {
+        __m256i s4[4], e4[4];
+        transpose4x8(b + 192, ws, s4); /* the 16 scales */
+        transpose4x8(b + 194, ws, e4); /* its last dword: scales 14, 15 and d */
+        _mm256_store_ps(p->d, _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(
+            _mm256_packus_epi32(_mm256_srli_epi32(e4[3], 16), _mm256_setzero_si256()), _MM_SHUFFLE(3, 1, 2, 0)))));
+        for (int g = 0; g < 16; g++) _mm256_store_si256((__m256i *)p->sc[g], dup16(byte_s8(s4[g / 4], g % 4)));
+        for (int t = 0; t < 8; t++) {
+            __m256i a0 = byte_s8(s4[t / 2], 2 * (t % 2)), a1 = byte_s8(s4[t / 2], 2 * (t % 2) + 1);
+            _mm256_store_si256((__m256i *)p->mn[t],
+                               _mm256_or_si256(_mm256_and_si256(a0, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(a1, 16)));
+        }
+        for (int h = 0; h < 2; h++) {
+            __m256i qa[8], qb[8], qh[8];
+            transpose8(b + 64 * h, ws, qa);
+            transpose8(b + 64 * h + 32, ws, qb);
+            transpose8(b + 128 + 32 * h, ws, qh);
+            for (int l4 = 0; l4 < 8; l4++) {
+                __m256i lo[4] = {qa[l4], qb[l4], _mm256_srli_epi16(qa[l4], 4), _mm256_srli_epi16(qb[l4], 4)};
+                for (int k = 0; k < 4; k++) {
+                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh[l4], 2 * k), m2);
+                    __m256i q = _mm256_or_si256(_mm256_and_si256(lo[k], m4), _mm256_slli_epi16(hi, 4));
+                    _mm256_store_si256((__m256i *)p->q[32 * h + 8 * k + l4], q);
+                }
+            }
+        }
+        return;
+    }
+    __m256i hd[4]; /* dword 0: f16 d | f16 dmin; 1..3: the 12 bytes of scales */
+    transpose4x8(b, ws, hd);
+    __m256i dm = hd[0];
+    __m256i wds = _mm256_permute4x64_epi64(
+        _mm256_packus_epi32(_mm256_and_si256(dm, _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(dm, 16)),
+        _MM_SHUFFLE(3, 1, 2, 0));
+    _mm256_store_ps(p->d, _mm256_cvtph_ps(_mm256_castsi256_si128(wds)));
+    _mm256_store_ps(p->dmin, _mm256_cvtph_ps(_mm256_extracti128_si256(wds, 1)));
+    const __m256i m6 = _mm256_set1_epi8(0x3f), m30 = _mm256_set1_epi8(0x30), m0f = _mm256_set1_epi8(0x0f);
+    __m256i s0 = hd[1], s1 = hd[2], s2 = hd[3];
+    __m256i sc03 = _mm256_and_si256(s0, m6), mn03 = _mm256_and_si256(s1, m6);
+    __m256i sc47 = _mm256_or_si256(_mm256_and_si256(s2, m0f), _mm256_and_si256(_mm256_srli_epi32(s0, 2), m30));
+    __m256i mn47 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(s2, 4), m0f),
+                                   _mm256_and_si256(_mm256_srli_epi32(s1, 2), m30));
+    for (int j = 0; j < 8; j++) {
+        _mm256_store_si256((__m256i *)p->sc[j], dup16(byte_u8(j < 4 ? sc03 : sc47, j % 4)));
+        _mm256_store_si256((__m256i *)p->mn[j], dup16(byte_u8(j < 4 ? mn03 : mn47, j % 4)));
+    }
+    const int qoff = kind == DSA_Q5_K ? 48 : 16;
+    __m256i qh[8];
+    if (kind == DSA_Q5_K) transpose8(b + 16, ws, qh);
+    for (int cc = 0; cc < 4; cc++) { /* 32-byte chunk cc: sub-blocks 2cc (low nibbles) and 2cc+1 (high) */
+        __m256i g[8];
+        transpose8(b + qoff + 32 * cc, ws, g);
+        for (int l4 = 0; l4 < 8; l4++) {
+            __m256i lo = _mm256_and_si256(g[l4], m4), hi = _mm256_and_si256(_mm256_srli_epi16(g[l4], 4), m4);
+            if (kind == DSA_Q5_K) { /* bit j of qh[l] is bit 4 of element l of sub-block j */
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh[l4], 2 * cc), one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh[l4], 2 * cc + 1), one), 4));
+            }
+            _mm256_store_si256((__m256i *)p->q[16 * cc + l4], lo);
+            _mm256_store_si256((__m256i *)p->q[16 * cc + 8 + l4], hi);
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void pack8_k(int n, const void *vw, size_t ws, int rows, void *panel,
                                                           enum dsa_type kind) {
     const uint8_t *w = vw;
@@ -383,75 +451,11 @@ static inline __attribute__((always_inline)) void pack8_k(int n, const void *vw,
         pack8_k_partial(nb, w, ws, rows, P, kind);
         return;
     }
-    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
     const uint8_t *ahead = w + 3 * NR * ws; /* as pack8_legacy */
     for (int i = 0; i < nb; i++) {
-        const uint8_t *b = w + (size_t)i * bs;
-        panel8k *p = &P[i];
         for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)
             _mm_prefetch((const char *)ahead + o, _MM_HINT_T1);
-        if (kind == DSA_Q6_K) {
-            __m256i s4[4], e4[4];
-            transpose4x8(b + 192, ws, s4); /* the 16 scales */
-            transpose4x8(b + 194, ws, e4); /* its last dword: scales 14, 15 and d */
-            _mm256_store_ps(p->d, _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(
-                _mm256_packus_epi32(_mm256_srli_epi32(e4[3], 16), _mm256_setzero_si256()), _MM_SHUFFLE(3, 1, 2, 0)))));
-            for (int g = 0; g < 16; g++) _mm256_store_si256((__m256i *)p->sc[g], dup16(byte_s8(s4[g / 4], g % 4)));
-            for (int t = 0; t < 8; t++) {
-                __m256i a0 = byte_s8(s4[t / 2], 2 * (t % 2)), a1 = byte_s8(s4[t / 2], 2 * (t % 2) + 1);
-                _mm256_store_si256((__m256i *)p->mn[t],
-                                   _mm256_or_si256(_mm256_and_si256(a0, _mm256_set1_epi32(0xffff)), _mm256_slli_epi32(a1, 16)));
-            }
-            for (int h = 0; h < 2; h++) {
-                __m256i qa[8], qb[8], qh[8];
-                transpose8(b + 64 * h, ws, qa);
-                transpose8(b + 64 * h + 32, ws, qb);
-                transpose8(b + 128 + 32 * h, ws, qh);
-                for (int l4 = 0; l4 < 8; l4++) {
-                    __m256i lo[4] = {qa[l4], qb[l4], _mm256_srli_epi16(qa[l4], 4), _mm256_srli_epi16(qb[l4], 4)};
-                    for (int k = 0; k < 4; k++) {
-                        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh[l4], 2 * k), m2);
-                        __m256i q = _mm256_or_si256(_mm256_and_si256(lo[k], m4), _mm256_slli_epi16(hi, 4));
-                        _mm256_store_si256((__m256i *)p->q[32 * h + 8 * k + l4], q);
-                    }
-                }
-            }
-            continue;
-        }
-        __m256i hd[4]; /* dword 0: f16 d | f16 dmin; 1..3: the 12 bytes of scales */
-        transpose4x8(b, ws, hd);
-        __m256i dm = hd[0];
-        __m256i wds = _mm256_permute4x64_epi64(
-            _mm256_packus_epi32(_mm256_and_si256(dm, _mm256_set1_epi32(0xffff)), _mm256_srli_epi32(dm, 16)),
-            _MM_SHUFFLE(3, 1, 2, 0));
-        _mm256_store_ps(p->d, _mm256_cvtph_ps(_mm256_castsi256_si128(wds)));
-        _mm256_store_ps(p->dmin, _mm256_cvtph_ps(_mm256_extracti128_si256(wds, 1)));
-        const __m256i m6 = _mm256_set1_epi8(0x3f), m30 = _mm256_set1_epi8(0x30), m0f = _mm256_set1_epi8(0x0f);
-        __m256i s0 = hd[1], s1 = hd[2], s2 = hd[3];
-        __m256i sc03 = _mm256_and_si256(s0, m6), mn03 = _mm256_and_si256(s1, m6);
-        __m256i sc47 = _mm256_or_si256(_mm256_and_si256(s2, m0f), _mm256_and_si256(_mm256_srli_epi32(s0, 2), m30));
-        __m256i mn47 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(s2, 4), m0f),
-                                       _mm256_and_si256(_mm256_srli_epi32(s1, 2), m30));
-        for (int j = 0; j < 8; j++) {
-            _mm256_store_si256((__m256i *)p->sc[j], dup16(byte_u8(j < 4 ? sc03 : sc47, j % 4)));
-            _mm256_store_si256((__m256i *)p->mn[j], dup16(byte_u8(j < 4 ? mn03 : mn47, j % 4)));
-        }
-        const int qoff = kind == DSA_Q5_K ? 48 : 16;
-        __m256i qh[8];
-        if (kind == DSA_Q5_K) transpose8(b + 16, ws, qh);
-        for (int cc = 0; cc < 4; cc++) { /* 32-byte chunk cc: sub-blocks 2cc (low nibbles) and 2cc+1 (high) */
-            __m256i g[8];
-            transpose8(b + qoff + 32 * cc, ws, g);
-            for (int l4 = 0; l4 < 8; l4++) {
-                __m256i lo = _mm256_and_si256(g[l4], m4), hi = _mm256_and_si256(_mm256_srli_epi16(g[l4], 4), m4);
-                if (kind == DSA_Q5_K) { /* bit j of qh[l] is bit 4 of element l of sub-block j */
-                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh[l4], 2 * cc), one), 4));
-                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh[l4], 2 * cc + 1), one), 4));
-                }
-                _mm256_store_si256((__m256i *)p->q[16 * cc + l4], lo);
-                _mm256_store_si256((__m256i *)p->q[16 * cc + 8 + l4], hi);
-            }
-        }
+        pack8_k_block(w + (size_t)i * bs, ws, &P[i], kind);
     }
 }
 
@@ -464,68 +468,98 @@ void dsa_mm_pack_q6_k_avx2(int n, const void *w, size_t ws, int rows, void *p) {
 #endif
 #define TRK DSA_MM_TRK256
 
-/* kind: which K-quant (the 16-bit run length and the scale layout follow from it) */
-static inline __attribute__((always_inline)) void tile8_k_r(int nb, const panel8k *P, const uint8_t *a, size_t as,
-                                                            float *y, size_t ldy, int rows, const int R,
-                                                            const enum dsa_type kind) {
+/* One super-block of a K panel against R activation rows (q8_K, as bytes apart): accd += the scaled sums, and
+ * (q4_K, q5_K) accm += the mins' part, each a chain of its own in block order.  kind: which K-quant (the 16-bit
+ * run length and the scale layout follow from it). */
+static inline __attribute__((always_inline)) void tile8_k_block(const panel8k *p, const uint8_t *ab, size_t as,
+                                                                const int R, const enum dsa_type kind, __m256 *accd,
+                                                                __m256 *accm) {
     enum { QS = offsetof(dsa_block_q8_k, qs), BSUMS = offsetof(dsa_block_q8_k, bsums) };
     const int six = kind == DSA_Q6_K;
     const int run = kind == DSA_Q4_K ? 8 : kind == DSA_Q5_K ? 4 : 2; /* chunks summed in 16 bits */
     const int per = six ? 4 : 8;                                       /* chunks per scale */
-    __m256 accd[8];
-    for (int r = 0; r < R; r++) accd[r] = _mm256_setzero_ps();
-    for (int i = 0; i < nb; i++) {
-        const panel8k *p = &P[i];
-        const uint8_t *ab = a + (size_t)i * sizeof(dsa_block_q8_k);
-        __m256i sumi[8];
-        for (int r = 0; r < R; r++) {
-            sumi[r] = _mm256_setzero_si256();
-            if (six) { /* -32 · Σ_g sc_g · bsums_g */
-                __m256i off = _mm256_setzero_si256();
-                for (int t = 0; t < 8; t++)
-                    off = _mm256_add_epi32(off, _mm256_madd_epi16(_mm256_load_si256((const __m256i *)p->mn[t]),
-                                                                  _mm256_set1_epi32(rd32(ab + (size_t)r * as + BSUMS + 4 * t))));
-                sumi[r] = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32(off, 5));
-            }
-        }
-        for (int k0 = 0; k0 < 64; k0 += run) {
-            __m256i s16[8];
-            for (int c = 0; c < run; c++) {
-                __m256i wq = _mm256_load_si256((const __m256i *)p->q[k0 + c]);
-                for (int r = 0; r < R; r++) {
-                    __m256i x = _mm256_set1_epi32(rd32(ab + (size_t)r * as + QS + 4 * (k0 + c)));
-                    __m256i v = _mm256_maddubs_epi16(wq, x);
-                    s16[r] = c ? _mm256_add_epi16(s16[r], v) : v;
-                }
-            }
-            __m256i sc = _mm256_load_si256((const __m256i *)p->sc[k0 / per]);
-            for (int r = 0; r < R; r++) sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(s16[r], sc));
-        }
-        __m256 d = _mm256_load_ps(p->d);
-        for (int r = 0; r < R; r++) {
-            __m256 sc = _mm256_mul_ps(d, _mm256_set1_ps(rdf(ab + (size_t)r * as)));
-            accd[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r]), sc, accd[r]);
+    __m256i sumi[8];
+    for (int r = 0; r < R; r++) {
+        sumi[r] = _mm256_setzero_si256();
+        if (six) { /* -32 · Σ_g sc_g · bsums_g */
+            __m256i off = _mm256_setzero_si256();
+            for (int t = 0; t < 8; t++)
+                off = _mm256_add_epi32(off, _mm256_madd_epi16(_mm256_load_si256((const __m256i *)p->mn[t]),
+                                                              _mm256_set1_epi32(rd32(ab + (size_t)r * as + BSUMS + 4 * t))));
+            sumi[r] = _mm256_sub_epi32(sumi[r], _mm256_slli_epi32(off, 5));
         }
     }
-    if (!six) {
-        __m256 accm[8];
-        for (int r = 0; r < R; r++) accm[r] = _mm256_setzero_ps();
-        for (int i = 0; i < nb; i++) {
-            const panel8k *p = &P[i];
-            const uint8_t *ab = a + (size_t)i * sizeof(dsa_block_q8_k);
-            __m256 dmin = _mm256_load_ps(p->dmin);
+    for (int k0 = 0; k0 < 64; k0 += run) {
+        __m256i s16[8];
+        for (int c = 0; c < run; c++) {
+            __m256i wq = _mm256_load_si256((const __m256i *)p->q[k0 + c]);
             for (int r = 0; r < R; r++) {
-                __m256i summ = _mm256_setzero_si256();
-                for (int j = 0; j < 8; j++)
-                    summ = _mm256_add_epi32(summ, _mm256_madd_epi16(_mm256_load_si256((const __m256i *)p->mn[j]),
-                                                                    _mm256_set1_epi32(rd32(ab + (size_t)r * as + BSUMS + 4 * j))));
-                __m256 sc = _mm256_mul_ps(dmin, _mm256_set1_ps(rdf(ab + (size_t)r * as)));
-                accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(summ), sc, accm[r]);
+                __m256i x = _mm256_set1_epi32(rd32(ab + (size_t)r * as + QS + 4 * (k0 + c)));
+                __m256i v = _mm256_maddubs_epi16(wq, x);
+                s16[r] = c ? _mm256_add_epi16(s16[r], v) : v;
             }
         }
-        for (int r = 0; r < R; r++) accd[r] = _mm256_sub_ps(accd[r], accm[r]);
+        __m256i sc = _mm256_load_si256((const __m256i *)p->sc[k0 / per]);
+        for (int r = 0; r < R; r++) sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(s16[r], sc));
     }
+    __m256 d = _mm256_load_ps(p->d);
+    for (int r = 0; r < R; r++) {
+        __m256 sc = _mm256_mul_ps(d, _mm256_set1_ps(rdf(ab + (size_t)r * as)));
+        accd[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[r]), sc, accd[r]);
+    }
+    if (!six) { /* the mins: accm += (float)summ · (dmin · a.d); the caller takes accm from accd at the end */
+        __m256 dmin = _mm256_load_ps(p->dmin);
+        for (int r = 0; r < R; r++) {
+            __m256i summ = _mm256_setzero_si256();
+            for (int j = 0; j < 8; j++)
+                summ = _mm256_add_epi32(summ, _mm256_madd_epi16(_mm256_load_si256((const __m256i *)p->mn[j]),
+                                                                _mm256_set1_epi32(rd32(ab + (size_t)r * as + BSUMS + 4 * j))));
+            __m256 sc = _mm256_mul_ps(dmin, _mm256_set1_ps(rdf(ab + (size_t)r * as)));
+            accm[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(summ), sc, accm[r]);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void tile8_k_r(int nb, const panel8k *P, const uint8_t *a, size_t as,
+                                                            float *y, size_t ldy, int rows, const int R,
+                                                            const enum dsa_type kind) {
+    __m256 accd[8], accm[8];
+    for (int r = 0; r < R; r++) accd[r] = accm[r] = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) tile8_k_block(&P[i], a + (size_t)i * sizeof(dsa_block_q8_k), as, R, kind, accd, accm);
+    if (kind != DSA_Q6_K)
+        for (int r = 0; r < R; r++) accd[r] = _mm256_sub_ps(accd[r], accm[r]);
     for (int r = 0; r < R; r++) store8(y + (size_t)r * ldy, accd[r], rows);
+}
+
+/* One activation row against 8 rows of K-quant weights (decode): each super-block is packed into an L1 buffer and
+ * multiplied at once, instead of the whole panel being packed and then read back. */
+static inline __attribute__((always_inline)) void gemv8_k(int n, const uint8_t *w, size_t ws, const uint8_t *a,
+                                                          float *y, enum dsa_type kind) {
+    const int nb = n / DSA_QK_K, bs = kind == DSA_Q4_K ? DSA_BS_Q4_K : kind == DSA_Q5_K ? DSA_BS_Q5_K : DSA_BS_Q6_K;
+    const uint8_t *ahead = w + 3 * NR * ws; /* as pack8_k */
+    panel8k p;
+    __m256 accd = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)
+            _mm_prefetch((const char *)ahead + o, _MM_HINT_T1);
+        pack8_k_block(w + (size_t)i * bs, ws, &p, kind);
+        tile8_k_block(&p, a + (size_t)i * sizeof(dsa_block_q8_k), 0, 1, kind, &accd, &accm);
+    }
+    if (kind != DSA_Q6_K) accd = _mm256_sub_ps(accd, accm);
+    _mm256_storeu_ps(y, accd);
+}
+
+void dsa_mm_gemv_q4_k_avx2(int n, const void *w, size_t ws, const void *a, const int32_t *asum, float *y) {
+    (void)asum;
+    gemv8_k(n, w, ws, a, y, DSA_Q4_K);
+}
+void dsa_mm_gemv_q5_k_avx2(int n, const void *w, size_t ws, const void *a, const int32_t *asum, float *y) {
+    (void)asum;
+    gemv8_k(n, w, ws, a, y, DSA_Q5_K);
+}
+void dsa_mm_gemv_q6_k_avx2(int n, const void *w, size_t ws, const void *a, const int32_t *asum, float *y) {
+    (void)asum;
+    gemv8_k(n, w, ws, a, y, DSA_Q6_K);
 }
 
 #define TILE8_K(name, kind)                                                                                         \

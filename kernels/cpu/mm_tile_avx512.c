@@ -350,6 +350,85 @@ static inline __m512i byte_s(__m512i v, int j) { return _mm512_srai_epi32(_mm512
 
 static void pack16_k_scalar(int nb, const uint8_t *w, size_t ws, int rows, panel16k *P, enum dsa_type kind);
 
+/* One super-block of 16 rows (at b, ws apart) into its panel entry p. */
+static inline __attribute__((always_inline)) void pack16_k_block(const uint8_t *b, size_t ws, panel16k *p,
+                                                                 enum dsa_type kind) {
+    const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(3);
+    const __m512i one = _mm512_set1_epi8(1), lo16 = _mm512_set1_epi32(0xffff);
+    /* The block's dwords for the 16 rows, transposed as pack16_legacy does (dword c of row i in lane i of D[c]):
+     * q4_K 0..35, q5_K 0..43, q6_K 0..51 (its d, bytes 208..209, apart). */
+    __m512i D[52];
+#define G(off) D[(off) / 4]
+    transpose16x16(b, ws, D);
+    transpose16x16(b + 64, ws, D + 16);
+    if (kind == DSA_Q4_K) {
+        __m512i z[4];
+        load16x16(b + 128, ws, z);
+        transpose4x16(z, D + 32);
+    } else if (kind == DSA_Q5_K) { /* bytes 112..175 (the block's end): dwords 28..43, 28..31 again */
+        transpose16x16(b + 112, ws, D + 28);
+    } else {
+        transpose16x16(b + 128, ws, D + 32);
+    }
+    if (kind == DSA_Q6_K) {
+        __m512i z[4];
+        load16x16(b + 192, ws, z);
+        transpose4x16(z, D + 48);
+        /* bytes 206..209: the last two scales and d (d at 208 ends the block) */
+        __m512i dd = fourth_dword16(b + 194, ws);
+        _mm512_store_ps(p->d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dd, 16))));
+        __m512i sc4[4];
+        for (int t = 0; t < 4; t++) sc4[t] = G(192 + 4 * t);
+        for (int g = 0; g < 16; g++) _mm512_store_si512(p->sc[g], byte_s(sc4[g / 4], g % 4));
+        for (int t = 0; t < 8; t++) {
+            __m512i a0 = byte_s(sc4[t / 2], 2 * (t % 2)), a1 = byte_s(sc4[t / 2], 2 * (t % 2) + 1);
+            _mm512_store_si512(p->mn[t], _mm512_or_si512(_mm512_and_si512(a0, lo16), _mm512_slli_epi32(a1, 16)));
+        }
+        for (int h = 0; h < 2; h++)
+            for (int l4 = 0; l4 < 8; l4++) { /* elements 128h + 32k + 4·l4 .. +3, k = 0..3 */
+                __m512i qa = G(64 * h + 4 * l4), qb = G(64 * h + 32 + 4 * l4), qh = G(128 + 32 * h + 4 * l4);
+                __m512i lo[4] = {qa, qb, _mm512_srli_epi16(qa, 4), _mm512_srli_epi16(qb, 4)};
+                for (int k = 0; k < 4; k++) {
+                    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(qh, 2 * k), m2);
+                    __m512i q = _mm512_or_si512(_mm512_and_si512(lo[k], m4), _mm512_slli_epi16(hi, 4));
+                    _mm512_store_si512(p->q[32 * h + 8 * k + l4], q);
+                }
+            }
+        return;
+    }
+    __m512i dm = G(0);
+    _mm512_store_ps(p->d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
+    _mm512_store_ps(p->dmin, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
+    /* the 6-bit scales and mins, as dsa_kscales_packed does it, 16 rows at once */
+    __m512i s0 = G(4), s1 = G(8), s2 = G(12);
+    const __m512i m6 = _mm512_set1_epi8(0x3f), m30 = _mm512_set1_epi8(0x30), m0f = _mm512_set1_epi8(0x0f);
+    __m512i sc03 = _mm512_and_si512(s0, m6), mn03 = _mm512_and_si512(s1, m6);
+    __m512i sc47 = _mm512_or_si512(_mm512_and_si512(s2, m0f), _mm512_and_si512(_mm512_srli_epi32(s0, 2), m30));
+    __m512i mn47 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(s2, 4), m0f),
+                                   _mm512_and_si512(_mm512_srli_epi32(s1, 2), m30));
+    for (int j = 0; j < 8; j++) {
+        _mm512_store_si512(p->sc[j], byte_u(j < 4 ? sc03 : sc47, j % 4));
+        __m512i mn = byte_u(j < 4 ? mn03 : mn47, j % 4);
+        _mm512_store_si512(p->mn[j], _mm512_or_si512(mn, _mm512_slli_epi32(mn, 16)));
+    }
+    const int qoff = kind == DSA_Q5_K ? 48 : 16;
+    __m512i qh[8];
+    if (kind == DSA_Q5_K)
+        for (int c = 0; c < 8; c++) qh[c] = G(16 + 4 * c);
+    for (int cc = 0; cc < 4; cc++)    /* 32-byte chunk cc: sub-blocks 2cc (low nibbles) and 2cc+1 (high) */
+        for (int l4 = 0; l4 < 8; l4++) { /* its bytes 4·l4 .. +3 */
+            __m512i g = G(qoff + 32 * cc + 4 * l4);
+            __m512i lo = _mm512_and_si512(g, m4), hi = _mm512_and_si512(_mm512_srli_epi16(g, 4), m4);
+            if (kind == DSA_Q5_K) { /* bit j of qh[l] is bit 4 of element l of sub-block j */
+                lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh[l4], 2 * cc), one), 4));
+                hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh[l4], 2 * cc + 1), one), 4));
+            }
+            _mm512_store_si512(p->q[16 * cc + l4], lo);
+            _mm512_store_si512(p->q[16 * cc + 8 + l4], hi);
+        }
+#undef G
+}
+
 static inline __attribute__((always_inline)) void pack16_k(int n, const void *vw, size_t ws, int rows, void *panel,
                                                            enum dsa_type kind) {
     const uint8_t *w = vw;
@@ -359,87 +438,12 @@ static inline __attribute__((always_inline)) void pack16_k(int n, const void *vw
         pack16_k_scalar(nb, w, ws, rows, P, kind);
         return;
     }
-    const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(3);
-    const __m512i one = _mm512_set1_epi8(1), lo16 = _mm512_set1_epi32(0xffff);
     const uint8_t *ahead = w + 2 * NR * ws; /* prefetch the panel after next into L2, as pack16_legacy */
-    /* A block's dwords for the 16 rows, transposed as pack16_legacy does (dword c of row i in lane i of D[c]):
-     * q4_K 0..35, q5_K 0..43, q6_K 0..51 (its d, bytes 208..209, apart). */
-    __m512i D[52];
-#define G(off) D[(off) / 4]
     for (int i = 0; i < nb; i++) {
-        const uint8_t *b = w + (size_t)i * bs;
-        panel16k *p = &P[i];
         for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)
             _mm_prefetch((const char *)ahead + o, _MM_HINT_T1);
-        transpose16x16(b, ws, D);
-        transpose16x16(b + 64, ws, D + 16);
-        if (kind == DSA_Q4_K) {
-            __m512i z[4];
-            load16x16(b + 128, ws, z);
-            transpose4x16(z, D + 32);
-        } else if (kind == DSA_Q5_K) { /* bytes 112..175 (the block's end): dwords 28..43, 28..31 again */
-            transpose16x16(b + 112, ws, D + 28);
-        } else {
-            transpose16x16(b + 128, ws, D + 32);
-        }
-        if (kind == DSA_Q6_K) {
-            __m512i z[4];
-            load16x16(b + 192, ws, z);
-            transpose4x16(z, D + 48);
-            /* bytes 206..209: the last two scales and d (d at 208 ends the block) */
-            __m512i dd = fourth_dword16(b + 194, ws);
-            _mm512_store_ps(p->d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dd, 16))));
-            __m512i sc4[4];
-            for (int t = 0; t < 4; t++) sc4[t] = G(192 + 4 * t);
-            for (int g = 0; g < 16; g++) _mm512_store_si512(p->sc[g], byte_s(sc4[g / 4], g % 4));
-            for (int t = 0; t < 8; t++) {
-                __m512i a0 = byte_s(sc4[t / 2], 2 * (t % 2)), a1 = byte_s(sc4[t / 2], 2 * (t % 2) + 1);
-                _mm512_store_si512(p->mn[t], _mm512_or_si512(_mm512_and_si512(a0, lo16), _mm512_slli_epi32(a1, 16)));
-            }
-            for (int h = 0; h < 2; h++)
-                for (int l4 = 0; l4 < 8; l4++) { /* elements 128h + 32k + 4·l4 .. +3, k = 0..3 */
-                    __m512i qa = G(64 * h + 4 * l4), qb = G(64 * h + 32 + 4 * l4), qh = G(128 + 32 * h + 4 * l4);
-                    __m512i lo[4] = {qa, qb, _mm512_srli_epi16(qa, 4), _mm512_srli_epi16(qb, 4)};
-                    for (int k = 0; k < 4; k++) {
-                        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(qh, 2 * k), m2);
-                        __m512i q = _mm512_or_si512(_mm512_and_si512(lo[k], m4), _mm512_slli_epi16(hi, 4));
-                        _mm512_store_si512(p->q[32 * h + 8 * k + l4], q);
-                    }
-                }
-            continue;
-        }
-        __m512i dm = G(0);
-        _mm512_store_ps(p->d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
-        _mm512_store_ps(p->dmin, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
-        /* the 6-bit scales and mins, as dsa_kscales_packed does it, 16 rows at once */
-        __m512i s0 = G(4), s1 = G(8), s2 = G(12);
-        const __m512i m6 = _mm512_set1_epi8(0x3f), m30 = _mm512_set1_epi8(0x30), m0f = _mm512_set1_epi8(0x0f);
-        __m512i sc03 = _mm512_and_si512(s0, m6), mn03 = _mm512_and_si512(s1, m6);
-        __m512i sc47 = _mm512_or_si512(_mm512_and_si512(s2, m0f), _mm512_and_si512(_mm512_srli_epi32(s0, 2), m30));
-        __m512i mn47 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(s2, 4), m0f),
-                                       _mm512_and_si512(_mm512_srli_epi32(s1, 2), m30));
-        for (int j = 0; j < 8; j++) {
-            _mm512_store_si512(p->sc[j], byte_u(j < 4 ? sc03 : sc47, j % 4));
-            __m512i mn = byte_u(j < 4 ? mn03 : mn47, j % 4);
-            _mm512_store_si512(p->mn[j], _mm512_or_si512(mn, _mm512_slli_epi32(mn, 16)));
-        }
-        const int qoff = kind == DSA_Q5_K ? 48 : 16;
-        __m512i qh[8];
-        if (kind == DSA_Q5_K)
-            for (int c = 0; c < 8; c++) qh[c] = G(16 + 4 * c);
-        for (int cc = 0; cc < 4; cc++)    /* 32-byte chunk cc: sub-blocks 2cc (low nibbles) and 2cc+1 (high) */
-            for (int l4 = 0; l4 < 8; l4++) { /* its bytes 4·l4 .. +3 */
-                __m512i g = G(qoff + 32 * cc + 4 * l4);
-                __m512i lo = _mm512_and_si512(g, m4), hi = _mm512_and_si512(_mm512_srli_epi16(g, 4), m4);
-                if (kind == DSA_Q5_K) { /* bit j of qh[l] is bit 4 of element l of sub-block j */
-                    lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh[l4], 2 * cc), one), 4));
-                    hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh[l4], 2 * cc + 1), one), 4));
-                }
-                _mm512_store_si512(p->q[16 * cc + l4], lo);
-                _mm512_store_si512(p->q[16 * cc + 8 + l4], hi);
-            }
+        pack16_k_block(w + (size_t)i * bs, ws, &P[i], kind);
     }
-#undef G
 }
 
 /* The same panel byte by byte (a last panel of fewer than 16 rows). */
@@ -480,67 +484,98 @@ void dsa_mm_pack_q6_k_avx512(int n, const void *w, size_t ws, int rows, void *p)
 
 #define TRK TR
 
+/* One super-block of a K panel against R activation rows (q8_K, as bytes apart): accd += the scaled sums, and
+ * (q4_K, q5_K) accm += the mins' part, each a chain of its own in block order. */
+static inline __attribute__((always_inline)) void tile16_k_block(const panel16k *p, const uint8_t *ab, size_t as,
+                                                                 const int R, const int six, __m512 *accd,
+                                                                 __m512 *accm) {
+    enum { QS = offsetof(dsa_block_q8_k, qs), BSUMS = offsetof(dsa_block_q8_k, bsums) };
+    __m512i sumi[8];
+    if (six) { /* start from -32 · Σ_g sc_g · bsums_g */
+        for (int r = 0; r < R; r++) {
+            __m512i off = _mm512_setzero_si512();
+            for (int t = 0; t < 8; t++)
+                off = _mm512_dpwssd_epi32(off, _mm512_load_si512(p->mn[t]),
+                                          _mm512_set1_epi32(rd32(ab + (size_t)r * as + BSUMS + 4 * t)));
+            sumi[r] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(off, 5));
+        }
+    } else {
+        for (int r = 0; r < R; r++) sumi[r] = _mm512_setzero_si512();
+    }
+    const int groups = six ? 16 : 8, per = six ? 4 : 8; /* chunks per scale */
+    for (int g = 0; g < groups; g++) {
+        __m512i s[8];
+        for (int c = 0; c < per; c++) {
+            int k = g * per + c;
+            __m512i wq = _mm512_load_si512(p->q[k]);
+            for (int r = 0; r < R; r++) {
+                __m512i x = _mm512_set1_epi32(rd32(ab + (size_t)r * as + QS + 4 * k));
+                s[r] = _mm512_dpbusd_epi32(c ? s[r] : _mm512_setzero_si512(), wq, x);
+            }
+        }
+        __m512i sc = _mm512_load_si512(p->sc[g]);
+        for (int r = 0; r < R; r++) sumi[r] = _mm512_add_epi32(sumi[r], _mm512_mullo_epi32(s[r], sc));
+    }
+    __m512 d = _mm512_load_ps(p->d);
+    for (int r = 0; r < R; r++) {
+        __m512 sc = _mm512_mul_ps(d, _mm512_set1_ps(rdf(ab + (size_t)r * as)));
+        accd[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[r]), sc, accd[r]);
+    }
+    if (!six) { /* the mins: accm += (float)summ · (dmin · a.d); the caller takes accm from accd at the end */
+        __m512 dmin = _mm512_load_ps(p->dmin);
+        for (int r = 0; r < R; r++) {
+            __m512i summ = _mm512_setzero_si512();
+            for (int j = 0; j < 8; j++)
+                summ = _mm512_dpwssd_epi32(summ, _mm512_load_si512(p->mn[j]),
+                                           _mm512_set1_epi32(rd32(ab + (size_t)r * as + BSUMS + 4 * j)));
+            __m512 sc = _mm512_mul_ps(dmin, _mm512_set1_ps(rdf(ab + (size_t)r * as)));
+            accm[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(summ), sc, accm[r]);
+        }
+    }
+}
+
 /* R activation rows (q8_K) against one K panel.  six: q6_K (16 groups of 16, -32 offset); else q4_K/q5_K. */
 static inline __attribute__((always_inline)) void tile16_k_r(int nb, const panel16k *P, const uint8_t *a, size_t as,
                                                              float *y, size_t ldy, __mmask16 km, const int R,
                                                              const int six) {
-    enum { QS = offsetof(dsa_block_q8_k, qs), BSUMS = offsetof(dsa_block_q8_k, bsums) };
-    __m512 accd[8];
-    for (int r = 0; r < R; r++) accd[r] = _mm512_setzero_ps();
-    for (int i = 0; i < nb; i++) {
-        const panel16k *p = &P[i];
-        const uint8_t *ab = a + (size_t)i * sizeof(dsa_block_q8_k);
-        __m512i sumi[8];
-        if (six) { /* start from -32 · Σ_g sc_g · bsums_g */
-            for (int r = 0; r < R; r++) {
-                __m512i off = _mm512_setzero_si512();
-                for (int t = 0; t < 8; t++)
-                    off = _mm512_dpwssd_epi32(off, _mm512_load_si512(p->mn[t]),
-                                              _mm512_set1_epi32(rd32(ab + (size_t)r * as + BSUMS + 4 * t)));
-                sumi[r] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(off, 5));
-            }
-        } else {
-            for (int r = 0; r < R; r++) sumi[r] = _mm512_setzero_si512();
-        }
-        const int groups = six ? 16 : 8, per = six ? 4 : 8; /* chunks per scale */
-        for (int g = 0; g < groups; g++) {
-            __m512i s[8];
-            for (int c = 0; c < per; c++) {
-                int k = g * per + c;
-                __m512i wq = _mm512_load_si512(p->q[k]);
-                for (int r = 0; r < R; r++) {
-                    __m512i x = _mm512_set1_epi32(rd32(ab + (size_t)r * as + QS + 4 * k));
-                    s[r] = _mm512_dpbusd_epi32(c ? s[r] : _mm512_setzero_si512(), wq, x);
-                }
-            }
-            __m512i sc = _mm512_load_si512(p->sc[g]);
-            for (int r = 0; r < R; r++) sumi[r] = _mm512_add_epi32(sumi[r], _mm512_mullo_epi32(s[r], sc));
-        }
-        __m512 d = _mm512_load_ps(p->d);
-        for (int r = 0; r < R; r++) {
-            __m512 sc = _mm512_mul_ps(d, _mm512_set1_ps(rdf(ab + (size_t)r * as)));
-            accd[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[r]), sc, accd[r]);
-        }
-    }
-    if (!six) { /* the mins: accm = Σ fma((float)summ, dmin · a.d), then y = accd - accm */
-        __m512 accm[8];
-        for (int r = 0; r < R; r++) accm[r] = _mm512_setzero_ps();
-        for (int i = 0; i < nb; i++) {
-            const panel16k *p = &P[i];
-            const uint8_t *ab = a + (size_t)i * sizeof(dsa_block_q8_k);
-            __m512 dmin = _mm512_load_ps(p->dmin);
-            for (int r = 0; r < R; r++) {
-                __m512i summ = _mm512_setzero_si512();
-                for (int j = 0; j < 8; j++)
-                    summ = _mm512_dpwssd_epi32(summ, _mm512_load_si512(p->mn[j]),
-                                               _mm512_set1_epi32(rd32(ab + (size_t)r * as + BSUMS + 4 * j)));
-                __m512 sc = _mm512_mul_ps(dmin, _mm512_set1_ps(rdf(ab + (size_t)r * as)));
-                accm[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(summ), sc, accm[r]);
-            }
-        }
+    __m512 accd[8], accm[8];
+    for (int r = 0; r < R; r++) accd[r] = accm[r] = _mm512_setzero_ps();
+    for (int i = 0; i < nb; i++) tile16_k_block(&P[i], a + (size_t)i * sizeof(dsa_block_q8_k), as, R, six, accd, accm);
+    if (!six)
         for (int r = 0; r < R; r++) accd[r] = _mm512_sub_ps(accd[r], accm[r]);
-    }
     for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(y + (size_t)r * ldy, km, accd[r]);
+}
+
+/* One activation row against 16 rows of K-quant weights (decode): each super-block is packed into an L1 buffer
+ * and multiplied at once, instead of the whole panel being packed and then read back. */
+static inline __attribute__((always_inline)) void gemv16_k(int n, const uint8_t *w, size_t ws, const uint8_t *a,
+                                                           float *y, enum dsa_type kind) {
+    const int nb = n / DSA_QK_K, bs = kind == DSA_Q4_K ? DSA_BS_Q4_K : kind == DSA_Q5_K ? DSA_BS_Q5_K : DSA_BS_Q6_K;
+    const int six = kind == DSA_Q6_K;
+    const uint8_t *ahead = w + 2 * NR * ws; /* as pack16_k */
+    panel16k p;
+    __m512 accd = _mm512_setzero_ps(), accm = _mm512_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)
+            _mm_prefetch((const char *)ahead + o, _MM_HINT_T1);
+        pack16_k_block(w + (size_t)i * bs, ws, &p, kind);
+        tile16_k_block(&p, a + (size_t)i * sizeof(dsa_block_q8_k), 0, 1, six, &accd, &accm);
+    }
+    if (!six) accd = _mm512_sub_ps(accd, accm);
+    _mm512_storeu_ps(y, accd);
+}
+
+void dsa_mm_gemv_q4_k_avx512(int n, const void *w, size_t ws, const void *a, const int32_t *asum, float *y) {
+    (void)asum;
+    gemv16_k(n, w, ws, a, y, DSA_Q4_K);
+}
+void dsa_mm_gemv_q5_k_avx512(int n, const void *w, size_t ws, const void *a, const int32_t *asum, float *y) {
+    (void)asum;
+    gemv16_k(n, w, ws, a, y, DSA_Q5_K);
+}
+void dsa_mm_gemv_q6_k_avx512(int n, const void *w, size_t ws, const void *a, const int32_t *asum, float *y) {
+    (void)asum;
+    gemv16_k(n, w, ws, a, y, DSA_Q6_K);
 }
 
 #define TILE16_K(name, six)                                                                                         \

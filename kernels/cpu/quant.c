@@ -445,9 +445,15 @@ static void build_tables(void) {
     g_tab[2][DSA_Q4_0].mm_gemv = dsa_mm_gemv_q4_0_avx2;
     g_tab[2][DSA_Q4_1].mm_gemv = dsa_mm_gemv_q4_1_avx2;
     g_tab[2][DSA_Q8_0].mm_gemv = dsa_mm_gemv_q8_0_avx2;
+    g_tab[2][DSA_Q4_K].mm_gemv = dsa_mm_gemv_q4_k_avx2;
+    g_tab[2][DSA_Q5_K].mm_gemv = dsa_mm_gemv_q5_k_avx2;
+    g_tab[2][DSA_Q6_K].mm_gemv = dsa_mm_gemv_q6_k_avx2;
     g_tab[3][DSA_Q4_0].mm_gemv = dsa_mm_gemv_q4_0_avx512;
     g_tab[3][DSA_Q4_1].mm_gemv = dsa_mm_gemv_q4_1_avx512;
     g_tab[3][DSA_Q8_0].mm_gemv = dsa_mm_gemv_q8_0_avx512;
+    g_tab[3][DSA_Q4_K].mm_gemv = dsa_mm_gemv_q4_k_avx512;
+    g_tab[3][DSA_Q5_K].mm_gemv = dsa_mm_gemv_q5_k_avx512;
+    g_tab[3][DSA_Q6_K].mm_gemv = dsa_mm_gemv_q6_k_avx512;
     for (int l = 2; l <= 3; l++) {
         dsa_type_traits *t = g_tab[l];
         t[DSA_F32].vec_dot = dsa_vec_dot_f32_avx2;

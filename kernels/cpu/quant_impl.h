@@ -178,6 +178,7 @@ DSA_MM_GEMV_DECL(q4_0_avx2) DSA_MM_GEMV_DECL(q4_1_avx2) DSA_MM_GEMV_DECL(q8_0_av
 #define DSA_MM_PANEL8_K 2880 /* 8 rows × (256 quants + 16 scales + 8 min pairs + d + dmin) */
 DSA_MM_PACK_DECL(q4_k_avx2) DSA_MM_PACK_DECL(q5_k_avx2) DSA_MM_PACK_DECL(q6_k_avx2)
 DSA_MM_TILE_DECL(q4_k_avx2) DSA_MM_TILE_DECL(q5_k_avx2) DSA_MM_TILE_DECL(q6_k_avx2)
+DSA_MM_GEMV_DECL(q4_k_avx2) DSA_MM_GEMV_DECL(q5_k_avx2) DSA_MM_GEMV_DECL(q6_k_avx2)
 
 /* mm_tile_avx512.c */
 #define DSA_MM_PANEL16_LEGACY 640 /* 16 rows × (32 quants + d + m) */
@@ -187,6 +188,7 @@ DSA_MM_GEMV_DECL(q4_0_avx512) DSA_MM_GEMV_DECL(q4_1_avx512) DSA_MM_GEMV_DECL(q8_
 #define DSA_MM_PANEL16_K 5760 /* 16 rows × (256 quants + 16 scales + 8 min pairs + d + dmin) */
 DSA_MM_PACK_DECL(q4_k_avx512) DSA_MM_PACK_DECL(q5_k_avx512) DSA_MM_PACK_DECL(q6_k_avx512)
 DSA_MM_TILE_DECL(q45_k_avx512) DSA_MM_TILE_DECL(q6_k_avx512)
+DSA_MM_GEMV_DECL(q4_k_avx512) DSA_MM_GEMV_DECL(q5_k_avx512) DSA_MM_GEMV_DECL(q6_k_avx512)
 
 /* quant_avx512.c: AVX-512 F/BW/VL/DQ + VNNI */
 float dsa_vec_dot_q4_0_avx512(int n, const void *w, const void *a);

@@ -436,10 +436,15 @@ static int chat_send(d_conn c, const proto_request *r) {
         cm[k] = (dsa_chat_msg){"user", r->text};
         if (render(cm, k + 1, 1, &ids) || render(cm, k, 0, &prev)) goto oom;
         if ((int)ids.n + max_tokens <= W.n_ctx || round > 0) break;
-        /* too long: the oldest turns after the system prompt leave the context (they stay in the transcript) */
+        /* Too long: the oldest turns after the system prompt leave the context (they stay in the transcript).
+         * Enough of them that a quarter of the context is free afterwards: each overflow re-reads what follows
+         * the dropped turns, and dropping only what this turn needs would make every later turn overflow and
+         * re-read almost the whole context again.  When the last turn alone leaves no such room, only what this
+         * turn needs. */
         ses_overflow ov;
         int need = (int)ids.n - (int)prev.n + max_tokens;
-        if (ses_overflow_apply(W.st, id, W.n_ctx, need, &ov, err, sizeof err)) {
+        if (ses_overflow_apply(W.st, id, W.n_ctx, need + W.n_ctx / 4, &ov, err, sizeof err) &&
+            ses_overflow_apply(W.st, id, W.n_ctx, need, &ov, err, sizeof err)) {
             reply_error(c, r->id, PE_CONTEXT_FULL, "the conversation does not fit the context of %d tokens: %s",
                         W.n_ctx, err);
             goto fail;

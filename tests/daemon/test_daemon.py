@@ -612,6 +612,55 @@ async def t_context_full(env):
     check_stream(res, 4, "chat after context_full", sid)
 
 
+@check("context overflow: old turns leave the context with room to spare, so the next turns do not re-read it",
+       timeout=240)
+async def t_overflow(env):
+    n_ctx, mt = 512, 24
+    d = env.new_daemon("overflow")
+    d.ctx = n_ctx
+    await d.start()
+    c = await env.connect(d)
+    sid = await new_session(c, name="long", system=SYSTEM)
+    stats, texts = [], []
+    for i in range(16):
+        text = f"Question {i + 1}: name one animal that lives in a forest and one that lives in the sea."
+        env.step = f"turn {i + 1}"
+        res = await c.chat(sid, text, max_tokens=mt, sampling=GREEDY, timeout=60)
+        s = check_stream(res, mt, f"turn {i + 1}", sid)
+        expect(res.done["stop"] in ("eos", "length"), f"turn {i + 1}: stop {res.done['stop']}")
+        expect(s["context_max"] == n_ctx, f"turn {i + 1}: context_max {s['context_max']} != --ctx {n_ctx}")
+        stats.append(s)
+        texts.append(text)
+    drops = [i for i, s in enumerate(stats) if s["history_dropped"] > 0]
+    env.note("overflow: " + ", ".join(f"{i + 1}:{s['history_dropped']}/{s['prefilled_tokens']}/{s['context_used']}"
+                                      for i, s in enumerate(stats)) + " (turn:dropped/prefilled/used)")
+    expect(drops, f"16 turns never overflowed a context of {n_ctx}: {[s['context_used'] for s in stats]}")
+    for i in drops:
+        s = stats[i]
+        # the system prompt's state is kept: what follows the dropped turns is read again, not the whole prompt
+        expect(s["reused_tokens"] > 0, f"turn {i + 1} dropped history and reused nothing: {s}")
+        # a quarter of the context is left free after an overflow
+        expect(s["prompt_tokens"] + mt <= n_ctx - n_ctx // 4,
+               f"turn {i + 1}: after dropping {s['history_dropped']} messages the prompt has {s['prompt_tokens']} "
+               f"tokens, + {mt} for the reply > 3/4 of {n_ctx}")
+        if i + 1 < len(stats):
+            n = stats[i + 1]
+            expect(n["history_dropped"] == 0, f"turn {i + 2} dropped history again right after turn {i + 1}: "
+                                              f"{[(j + 1, stats[j]['history_dropped']) for j in drops]}")
+            expect(n["prefilled_tokens"] <= len(texts[i + 1].encode()) + 24,
+                   f"turn {i + 2} prefilled {n['prefilled_tokens']} tokens after an overflow at turn {i + 1}")
+    msgs = await history(c, sid)
+    expect(msgs[0]["role"] == "system" and msgs[0]["in_context"], f"the system prompt left the context: {msgs[0]}")
+    rest = strip_system(msgs)
+    expect(len(rest) == 32, f"{len(rest)} messages in the transcript after 16 turns")
+    flags = [m["in_context"] for m in rest]
+    expect(not flags[0] and flags[-1] and flags == sorted(flags),
+           f"in_context is not a run of dropped messages then kept ones: {flags}")
+    await c.close()
+    rc = await d.stop(30)
+    expect(rc == 0, f"exit status after SIGTERM: {rc}")
+
+
 @check("a long prompt reports its prefill progress before the first token", timeout=180)
 async def t_prefill_progress(env):
     c = await env.connect()

@@ -537,7 +537,7 @@ static inline __attribute__((always_inline)) void gemv8_k(int n, const uint8_t *
                                                           float *y, enum dsa_type kind) {
     const int nb = n / DSA_QK_K, bs = kind == DSA_Q4_K ? DSA_BS_Q4_K : kind == DSA_Q5_K ? DSA_BS_Q5_K : DSA_BS_Q6_K;
     const uint8_t *ahead = w + 3 * NR * ws; /* as pack8_k */
-    panel8k p;
+    _Alignas(32) panel8k p; /* the pack stores and the tile loads it with aligned vector moves */
     __m256 accd = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
         for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)

@@ -553,7 +553,7 @@ static inline __attribute__((always_inline)) void gemv16_k(int n, const uint8_t 
     const int nb = n / DSA_QK_K, bs = kind == DSA_Q4_K ? DSA_BS_Q4_K : kind == DSA_Q5_K ? DSA_BS_Q5_K : DSA_BS_Q6_K;
     const int six = kind == DSA_Q6_K;
     const uint8_t *ahead = w + 2 * NR * ws; /* as pack16_k */
-    panel16k p;
+    _Alignas(64) panel16k p; /* the pack stores and the tile loads it with aligned vector moves */
     __m512 accd = _mm512_setzero_ps(), accm = _mm512_setzero_ps();
     for (int i = 0; i < nb; i++) {
         for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)

@@ -70,12 +70,12 @@ static inline void transpose4x16(const __m512i z[4], __m512i g[4]) {
     g[2] = _mm512_unpacklo_epi64(t1, t3), g[3] = _mm512_unpackhi_epi64(t1, t3);
 }
 
-/* The first dword of 16 rows' blocks at b (ws apart), row i in lane i. */
-static inline __m512i first_dword16(const uint8_t *b, size_t ws) {
-    __m512i z[4];
+/* Dword c (0..3) of 16 rows' 16 bytes at b (ws apart), row i in lane i (the compiler drops the other three). */
+static inline __m512i dword16(const uint8_t *b, size_t ws, int c) {
+    __m512i z[4], g[4];
     load16x16(b, ws, z);
-    __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t2 = _mm512_unpacklo_epi32(z[2], z[3]);
-    return _mm512_unpacklo_epi64(t0, t2);
+    transpose4x16(z, g);
+    return g[c];
 }
 
 /* 64 bytes of each of 16 rows transposed: g[c] = dword c (0..15) of rows 0..15, row i in lane i.  Unpacks make
@@ -100,14 +100,6 @@ static inline void transpose16x16(const uint8_t *b, size_t ws, __m512i g[16]) {
         g[4 + j] = _mm512_shuffle_i32x4(c1, c3, _MM_SHUFFLE(2, 0, 2, 0));
         g[12 + j] = _mm512_shuffle_i32x4(c1, c3, _MM_SHUFFLE(3, 1, 3, 1));
     }
-}
-
-/* The fourth dword of 16 rows' 16 bytes at b (ws apart), row i in lane i. */
-static inline __m512i fourth_dword16(const uint8_t *b, size_t ws) {
-    __m512i z[4];
-    load16x16(b, ws, z);
-    __m512i t1 = _mm512_unpackhi_epi32(z[0], z[1]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
-    return _mm512_unpackhi_epi64(t1, t3);
 }
 
 /* 32 bytes of each of 16 rows transposed: g[c] = dword c (0..7) of rows 0..15.  Each 256-bit half does what
@@ -163,7 +155,7 @@ static inline __attribute__((always_inline)) void pack16_legacy(int n, const voi
         panel16 *p = &P[i];
         for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)
             _mm_prefetch((const char *)ahead + o, _MM_HINT_T1);
-        __m512i dm = first_dword16(b, ws); /* f16 d | f16 m (q4_1) or the first quants */
+        __m512i dm = dword16(b, ws, 0); /* f16 d | f16 m (q4_1) or the first quants */
         _mm512_store_ps(p->d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
         if (kind == DSA_Q4_1) _mm512_store_ps(p->m, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
         if (kind == DSA_Q8_0) {
@@ -278,7 +270,7 @@ static inline __attribute__((always_inline)) void gemv16_legacy(int n, const uin
         const uint8_t *qa = ab + offsetof(dsa_block_q8_1, qs);
         for (size_t o = (size_t)i * NR * bs; o < (size_t)(i + 1) * NR * bs; o += 64)
             _mm_prefetch((const char *)ahead + o, _MM_HINT_T1);
-        __m512i dm = first_dword16(b, ws);
+        __m512i dm = dword16(b, ws, 0);
         __m512i s0, s1;
         if (kind == DSA_Q8_0) {
             __m512i g[8];
@@ -375,7 +367,7 @@ static inline __attribute__((always_inline)) void pack16_k_block(const uint8_t *
         load16x16(b + 192, ws, z);
         transpose4x16(z, D + 48);
         /* bytes 206..209: the last two scales and d (d at 208 ends the block) */
-        __m512i dd = fourth_dword16(b + 194, ws);
+        __m512i dd = dword16(b + 194, ws, 3);
         _mm512_store_ps(p->d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dd, 16))));
         __m512i sc4[4];
         for (int t = 0; t < 4; t++) sc4[t] = G(192 + 4 * t);

@@ -396,13 +396,14 @@ typedef struct {
     size_t panel_blk;
     void (*pack)(int, const void *, size_t, int, void *);
     void (*tile)(int, const void *, const void *, size_t, const int32_t *, int, float *, size_t, int);
+    void (*gemv)(int, const void *, size_t, const void *, const int32_t *, float *);
 } tile_impl;
 
 static void set_tiles(dsa_type_traits *t, const tile_impl *impl, size_t count) {
     for (size_t i = 0; i < count; i++) {
         dsa_type_traits *tt = &t[impl[i].t];
         tt->mm_nr = impl[i].nr, tt->mm_min_rows = impl[i].min_rows, tt->mm_panel_blk = impl[i].panel_blk;
-        tt->mm_pack = impl[i].pack, tt->mm_tile = impl[i].tile;
+        tt->mm_pack = impl[i].pack, tt->mm_tile = impl[i].tile, tt->mm_gemv = impl[i].gemv;
     }
 }
 #endif
@@ -424,36 +425,24 @@ static void build_tables(void) {
      * panel, as packing prefetches the next one; a K-quant panel costs 12-38% more than vec_dot for one row
      * (measured 2026-11-28), which we pay for that consistency. */
     static const tile_impl tiles2[] = {
-        {DSA_Q4_0, 8, 1, DSA_MM_PANEL8_LEGACY, dsa_mm_pack_q4_0_avx2, dsa_mm_tile_q4_0_avx2},
-        {DSA_Q4_1, 8, 1, DSA_MM_PANEL8_LEGACY, dsa_mm_pack_q4_1_avx2, dsa_mm_tile_q4_1_avx2},
-        {DSA_Q8_0, 8, 1, DSA_MM_PANEL8_Q8_0, dsa_mm_pack_q8_0_avx2, dsa_mm_tile_q8_0_avx2},
-        {DSA_Q4_K, 8, 1, DSA_MM_PANEL8_K, dsa_mm_pack_q4_k_avx2, dsa_mm_tile_q4_k_avx2},
-        {DSA_Q5_K, 8, 1, DSA_MM_PANEL8_K, dsa_mm_pack_q5_k_avx2, dsa_mm_tile_q5_k_avx2},
-        {DSA_Q6_K, 8, 1, DSA_MM_PANEL8_K, dsa_mm_pack_q6_k_avx2, dsa_mm_tile_q6_k_avx2},
+        {DSA_Q4_0, 8, 1, DSA_MM_PANEL8_LEGACY, dsa_mm_pack_q4_0_avx2, dsa_mm_tile_q4_0_avx2, dsa_mm_gemv_q4_0_avx2},
+        {DSA_Q4_1, 8, 1, DSA_MM_PANEL8_LEGACY, dsa_mm_pack_q4_1_avx2, dsa_mm_tile_q4_1_avx2, dsa_mm_gemv_q4_1_avx2},
+        {DSA_Q8_0, 8, 1, DSA_MM_PANEL8_Q8_0, dsa_mm_pack_q8_0_avx2, dsa_mm_tile_q8_0_avx2, dsa_mm_gemv_q8_0_avx2},
+        {DSA_Q4_K, 8, 1, DSA_MM_PANEL8_K, dsa_mm_pack_q4_k_avx2, dsa_mm_tile_q4_k_avx2, dsa_mm_gemv_q4_k_avx2},
+        {DSA_Q5_K, 8, 1, DSA_MM_PANEL8_K, dsa_mm_pack_q5_k_avx2, dsa_mm_tile_q5_k_avx2, dsa_mm_gemv_q5_k_avx2},
+        {DSA_Q6_K, 8, 1, DSA_MM_PANEL8_K, dsa_mm_pack_q6_k_avx2, dsa_mm_tile_q6_k_avx2, dsa_mm_gemv_q6_k_avx2},
     };
     static const tile_impl tiles3[] = {
-        {DSA_Q4_0, 16, 1, DSA_MM_PANEL16_LEGACY, dsa_mm_pack_q4_0_avx512, dsa_mm_tile_q4_0_avx512},
-        {DSA_Q4_1, 16, 1, DSA_MM_PANEL16_LEGACY, dsa_mm_pack_q4_1_avx512, dsa_mm_tile_q4_1_avx512},
-        {DSA_Q8_0, 16, 1, DSA_MM_PANEL16_LEGACY, dsa_mm_pack_q8_0_avx512, dsa_mm_tile_q8_0_avx512},
-        {DSA_Q4_K, 16, 1, DSA_MM_PANEL16_K, dsa_mm_pack_q4_k_avx512, dsa_mm_tile_q45_k_avx512},
-        {DSA_Q5_K, 16, 1, DSA_MM_PANEL16_K, dsa_mm_pack_q5_k_avx512, dsa_mm_tile_q45_k_avx512},
-        {DSA_Q6_K, 16, 1, DSA_MM_PANEL16_K, dsa_mm_pack_q6_k_avx512, dsa_mm_tile_q6_k_avx512},
+        {DSA_Q4_0, 16, 1, DSA_MM_PANEL16_LEGACY, dsa_mm_pack_q4_0_avx512, dsa_mm_tile_q4_0_avx512, dsa_mm_gemv_q4_0_avx512},
+        {DSA_Q4_1, 16, 1, DSA_MM_PANEL16_LEGACY, dsa_mm_pack_q4_1_avx512, dsa_mm_tile_q4_1_avx512, dsa_mm_gemv_q4_1_avx512},
+        {DSA_Q8_0, 16, 1, DSA_MM_PANEL16_LEGACY, dsa_mm_pack_q8_0_avx512, dsa_mm_tile_q8_0_avx512, dsa_mm_gemv_q8_0_avx512},
+        {DSA_Q4_K, 16, 1, DSA_MM_PANEL16_K, dsa_mm_pack_q4_k_avx512, dsa_mm_tile_q45_k_avx512, dsa_mm_gemv_q4_k_avx512},
+        {DSA_Q5_K, 16, 1, DSA_MM_PANEL16_K, dsa_mm_pack_q5_k_avx512, dsa_mm_tile_q45_k_avx512, dsa_mm_gemv_q5_k_avx512},
+        {DSA_Q6_K, 16, 1, DSA_MM_PANEL16_K, dsa_mm_pack_q6_k_avx512, dsa_mm_tile_q6_k_avx512, dsa_mm_gemv_q6_k_avx512},
     };
     set_tiles(g_tab[2], tiles2, sizeof tiles2 / sizeof tiles2[0]);
     set_tiles(g_tab[3], tiles2, sizeof tiles2 / sizeof tiles2[0]);
     set_tiles(g_tab[3], tiles3, sizeof tiles3 / sizeof tiles3[0]);
-    g_tab[2][DSA_Q4_0].mm_gemv = dsa_mm_gemv_q4_0_avx2;
-    g_tab[2][DSA_Q4_1].mm_gemv = dsa_mm_gemv_q4_1_avx2;
-    g_tab[2][DSA_Q8_0].mm_gemv = dsa_mm_gemv_q8_0_avx2;
-    g_tab[2][DSA_Q4_K].mm_gemv = dsa_mm_gemv_q4_k_avx2;
-    g_tab[2][DSA_Q5_K].mm_gemv = dsa_mm_gemv_q5_k_avx2;
-    g_tab[2][DSA_Q6_K].mm_gemv = dsa_mm_gemv_q6_k_avx2;
-    g_tab[3][DSA_Q4_0].mm_gemv = dsa_mm_gemv_q4_0_avx512;
-    g_tab[3][DSA_Q4_1].mm_gemv = dsa_mm_gemv_q4_1_avx512;
-    g_tab[3][DSA_Q8_0].mm_gemv = dsa_mm_gemv_q8_0_avx512;
-    g_tab[3][DSA_Q4_K].mm_gemv = dsa_mm_gemv_q4_k_avx512;
-    g_tab[3][DSA_Q5_K].mm_gemv = dsa_mm_gemv_q5_k_avx512;
-    g_tab[3][DSA_Q6_K].mm_gemv = dsa_mm_gemv_q6_k_avx512;
     for (int l = 2; l <= 3; l++) {
         dsa_type_traits *t = g_tab[l];
         t[DSA_F32].vec_dot = dsa_vec_dot_f32_avx2;

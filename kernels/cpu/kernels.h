@@ -74,8 +74,9 @@ typedef struct {
     void (*mm_pack)(int n, const void *w, size_t w_stride, int rows, void *panel);
     void (*mm_tile)(int n, const void *panel, const void *a, size_t a_stride, const int32_t *asum, int nact,
                     float *y, size_t ldy, int rows);
-    /* Optional: pack + tile for one activation row and a whole panel's mm_nr weight rows, fused (no panel in
-     * memory), the same bits as mm_pack + mm_tile; dsa_matmul calls it for decode. */
+    /* Optional: pack + tile for one activation row and a whole panel's mm_nr weight rows, fused (the packed
+     * values go to the products block by block instead of into a whole panel), the same bits as mm_pack +
+     * mm_tile; dsa_matmul calls it for decode. */
     void (*mm_gemv)(int n, const void *w, size_t w_stride, const void *a, const int32_t *asum, float *y);
 } dsa_type_traits;
 

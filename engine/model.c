@@ -972,6 +972,17 @@ static void attention_part(void *arg, int ith, int nth) {
     }
 }
 
+/* SwiGLU's gate for rows ith, ith + nth, ... of a batch. */
+typedef struct {
+    float *g;
+    const float *u;
+    int rows, ff;
+} swiglu_job;
+static void swiglu_part(void *arg, int ith, int nth) {
+    const swiglu_job *j = arg;
+    for (int t = ith; t < j->rows; t += nth) dsa_swiglu(j->ff, j->g + (size_t)t * j->ff, j->u + (size_t)t * j->ff);
+}
+
 /* n rows through the model: consecutive tokens of c, or (rc set) the next token of each of the contexts rc[0..n),
  * which then share c's scratch and thread pool and get their logits row by row (all_logits). */
 static void eval_batch(dsa_ctx *c, dsa_ctx *const *rc, const int32_t *ids, int n, float *logits, int all_logits) {
@@ -1061,10 +1072,9 @@ static void eval_batch(dsa_ctx *c, dsa_ctx *const *rc, const int32_t *ids, int n
         dsa_mm_out gu[2] = {{L->gate.type, L->gate.data, L->gate.rows, c->hb, hp->n_ff},
                             {L->up.type, L->up.data, L->up.rows, c->hb2, hp->n_ff}};
         dsa_matmul_n(c->pool, gu, 2, E, c->xb, n, c->mmscratch);
-        for (size_t i = 0; i < (size_t)n * hp->n_ff; i++) {
-            float g = c->hb[i];
-            c->hb[i] = g / (1.0f + expf(-g)) * c->hb2[i];
-        }
+        swiglu_job sj = {c->hb, c->hb2, n, hp->n_ff}; /* rows over the threads: serial, it was 5% of a prefill */
+        if (n == 1) swiglu_part(&sj, 0, 1);
+        else dsa_pool_run(c->pool, swiglu_part, &sj);
         matmul(c, &L->down, c->hb, n, c->xb2);
         for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb2[i];
     }

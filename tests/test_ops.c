@@ -19,6 +19,7 @@ static double urand(void) { /* xorshift64, uniform in [-1, 1) */
 }
 
 static void check_softmax(const char *name);
+static void check_swiglu(const char *name);
 
 static void check_level(int level, const char *name) {
     dsa_kernels_init(level);
@@ -105,6 +106,7 @@ static void check_level(int level, const char *name) {
         free(K), free(V), free(q), free(sc), free(sc5), free(o), free(o5), free(w);
     }
     check_softmax(name);
+    check_swiglu(name);
 }
 
 /* softmax against float64, in two parts that hold whatever the summation order: each probability's ratio to the
@@ -152,6 +154,49 @@ static void check_softmax(const char *name) {
     dsa_softmax(1, one);
     CHECK(one[0] == 1.0f, "%s: softmax of one value is %g", name, one[0]);
     free(x), free(y);
+}
+
+/* SwiGLU's gate against float64: x·σ(x)·u within 8·2^-24 relative (or, where e^-|x| underflows, absolute), at ±0,
+ * for NaN; and each element's bits do not depend on the call's length or its place in it
+ * (the vector tail). */
+static void check_swiglu(const char *name) {
+    enum { N = 1000 };
+    float *g = malloc(N * sizeof *g), *u = malloc(N * sizeof *u), *x = malloc(N * sizeof *x);
+    if (!g || !u || !x) abort();
+    static const double scale[] = {1e-3, 1, 8, 40, 200};
+    for (int i = 0; i < N; i++) {
+        x[i] = (float)(urand() * scale[i % 5]);
+        u[i] = (float)(urand() * 3);
+    }
+    x[0] = 0.0f, x[1] = -0.0f, x[2] = 88.0f, x[3] = -88.0f, x[4] = 150.0f, x[5] = -150.0f, x[6] = NAN;
+    memcpy(g, x, N * sizeof *g);
+    dsa_swiglu(N, g, u);
+    int bad = 0;
+    for (int i = 0; i < N; i++) {
+        if (isnan(x[i])) {
+            bad += !isnan(g[i]);
+            continue;
+        }
+        double ref = (double)x[i] / (1 + exp(-(double)x[i])) * u[i], err = fabs(g[i] - ref);
+        /* below e^-87.3 the AVX2 exponential is 0, so a result under |x·u|·1.2e-38 may be 0 */
+        if (!(err <= 8 * 0x1p-24 * fabs(ref) || err <= 1e-37 + fabs((double)x[i] * u[i]) * 1.2e-38)) {
+            if (bad++ < 3) fprintf(stderr, "%s: swiglu(%.9g, %.9g) = %.9g, float64 %.9g\n", name, x[i], u[i], g[i], ref);
+        }
+    }
+    CHECK(bad == 0, "%s: swiglu: %d of %d results off float64", name, bad, N);
+    CHECK(signbit(g[1]) != signbit(u[1]) || u[1] == 0, "%s: swiglu(-0) lost its sign", name);
+    int diff = 0;
+    for (int i = 12; i < 40; i++) { /* one element alone, and at each of the 13 places of a call of 13 */
+        float a = x[i], b[13];
+        dsa_swiglu(1, &a, u + i);
+        for (int at = 0; at < 13; at++) {
+            memcpy(b, x + i - at, sizeof b);
+            dsa_swiglu(13, b, u + i - at);
+            diff += memcmp(&a, &b[at], sizeof a) != 0;
+        }
+    }
+    CHECK(diff == 0, "%s: swiglu: %d elements differ between a call of 1 and a call of 13", name, diff);
+    free(g), free(u), free(x);
 }
 
 int main(void) {

@@ -154,6 +154,9 @@ void dsa_f32_to_f16_row(int n, const float *src, uint16_t *dst);
  * 2 ulp of exp over the range a softmax uses; below e^-87.3 they are 0) eight at a time; the plain-C version calls
  * expf.  The result depends only on x and n. */
 void dsa_softmax(int n, float *x);
+/* SwiGLU's gate: g[i] = silu(g[i]) · u[i], silu(x) = x · σ(x), σ made from e^-|x| (so no exponential overflows;
+ * Cephes' polynomial with AVX2, expf in plain C).  Each result depends only on g[i] and u[i], whatever n. */
+void dsa_swiglu(int n, float *g, const float *u);
 
 /* Sparse attention: the same two ops over the rows idx[0..n) of the cache (row s at K + idx[s]·stride).  With the
  * indices 0..n-1 they give exactly the bits of the contiguous versions. */

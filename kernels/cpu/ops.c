@@ -61,6 +61,20 @@ void dsa_softmax(int n, float *x) {
     for (int s = 0; s < n; s++) x[s] *= inv;
 }
 
+void dsa_swiglu(int n, float *g, const float *u) {
+#if defined(__x86_64__)
+    if (use_avx2()) {
+        dsa_swiglu_avx2(n, g, u);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) {
+        float x = g[i], e = expf(-fabsf(x));
+        float s = (x >= 0 ? 1.0f : e) / (1.0f + e);
+        g[i] = x * s * u[i];
+    }
+}
+
 static void scores(int n, int d, const uint16_t *K, size_t stride, const int32_t *idx, const float *q, float scale,
                    float *out) {
 #if defined(__x86_64__)

@@ -102,6 +102,30 @@ void dsa_softmax_avx2(int n, float *x) {
     for (; i < n; i++) x[i] *= _mm_cvtss_f32(_mm256_castps256_ps128(inv));
 }
 
+void dsa_swiglu_avx2(int n, float *g, const float *u) {
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) {
+        /* the last partial group of 8 goes through the same code, padded with zeros */
+        int k = n - i < 8 ? n - i : 8;
+        float tg[8], tu[8];
+        const float *gs = g + i, *us = u + i;
+        if (k < 8) {
+            for (int j = 0; j < 8; j++) tg[j] = j < k ? g[i + j] : 0, tu[j] = j < k ? u[i + j] : 0;
+            gs = tg, us = tu;
+        }
+        __m256 x = _mm256_loadu_ps(gs);
+        __m256 e = exp_neg(_mm256_or_ps(x, sign)); /* e^-|x| */
+        __m256 num = _mm256_blendv_ps(e, one, _mm256_cmp_ps(x, zero, _CMP_GE_OQ));
+        __m256 r = _mm256_mul_ps(_mm256_mul_ps(x, _mm256_div_ps(num, _mm256_add_ps(one, e))), _mm256_loadu_ps(us));
+        if (k == 8) {
+            _mm256_storeu_ps(g + i, r);
+        } else {
+            _mm256_storeu_ps(tg, r);
+            memcpy(g + i, tg, (size_t)k * sizeof *tg);
+        }
+    }
+}
+
 static inline __m256 ld_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
 static inline float hsum(__m256 v) {

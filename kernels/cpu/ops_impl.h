@@ -10,6 +10,7 @@ void dsa_axpy_f16_avx2(int n, float a, const uint16_t *x, float *y);
 float dsa_dot_f16_avx2(int n, const uint16_t *x, const float *y);
 void dsa_f32_to_f16_row_avx2(int n, const float *src, uint16_t *dst);
 void dsa_softmax_avx2(int n, float *x);
+void dsa_swiglu_avx2(int n, float *g, const float *u);
 /* idx: NULL for rows 0..n-1, else the rows to read */
 void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, const int32_t *idx, const float *q,
                               float scale, float *out);

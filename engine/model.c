@@ -972,7 +972,28 @@ static void attention_part(void *arg, int ith, int nth) {
     }
 }
 
-/* SwiGLU's gate for rows ith, ith + nth, ... of a batch. */
+/* The per-row work between the matrix products, rows ith, ith + nth, ... of a batch on each thread (run_rows). */
+typedef struct {
+    float *x;         /* the residual stream, rows × E */
+    const float *add; /* added to x first, when set (a product's output) */
+    float *out;       /* rmsnorm(x) · w, when w is set */
+    const float *w;
+    int rows, E;
+    float eps;
+} norm_job;
+static void norm_part(void *arg, int ith, int nth) {
+    const norm_job *j = arg;
+    for (int t = ith; t < j->rows; t += nth) {
+        float *x = j->x + (size_t)t * j->E;
+        if (j->add) {
+            const float *a = j->add + (size_t)t * j->E;
+            for (int i = 0; i < j->E; i++) x[i] += a[i];
+        }
+        if (j->w) rmsnorm(j->out + (size_t)t * j->E, x, j->w, j->E, j->eps);
+    }
+}
+
+/* SwiGLU's gate. */
 typedef struct {
     float *g;
     const float *u;
@@ -981,6 +1002,12 @@ typedef struct {
 static void swiglu_part(void *arg, int ith, int nth) {
     const swiglu_job *j = arg;
     for (int t = ith; t < j->rows; t += nth) dsa_swiglu(j->ff, j->g + (size_t)t * j->ff, j->u + (size_t)t * j->ff);
+}
+
+/* A one-row batch (decode) runs such work on the calling thread: handing it over costs more than it takes. */
+static void run_rows(dsa_ctx *c, void (*fn)(void *, int, int), void *job, int n) {
+    if (n == 1) fn(job, 0, 1);
+    else dsa_pool_run(c->pool, fn, job);
 }
 
 /* n rows through the model: consecutive tokens of c, or (rc set) the next token of each of the contexts rc[0..n),
@@ -1005,7 +1032,9 @@ static void eval_batch(dsa_ctx *c, dsa_ctx *const *rc, const int32_t *ids, int n
 
     for (int l = 0; l < hp->n_layer; l++) {
         const layer *L = &m->layers[l];
-        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, L->attn_norm, E, hp->norm_eps);
+        /* the previous layer's FFN output joins the residual here, in the same pass as this layer's norm */
+        norm_job nj = {c->x, l ? c->xb2 : NULL, c->xb, L->attn_norm, n, E, hp->norm_eps};
+        run_rows(c, norm_part, &nj, n);
         dsa_mm_out qkv[3] = {{L->wq.type, L->wq.data, L->wq.rows, c->q, E},
                              {L->wk.type, L->wk.data, L->wk.rows, c->k, KV},
                              {L->wv.type, L->wv.data, L->wv.rows, c->v, KV}};
@@ -1066,18 +1095,17 @@ static void eval_batch(dsa_ctx *c, dsa_ctx *const *rc, const int32_t *ids, int n
         dsa_pool_run(c->pool, attention_part, &aj);
         if (c->hook) c->hook(c->hook_ud, l, c->pos, n, c->xb, c->q);
         matmul(c, &L->wo, c->att, n, c->xb2);
-        for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb2[i];
-
-        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, L->ffn_norm, E, hp->norm_eps);
+        nj = (norm_job){c->x, c->xb2, c->xb, L->ffn_norm, n, E, hp->norm_eps};
+        run_rows(c, norm_part, &nj, n);
         dsa_mm_out gu[2] = {{L->gate.type, L->gate.data, L->gate.rows, c->hb, hp->n_ff},
                             {L->up.type, L->up.data, L->up.rows, c->hb2, hp->n_ff}};
         dsa_matmul_n(c->pool, gu, 2, E, c->xb, n, c->mmscratch);
-        swiglu_job sj = {c->hb, c->hb2, n, hp->n_ff}; /* rows over the threads: serial, it was 5% of a prefill */
-        if (n == 1) swiglu_part(&sj, 0, 1);
-        else dsa_pool_run(c->pool, swiglu_part, &sj);
-        matmul(c, &L->down, c->hb, n, c->xb2);
-        for (size_t i = 0; i < (size_t)n * E; i++) c->x[i] += c->xb2[i];
+        swiglu_job sj = {c->hb, c->hb2, n, hp->n_ff};
+        run_rows(c, swiglu_part, &sj, n);
+        matmul(c, &L->down, c->hb, n, c->xb2); /* added to x by the next layer's norm pass, or just below */
     }
+    norm_job last = {c->x, c->xb2, NULL, NULL, n, E, hp->norm_eps};
+    run_rows(c, norm_part, &last, n);
     if (rc)
         for (int t = 0; t < n; t++) rc[t]->pos++;
     else

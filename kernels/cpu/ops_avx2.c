@@ -43,7 +43,7 @@ void dsa_f32_to_f16_row_avx2(int n, const float *src, uint16_t *dst) {
     for (; i < n; i++) dst[i] = dsa_f32_to_f16(src[i]);
 }
 
-/* e^x for x ≤ 0 (a softmax's x − max), Cephes' expf: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 in two parts, so r is
+/* e^x for x ≤ 0 (a softmax's x − max, SwiGLU's −|x|), Cephes' expf: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 in two parts, so r is
  * exact), e^r by a degree-7 polynomial, 2^n put into the exponent.  Below −87.3 (where 2^n would leave the normal
  * range) the result is 0; a NaN stays NaN. */
 static inline __m256 exp_neg(__m256 x) {

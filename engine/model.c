@@ -30,6 +30,7 @@
 #endif
 
 #define MAX_BATCH 256
+#define SPLIT_ROWS 4 /* batches of fewer rows (decode) spread each row's attention over the threads */
 #define SEL_GROUP 4 /* prefill rows whose index scores are computed together (select_rows_indexer) */
 
 typedef struct {
@@ -72,6 +73,7 @@ struct dsa_ctx {
     /* batch scratch */
     float *x, *xb, *xb2, *q, *k, *v, *att, *hb, *hb2, *cos, *sin;
     float *scores;     /* [threads][query heads per KV head][n_ctx] */
+    float *ascores;    /* [SPLIT_ROWS - 1][heads][n_ctx]: a decode step's attention scores, shared by the threads */
     void *mmscratch;
     size_t mmscratch_size;
     /* DeepSeek Sparse Attention (dsa_ctx_set_sparse) */
@@ -357,6 +359,7 @@ static int ctx_new(dsa_model *m, int n_ctx, int n_threads, dsa_pool *pool, dsa_c
     c->cos = malloc(B * (size_t)hp->rope_dim / 2 * sizeof(float));
     c->sin = malloc(B * (size_t)hp->rope_dim / 2 * sizeof(float));
     c->scores = malloc((size_t)nth * (hp->n_head / hp->n_head_kv) * n_ctx * sizeof(float));
+    c->ascores = malloc((size_t)(SPLIT_ROWS - 1) * hp->n_head * n_ctx * sizeof(float));
     /* one scratch serves every matmul: big enough for the widest input in either activation type */
     int64_t wide = (int64_t)((F > E ? F : E) + DSA_QK_K - 1) / DSA_QK_K * DSA_QK_K;
     size_t s1 = dsa_matmul_scratch(DSA_Q4_0, wide, MAX_BATCH), s2 = dsa_matmul_scratch(DSA_Q4_K, wide, MAX_BATCH),
@@ -365,7 +368,7 @@ static int ctx_new(dsa_model *m, int n_ctx, int n_threads, dsa_pool *pool, dsa_c
     if (s3 > c->mmscratch_size) c->mmscratch_size = s3;
     c->mmscratch = malloc(c->mmscratch_size);
     if (!c->pool || !c->kc || !c->vc || !c->x || !c->xb || !c->xb2 || !c->q || !c->k || !c->v || !c->att || !c->hb ||
-        !c->hb2 || !c->cos || !c->sin || !c->scores || !c->mmscratch) {
+        !c->hb2 || !c->cos || !c->sin || !c->scores || !c->ascores || !c->mmscratch) {
         dsa_ctx_free(c);
         return errf(err, errlen, "out of memory for a context of %d tokens", n_ctx);
     }
@@ -402,6 +405,7 @@ void dsa_ctx_free(dsa_ctx *c) {
     free(c->cos);
     free(c->sin);
     free(c->scores);
+    free(c->ascores);
     free(c->mmscratch);
     free(c->ik);
     free(c->iks);
@@ -919,8 +923,21 @@ static void select_part(void *arg, int ith, int nth) {
     }
 }
 
-/* One (token, head) pair per task: scores over the token's causal prefix (or its selected positions), softmax,
- * weighted sum of V. */
+/* Row t's attention span: its selected positions (*idx set) or its causal prefix (*idx NULL). */
+static int att_span(const att_job *j, int t, const int32_t **idx) {
+    const dsa_ctx *c = j->c;
+    if (j->sparse && c->sel_n[t] >= 0) {
+        *idx = c->sel + (size_t)t * c->topk;
+        return c->sel_n[t];
+    }
+    *idx = NULL;
+    return row_pos(j, t) + 1;
+}
+
+/* Prefill and batches of SPLIT_ROWS rows or more: a (token, KV head) pair per task, whose query heads convert each
+ * K/V row once (dsa_attn_heads_f16).  With the probabilities captured (dsa_ctx_capture_probs) a task is a whole
+ * token, so that one thread sums its heads.  The arithmetic of each (token, head) is the same either way, and the
+ * same as in the split decode below. */
 static void attention_part(void *arg, int ith, int nth) {
     att_job *j = arg;
     dsa_ctx *c = j->c;
@@ -928,47 +945,95 @@ static void attention_part(void *arg, int ith, int nth) {
     int H = hp->n_head, D = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     float scale = 1.0f / sqrtf((float)D), inv_h = 1.0f / H;
     float *sc = c->scores + (size_t)ith * group * c->n_ctx;
-    /* With the probabilities captured (dsa_ctx_capture_probs) a task is a whole token, so that one thread sums its
-     * heads; with several rows a (token, KV head) pair, whose query heads convert each K/V row once
-     * (dsa_attn_heads_f16); for a single row (decode) a (token, head) pair, which spreads better over the threads.
-     * The arithmetic of each (token, head) is the same in all three. */
-    int per_token = c->pcap != NULL, per_kv = !per_token && j->n >= 4;
-    int span = per_token ? H : per_kv ? group : 1, tasks = j->n * (H / span);
+    int per_token = c->pcap != NULL;
+    int span = per_token ? H : group, tasks = j->n * (H / span);
     for (int task = ith; task < tasks; task += nth) {
         int t = task / (H / span), h0 = task % (H / span) * span, h1 = h0 + span;
-        int len = row_pos(j, t) + 1;
+        const int32_t *idx;
+        int len = att_span(j, t, &idx);
         const dsa_ctx *rcx = row_ctx(j, t);
         const uint16_t *K = rcx->kc + (size_t)j->layer * rcx->n_ctx * rcx->kv_dim;
         const uint16_t *V = rcx->vc + (size_t)j->layer * rcx->n_ctx * rcx->kv_dim;
-        if (per_kv) {
-            int kvh = h0 / group, sel = j->sparse && c->sel_n[t] >= 0;
-            dsa_attn_heads_f16(group, sel ? c->sel_n[t] : len, D, K + kvh * D, V + kvh * D, (size_t)c->kv_dim,
-                               sel ? c->sel + (size_t)t * c->topk : NULL, c->q + (size_t)t * hp->n_embd + h0 * D, scale,
-                               sc, (size_t)c->n_ctx, c->att + (size_t)t * hp->n_embd + h0 * D);
+        if (!per_token) {
+            int kvh = h0 / group;
+            dsa_attn_heads_f16(group, len, D, K + kvh * D, V + kvh * D, (size_t)c->kv_dim, idx,
+                               c->q + (size_t)t * hp->n_embd + h0 * D, scale, sc, (size_t)c->n_ctx,
+                               c->att + (size_t)t * hp->n_embd + h0 * D);
             continue;
         }
-        float *pc = per_token ? c->pcap + (size_t)t * c->n_ctx : NULL;
-        if (pc) memset(pc, 0, (size_t)len * sizeof *pc);
+        float *pc = c->pcap + (size_t)t * c->n_ctx;
+        memset(pc, 0, (size_t)(row_pos(j, t) + 1) * sizeof *pc);
         for (int h = h0; h < h1; h++) {
             int kvh = h / group;
             const float *q = c->q + (size_t)t * hp->n_embd + h * D;
             float *o = c->att + (size_t)t * hp->n_embd + h * D;
-            if (j->sparse && c->sel_n[t] >= 0) {
-                const int32_t *idx = c->sel + (size_t)t * c->topk;
-                int ns = c->sel_n[t];
-                dsa_attn_scores_f16_idx(ns, D, K + kvh * D, (size_t)c->kv_dim, idx, q, scale, sc);
-                dsa_softmax(ns, sc);
-                dsa_attn_sum_f16_idx(ns, D, sc, V + kvh * D, (size_t)c->kv_dim, idx, o);
-                if (pc)
-                    for (int i = 0; i < ns; i++) pc[idx[i]] += sc[i] * inv_h;
-                continue;
-            }
-            dsa_attn_scores_f16(len, D, K + kvh * D, (size_t)c->kv_dim, q, scale, sc);
+            dsa_attn_scores_f16_idx(len, D, K + kvh * D, (size_t)c->kv_dim, idx, q, scale, sc);
             dsa_softmax(len, sc);
-            dsa_attn_sum_f16(len, D, sc, V + kvh * D, (size_t)c->kv_dim, o);
-            if (pc)
-                for (int s = 0; s < len; s++) pc[s] += sc[s] * inv_h;
+            dsa_attn_sum_f16_idx(len, D, sc, V + kvh * D, (size_t)c->kv_dim, idx, o);
+            for (int i = 0; i < len; i++) pc[idx ? idx[i] : i] += sc[i] * inv_h;
         }
+    }
+}
+
+/* Decode (fewer than SPLIT_ROWS rows, no capture): a row's attention is spread over all the threads in two passes,
+ * with the bits attention_part would give it.  First the scores, with the row's span cut into slices (a task: one
+ * slice, every head) into c->ascores; then per (row, KV head, 32 dims) the softmax of the group's heads, which each
+ * such task redoes from the shared scores in its own buffer, and their weighted sum over those dims of V. */
+static int att_slice(int len, int nth) {
+    int sl = (len + 4 * nth - 1) / (4 * nth); /* about 4 slices per thread */
+    sl = (sl + 7) / 8 * 8;
+    return sl < 32 ? 32 : sl;
+}
+
+static void attn_scores_part(void *arg, int ith, int nth) {
+    att_job *j = arg;
+    dsa_ctx *c = j->c;
+    const dsa_hparams *hp = &c->m->hp;
+    int H = hp->n_head, D = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+    float scale = 1.0f / sqrtf((float)D);
+    int len[SPLIT_ROWS], sl[SPLIT_ROWS], ns[SPLIT_ROWS], T = 0;
+    const int32_t *idx[SPLIT_ROWS];
+    for (int t = 0; t < j->n; t++) {
+        len[t] = att_span(j, t, &idx[t]);
+        sl[t] = att_slice(len[t], nth);
+        ns[t] = (len[t] + sl[t] - 1) / sl[t];
+        T += ns[t];
+    }
+    int a = (int)((int64_t)T * ith / nth), b = (int)((int64_t)T * (ith + 1) / nth), task = 0;
+    for (int t = 0; t < j->n; t++)
+        for (int s = 0; s < ns[t]; s++, task++) {
+            if (task < a || task >= b) continue;
+            int s0 = s * sl[t], m = len[t] - s0 < sl[t] ? len[t] - s0 : sl[t];
+            const dsa_ctx *rcx = row_ctx(j, t);
+            const uint16_t *K = rcx->kc + (size_t)j->layer * rcx->n_ctx * rcx->kv_dim;
+            if (!idx[t]) K += (size_t)s0 * c->kv_dim;
+            for (int kvh = 0; kvh < hp->n_head_kv; kvh++)
+                dsa_attn_scores_f16_g(group, m, D, K + kvh * D, (size_t)c->kv_dim, idx[t] ? idx[t] + s0 : NULL,
+                                      c->q + (size_t)t * hp->n_embd + kvh * group * D, scale,
+                                      c->ascores + ((size_t)t * H + kvh * group) * c->n_ctx + s0, (size_t)c->n_ctx);
+        }
+}
+
+static void attn_sum_part(void *arg, int ith, int nth) {
+    att_job *j = arg;
+    dsa_ctx *c = j->c;
+    const dsa_hparams *hp = &c->m->hp;
+    int H = hp->n_head, D = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+    int dw = D % 32 ? D : 32, per_row = hp->n_head_kv * (D / dw), T = j->n * per_row;
+    float *p = c->scores + (size_t)ith * group * c->n_ctx;
+    for (int task = (int)((int64_t)T * ith / nth); task < (int)((int64_t)T * (ith + 1) / nth); task++) {
+        int t = task / per_row, kvh = task % per_row / (D / dw), d0 = task % (D / dw) * dw;
+        const int32_t *idx;
+        int len = att_span(j, t, &idx);
+        for (int g = 0; g < group; g++) {
+            memcpy(p + (size_t)g * c->n_ctx, c->ascores + ((size_t)t * H + kvh * group + g) * c->n_ctx,
+                   (size_t)len * sizeof *p);
+            dsa_softmax(len, p + (size_t)g * c->n_ctx);
+        }
+        const dsa_ctx *rcx = row_ctx(j, t);
+        const uint16_t *V = rcx->vc + (size_t)j->layer * rcx->n_ctx * rcx->kv_dim;
+        dsa_attn_sum_f16_g(group, len, dw, p, (size_t)c->n_ctx, V + kvh * D + d0, (size_t)c->kv_dim, idx,
+                           c->att + (size_t)t * hp->n_embd + kvh * group * D + d0, (size_t)D);
     }
 }
 
@@ -1092,7 +1157,12 @@ static void eval_batch(dsa_ctx *c, dsa_ctx *const *rc, const int32_t *ids, int n
             c->idx_sec += dsa_now() - t0;
         }
         if (aj.sparse && c->mode != DSA_SEL_INDEXER) dsa_pool_run(c->pool, select_part, &aj);
-        dsa_pool_run(c->pool, attention_part, &aj);
+        if (n < SPLIT_ROWS && !c->pcap) {
+            dsa_pool_run(c->pool, attn_scores_part, &aj);
+            dsa_pool_run(c->pool, attn_sum_part, &aj);
+        } else {
+            dsa_pool_run(c->pool, attention_part, &aj);
+        }
         if (c->hook) c->hook(c->hook_ud, l, c->pos, n, c->xb, c->q);
         matmul(c, &L->wo, c->att, n, c->xb2);
         nj = (norm_job){c->x, c->xb2, c->xb, L->ffn_norm, n, E, hp->norm_eps};

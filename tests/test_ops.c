@@ -101,6 +101,27 @@ static void check_level(int level, const char *name) {
                 }
                 CHECK(diff == 0, "%s d=%d: %d heads at once%s differ from one head at a time (%d)", name, d, G,
                       sparse ? " (selected rows)" : "", diff);
+                /* a decode step splits these over threads: the scores in slices of positions, the sum in slices
+                 * of 8·k dims (output rows of stride d + 5); each piece must give the whole call's bits */
+                float *ps = malloc((size_t)G * (n + 3) * sizeof *ps), *os = malloc((size_t)G * (d + 5) * sizeof *os);
+                if (!ps || !os) abort();
+                for (int s0 = 0, sl = 1; s0 < m; s0 += sl, sl = sl * 3 % 41 + 1)
+                    dsa_attn_scores_f16_g(G, s0 + sl < m ? sl : m - s0, d, sparse ? K : K + (size_t)s0 * stride, stride,
+                                          sparse ? idx + s0 : NULL, qg, scale, ps + s0, (size_t)n + 3);
+                for (int g = 0; g < G; g++) dsa_softmax(m, ps + (size_t)g * (n + 3));
+                diff = 0;
+                for (int g = 0; g < G; g++)
+                    diff += memcmp(ps + (size_t)g * (n + 3), pg + (size_t)g * (n + 3), (size_t)m * sizeof *ps) != 0;
+                for (int i0 = 0, w8 = d % 8 ? d : 8; i0 < d; i0 += w8, w8 = w8 == 8 ? 32 : 8) {
+                    int wd = i0 + w8 <= d ? w8 : d - i0; /* (slices of a multiple of 8 dims, as the contract says) */
+                    dsa_attn_sum_f16_g(G, m, wd, ps, (size_t)n + 3, V + i0, stride, sparse ? idx : NULL, os + i0,
+                                       (size_t)d + 5);
+                }
+                for (int g = 0; g < G; g++)
+                    diff += memcmp(os + (size_t)g * (d + 5), og + (size_t)g * d, (size_t)d * sizeof *os) != 0;
+                CHECK(diff == 0, "%s d=%d G=%d%s: attention in slices differs from one call (%d)", name, d, G,
+                      sparse ? " (selected rows)" : "", diff);
+                free(ps), free(os);
                 free(qg), free(pg), free(og), free(p1), free(o1);
             }
         free(K), free(V), free(q), free(sc), free(sc5), free(o), free(o5), free(w);

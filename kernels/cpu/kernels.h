@@ -148,6 +148,14 @@ void dsa_attn_sum_f16(int n, int d, const float *w, const uint16_t *V, size_t st
  * for all G. */
 void dsa_attn_heads_f16(int G, int n, int d, const uint16_t *K, const uint16_t *V, size_t stride, const int32_t *idx,
                         const float *q, float scale, float *p, size_t pstride, float *o);
+/* dsa_attn_heads_f16's two halves, for a caller that splits one row's attention over threads: the scores of the G
+ * heads over the rows idx[0..n) (out + g·ps), and the sum of the rows weighted by w + g·ps into o + g·os.  A slice
+ * of the positions (K, idx or out offset) or of the dims (V, o offset; d a multiple of 8) gives each score and
+ * each output the bits of the whole call: every output is its own sequence of operations. */
+void dsa_attn_scores_f16_g(int G, int n, int d, const uint16_t *K, size_t stride, const int32_t *idx, const float *q,
+                           float scale, float *out, size_t ps);
+void dsa_attn_sum_f16_g(int G, int n, int d, const float *w, size_t ps, const uint16_t *V, size_t stride,
+                        const int32_t *idx, float *o, size_t os);
 /* dst[i] = f16(src[i]) */
 void dsa_f32_to_f16_row(int n, const float *src, uint16_t *dst);
 /* x = softmax(x[0..n)) in place (n ≥ 1).  With AVX2 the exponentials come from a polynomial (Cephes' expf: within

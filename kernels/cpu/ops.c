@@ -97,22 +97,33 @@ static void wsum(int n, int d, const float *w, const uint16_t *V, size_t stride,
     for (int s = 0; s < n; s++) dsa_axpy_f16(d, w[s], V + (size_t)(idx ? idx[s] : s) * stride, o);
 }
 
-void dsa_attn_heads_f16(int G, int n, int d, const uint16_t *K, const uint16_t *V, size_t stride, const int32_t *idx,
-                        const float *q, float scale, float *p, size_t pstride, float *o) {
+void dsa_attn_scores_f16_g(int G, int n, int d, const uint16_t *K, size_t stride, const int32_t *idx, const float *q,
+                           float scale, float *out, size_t ps) {
 #if defined(__x86_64__)
     if (use_avx2() && d % 8 == 0) {
-        dsa_attn_scores_f16_g_avx2(G, n, d, K, stride, idx, q, scale, p, pstride);
-        for (int g = 0; g < G; g++) dsa_softmax(n, p + (size_t)g * pstride);
-        dsa_attn_sum_f16_g_avx2(G, n, d, p, pstride, V, stride, idx, o);
+        dsa_attn_scores_f16_g_avx2(G, n, d, K, stride, idx, q, scale, out, ps);
         return;
     }
 #endif
-    for (int g = 0; g < G; g++) {
-        float *pg = p + (size_t)g * pstride;
-        scores(n, d, K, stride, idx, q + (size_t)g * d, scale, pg);
-        dsa_softmax(n, pg);
-        wsum(n, d, pg, V, stride, idx, o + (size_t)g * d);
+    for (int g = 0; g < G; g++) scores(n, d, K, stride, idx, q + (size_t)g * d, scale, out + (size_t)g * ps);
+}
+
+void dsa_attn_sum_f16_g(int G, int n, int d, const float *w, size_t ps, const uint16_t *V, size_t stride,
+                        const int32_t *idx, float *o, size_t os) {
+#if defined(__x86_64__)
+    if (use_avx2() && d % 8 == 0) {
+        dsa_attn_sum_f16_g_avx2(G, n, d, w, ps, V, stride, idx, o, os);
+        return;
     }
+#endif
+    for (int g = 0; g < G; g++) wsum(n, d, w + (size_t)g * ps, V, stride, idx, o + (size_t)g * os);
+}
+
+void dsa_attn_heads_f16(int G, int n, int d, const uint16_t *K, const uint16_t *V, size_t stride, const int32_t *idx,
+                        const float *q, float scale, float *p, size_t pstride, float *o) {
+    dsa_attn_scores_f16_g(G, n, d, K, stride, idx, q, scale, p, pstride);
+    for (int g = 0; g < G; g++) dsa_softmax(n, p + (size_t)g * pstride);
+    dsa_attn_sum_f16_g(G, n, d, p, pstride, V, stride, idx, o, (size_t)d);
 }
 
 void dsa_attn_scores_f16(int n, int d, const uint16_t *K, size_t stride, const float *q, float scale, float *out) {

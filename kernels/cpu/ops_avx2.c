@@ -223,15 +223,15 @@ void dsa_attn_scores_f16_g_avx2(int G, int n, int d, const uint16_t *K, size_t s
 }
 
 void dsa_attn_sum_f16_g_avx2(int G, int n, int d, const float *w, size_t ps, const uint16_t *V, size_t stride,
-                             const int32_t *idx, float *o) {
-    if (d != 64) {
-        for (int g = 0; g < G; g++) dsa_attn_sum_f16_avx2(n, d, w + (size_t)g * ps, V, stride, idx, o + (size_t)g * d);
+                             const int32_t *idx, float *o, size_t os) {
+    if (d % 32) {
+        for (int g = 0; g < G; g++) dsa_attn_sum_f16_avx2(n, d, w + (size_t)g * ps, V, stride, idx, o + (size_t)g * os);
         return;
     }
     /* 32 dims at a time: 4 accumulators per head for up to 3 heads and the 4 converted V registers fit the 16 */
     for (int g0 = 0; g0 < G; g0 += 3) {
         int gn = G - g0 < 3 ? G - g0 : 3;
-        for (int half = 0; half < 64; half += 32) {
+        for (int half = 0; half < d; half += 32) {
             __m256 acc[3][4];
             for (int g = 0; g < 3; g++)
                 for (int c = 0; c < 4; c++) acc[g][c] = _mm256_setzero_ps();
@@ -247,7 +247,7 @@ void dsa_attn_sum_f16_g_avx2(int G, int n, int d, const float *w, size_t ps, con
                 }
             }
             for (int g = 0; g < gn; g++)
-                for (int c = 0; c < 4; c++) _mm256_storeu_ps(o + (size_t)(g0 + g) * 64 + half + 8 * c, acc[g][c]);
+                for (int c = 0; c < 4; c++) _mm256_storeu_ps(o + (size_t)(g0 + g) * os + half + 8 * c, acc[g][c]);
         }
     }
 }

@@ -16,11 +16,12 @@ void dsa_attn_scores_f16_avx2(int n, int d, const uint16_t *K, size_t stride, co
                               float scale, float *out);
 void dsa_attn_sum_f16_avx2(int n, int d, const float *w, const uint16_t *V, size_t stride, const int32_t *idx,
                            float *o);
-/* the same for G heads at once (q, o: G·d contiguous; out, w: G rows of stride ps); d a multiple of 8 */
+/* the same for G heads at once (q: G·d contiguous; out, w: G rows of stride ps; o: G rows of stride os); d a
+ * multiple of 8 */
 void dsa_attn_scores_f16_g_avx2(int G, int n, int d, const uint16_t *K, size_t stride, const int32_t *idx,
                                 const float *q, float scale, float *out, size_t ps);
 void dsa_attn_sum_f16_g_avx2(int G, int n, int d, const float *w, size_t ps, const uint16_t *V, size_t stride,
-                             const int32_t *idx, float *o);
+                             const int32_t *idx, float *o, size_t os);
 /* dsa_indexer_scores_rows (one query is R = 1); d a multiple of 8 (avx2) or 16 (avx512), at most 256 */
 void dsa_indexer_scores_rows_avx2(int R, const int *n, int H, int d, const uint8_t *K8, const float *kscale,
                                   const float *q, const float *w, float *out, size_t ldo);

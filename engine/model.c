@@ -975,7 +975,7 @@ static void attention_part(void *arg, int ith, int nth) {
     }
 }
 
-/* Decode (fewer than SPLIT_ROWS rows, no capture): a row's attention is spread over all the threads in two passes,
+/* Decode (fewer than SPLIT_ROWS rows, no capture, several threads): a row's attention is spread over all the threads in two passes,
  * with the bits attention_part would give it.  First the scores, with the row's span cut into slices (a task: one
  * slice, every head) into c->ascores; then per (row, KV head, 32 dims) the softmax of the group's heads, which each
  * such task redoes from the shared scores in its own buffer, and their weighted sum over those dims of V. */
@@ -1157,7 +1157,7 @@ static void eval_batch(dsa_ctx *c, dsa_ctx *const *rc, const int32_t *ids, int n
             c->idx_sec += dsa_now() - t0;
         }
         if (aj.sparse && c->mode != DSA_SEL_INDEXER) dsa_pool_run(c->pool, select_part, &aj);
-        if (n < SPLIT_ROWS && !c->pcap) {
+        if (n < SPLIT_ROWS && !c->pcap && dsa_pool_size(c->pool) > 1) {
             dsa_pool_run(c->pool, attn_scores_part, &aj);
             dsa_pool_run(c->pool, attn_sum_part, &aj);
         } else {

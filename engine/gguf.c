@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -289,7 +290,44 @@ int gguf_parse(const void *buf, size_t size, gguf_file **out, char *err, size_t 
     return 0;
 }
 
-int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen) {
+int gguf_huge_pages_available(void) {
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (!f) return 0;
+    char line[128] = "";
+    int ok = fgets(line, sizeof line, f) && (strstr(line, "[always]") || strstr(line, "[madvise]"));
+    fclose(f);
+    return ok;
+}
+
+#define HUGE_PAGE ((size_t)2 << 20)
+
+/* The file's size bytes read into anonymous memory aligned to a huge page and advised to use them, then made
+ * read-only.  NULL (errno set) when that fails; the caller maps the file instead. */
+static const uint8_t *read_huge(int fd, size_t size, void **map, size_t *map_len) {
+    size_t body = (size + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE, len = body + HUGE_PAGE;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    uint8_t *a = (uint8_t *)(((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+    madvise(a, body, MADV_HUGEPAGE);
+    for (size_t off = 0; off < size;) {
+        size_t want = size - off < ((size_t)64 << 20) ? size - off : ((size_t)64 << 20);
+        ssize_t got = pread(fd, a + off, want, (off_t)off);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            int e = got < 0 ? errno : EIO; /* 0: the file shrank under us */
+            munmap(p, len);
+            errno = e;
+            return NULL;
+        }
+        off += (size_t)got;
+    }
+    mprotect(a, body, PROT_READ);
+    *map = p;
+    *map_len = len;
+    return a;
+}
+
+int gguf_open_ex(const char *path, int flags, gguf_file **out, char *err, size_t errlen) {
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -307,25 +345,41 @@ int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen) {
         close(fd);
         return -1;
     }
-    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-    close(fd);
-    if (m == MAP_FAILED) {
-        snprintf(err, errlen, "%s: mmap: %s", path, strerror(errno));
-        return -1;
+    void *map = NULL;
+    size_t map_len = 0;
+    const uint8_t *m = NULL;
+    if ((flags & GGUF_OPEN_HUGE) && gguf_huge_pages_available()) m = read_huge(fd, (size_t)st.st_size, &map, &map_len);
+    if (!m) {
+        void *fm = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+        if (fm == MAP_FAILED) {
+            snprintf(err, errlen, "%s: mmap: %s", path, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        m = fm;
     }
+    close(fd);
     char e2[512];
     if (gguf_parse(m, (size_t)st.st_size, out, e2, sizeof e2)) {
         snprintf(err, errlen, "%s: %s", path, e2);
-        munmap(m, (size_t)st.st_size);
+        if (map) munmap(map, map_len);
+        else munmap((void *)m, (size_t)st.st_size);
         return -1;
     }
-    (*out)->mapped = 1;
+    (*out)->mapped = map ? 2 : 1;
+    (*out)->map = map;
+    (*out)->map_len = map_len;
     return 0;
+}
+
+int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen) {
+    return gguf_open_ex(path, 0, out, err, errlen);
 }
 
 void gguf_close(gguf_file *f) {
     if (!f) return;
-    if (f->mapped) munmap((void *)f->base, f->size);
+    if (f->mapped == 2) munmap(f->map, f->map_len);
+    else if (f->mapped) munmap((void *)f->base, f->size);
     free(f->kv);
     free(f->tensors);
     free(f);

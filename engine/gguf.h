@@ -46,7 +46,9 @@ typedef struct {
 typedef struct {
     const uint8_t *base; /* mapping (or caller's buffer) */
     size_t size;
-    int mapped;
+    int mapped;          /* 1: base is the file's mapping; 2: a private copy at map (map_len bytes) */
+    void *map;
+    size_t map_len;
     uint32_t version;
     uint64_t n_kv, n_tensors;
     gguf_kv *kv;
@@ -57,6 +59,15 @@ typedef struct {
 
 /* Map and parse path.  0 on success; -1 with a one-line message in err. */
 int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen);
+/* gguf_open, with GGUF_OPEN_HUGE: read the file into private memory that the kernel backs with 2 MiB pages
+ * (transparent huge pages, asked for with madvise) instead of mapping its 4 KiB pages of page cache, when the
+ * kernel has them (else, or when the copy cannot be made, the file is mapped as by gguf_open).  A pass over the
+ * weights then misses the TLB once per 2 MiB, not once per 4 KiB, and the hardware prefetchers, which stop at page
+ * boundaries, keep streaming: the forward pass of a small model reads all of it for every token. */
+#define GGUF_OPEN_HUGE 1
+int gguf_open_ex(const char *path, int flags, gguf_file **out, char *err, size_t errlen);
+/* Whether this kernel gives transparent huge pages to memory that asks for them (madvise or always). */
+int gguf_huge_pages_available(void);
 /* Parse an in-memory buffer (not copied: it must outlive the result).  Used by gguf_open and the fuzzer. */
 int gguf_parse(const void *buf, size_t size, gguf_file **out, char *err, size_t errlen);
 void gguf_close(gguf_file *f);

@@ -23,7 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 #ifdef DSA_HAVE_CUDA
 #include "../kernels/cuda/cuda.h"
@@ -252,6 +254,17 @@ static int load_weights(dsa_model *m, char *err, size_t errlen) {
     return 0;
 }
 
+/* The weights go into huge pages (gguf_open_ex) unless DSA_MMAP is set to something other than 0, or the copy
+ * would take more than a quarter of the machine's memory: then the file is mapped, which costs no memory of its
+ * own. */
+static int weights_in_huge_pages(const char *path) {
+    const char *e = getenv("DSA_MMAP");
+    if (e && *e && strcmp(e, "0")) return 0;
+    struct stat st;
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return stat(path, &st) == 0 && pages > 0 && psz > 0 && (double)st.st_size <= (double)pages * (double)psz / 4;
+}
+
 int dsa_model_load(const char *path, dsa_model **out, void (*progress)(float, void *), void *ud, char *err,
                    size_t errlen) {
     *out = NULL;
@@ -262,7 +275,7 @@ int dsa_model_load(const char *path, dsa_model **out, void (*progress)(float, vo
         return errf(err, errlen, "out of memory");
     }
     char e[512];
-    if (gguf_open(path, &m->g, err, errlen)) goto fail_quiet;
+    if (gguf_open_ex(path, weights_in_huge_pages(path) ? GGUF_OPEN_HUGE : 0, &m->g, err, errlen)) goto fail_quiet;
     if (progress) progress(0.1f, ud);
     if (dsa_tok_load(m->g, &m->tok, e, sizeof e)) {
         errf(err, errlen, "%s: %s", path, e);

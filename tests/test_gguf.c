@@ -256,6 +256,25 @@ static void test_real_model(void) {
         }
     }
     CHECK(bad == 0, "%d truncated headers of the real model parsed", bad);
+
+    /* read into huge pages: the same bytes and the same parse, in read-only memory aligned to 2 MiB (or, where the
+     * kernel has no transparent huge pages, the file's mapping as before) */
+    gguf_file *h;
+    r = gguf_open_ex(tu_model_path(), GGUF_OPEN_HUGE, &h, err, sizeof err);
+    CHECK(r == 0, "open real model into huge pages: %s", err);
+    if (r == 0) {
+        int huge = gguf_huge_pages_available();
+        CHECK(h->mapped == (huge ? 2 : 1), "huge pages %s, but the file is %s", huge ? "available" : "absent",
+              h->mapped == 2 ? "copied" : "mapped");
+        if (huge) CHECK(((uintptr_t)h->base & (((uintptr_t)2 << 20) - 1)) == 0, "the copy is not 2 MiB aligned");
+        CHECK(h->size == f->size && memcmp(h->base, f->base, f->size) == 0, "the copy's bytes differ from the file's");
+        int same = h->n_tensors == f->n_tensors && h->n_kv == f->n_kv && h->data_offset == f->data_offset;
+        for (uint64_t i = 0; same && i < f->n_tensors; i++)
+            same = (const uint8_t *)h->tensors[i].data - h->base == (const uint8_t *)f->tensors[i].data - f->base &&
+                   h->tensors[i].nbytes == f->tensors[i].nbytes;
+        CHECK(same, "the copy parses differently from the mapping");
+        gguf_close(h);
+    }
     gguf_close(f);
 
     CHECK(gguf_open("/nonexistent/model.gguf", &f, err, sizeof err) != 0 && strstr(err, "No such file"),

@@ -132,27 +132,37 @@ static inline uint32_t rank_hi(float f) {
 }
 static inline uint64_t rank_key(float f, uint32_t i) { return (uint64_t)rank_hi(f) << 32 | i; }
 
-/* After the call a[m] is the element a full ascending sort would put there (Hoare selection, median of three). */
-static void nth_element(uint64_t *a, int n, int m) {
-    int lo = 0, hi = n - 1;
-    while (hi > lo) {
-        int mid = lo + (hi - lo) / 2;
-        uint64_t x = a[lo], y = a[mid], z = a[hi], p;
-        p = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
-        int i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] < p) i++;
-            while (a[j] > p) j--;
-            if (i <= j) {
-                uint64_t t = a[i];
-                a[i] = a[j];
-                a[j] = t;
-                i++, j--;
-            }
+/* The element a full ascending sort of a[0..n) would put at m (0 ≤ m < n), by radix selection: count the values
+ * of one 8-bit digit among the remaining keys, keep those in the bucket where position m falls, and go on with
+ * the next 8 bits until one key remains.  The first digit starts at the highest bit in which the keys differ (from
+ * their OR and AND), so no pass is spent on the top bits that scores of one sign and a few exponents share.  The
+ * keys here are distinct (an index in the low half), so the answer is one key.  No data-dependent branches, unlike
+ * a quickselect, whose comparisons of random scores mispredict half the time; the counts go to two tables in turn,
+ * so runs of one digit value do not chain their increments.  a is reordered (each pass moves its survivors to the
+ * front). */
+static uint64_t kth_key(uint64_t *a, int n, int m) {
+    uint64_t or_ = 0, and_ = ~(uint64_t)0;
+    for (int i = 0; i < n; i++) or_ |= a[i], and_ &= a[i];
+    if (or_ == and_) return a[0];
+    int top = 63 - __builtin_clzll(or_ ^ and_);
+    for (int shift = top >= 7 ? top - 7 : 0;; shift = shift >= 8 ? shift - 8 : 0) {
+        int h0[256] = {0}, h1[256] = {0};
+        int i = 0;
+        for (; i + 1 < n; i += 2) {
+            h0[(a[i] >> shift) & 255]++;
+            h1[(a[i + 1] >> shift) & 255]++;
         }
-        if (m <= j) hi = j;
-        else if (m >= i) lo = i;
-        else return;
+        if (i < n) h0[(a[i] >> shift) & 255]++;
+        uint64_t b = 0;
+        while (m >= h0[b] + h1[b]) m -= h0[b] + h1[b], b++;
+        int kept = 0;
+        for (i = 0; i < n; i++) {
+            uint64_t x = a[i];
+            a[kept] = x;
+            kept += ((x >> shift) & 255) == b;
+        }
+        n = kept;
+        if (n == 1 || shift == 0) return a[m];
     }
 }
 
@@ -165,8 +175,7 @@ static uint32_t sample_floor(int n, const float *score, int k, uint64_t *scratch
     int r = (int)((double)k * m / n * 1.25) + 8;
     if (r >= m) return 0;
     for (int i = 0; i < m; i++) scratch[i] = (uint64_t)rank_hi(score[(size_t)i * step]) << 32 | (uint32_t)i;
-    nth_element(scratch, m, m - r);
-    return (uint32_t)(scratch[m - r] >> 32);
+    return (uint32_t)(kth_key(scratch, m, m - r) >> 32);
 }
 
 /* The keys of the scores whose score half reaches floor, in index order, into out; returns how many. */
@@ -204,6 +213,5 @@ int dsa_topk(int n, const float *score, int k, int32_t *idx, uint64_t *scratch) 
     uint32_t floor = sample_floor(n, score, k, scratch);
     int c = gather_keys(n, score, floor, scratch);
     if (c < k) c = gather_keys(n, score, 0, scratch);
-    nth_element(scratch, c, c - k);
-    return emit_keys(n, score, scratch[c - k], idx);
+    return emit_keys(n, score, kth_key(scratch, c, c - k), idx);
 }

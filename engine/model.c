@@ -988,10 +988,11 @@ static void attention_part(void *arg, int ith, int nth) {
     }
 }
 
-/* Decode (fewer than SPLIT_ROWS rows, no capture, several threads): a row's attention is spread over all the threads in two passes,
- * with the bits attention_part would give it.  First the scores, with the row's span cut into slices (a task: one
- * slice, every head) into c->ascores; then per (row, KV head, 32 dims) the softmax of the group's heads, which each
- * such task redoes from the shared scores in its own buffer, and their weighted sum over those dims of V. */
+/* Decode (fewer than SPLIT_ROWS rows, no capture, several threads): a row's attention is spread over all the
+ * threads in two passes, with the bits attention_part would give it.  First the scores, with the row's span cut
+ * into slices (a task: one slice, every head) into c->ascores; then per (row, KV head, 32 dims) the softmax of the
+ * group's heads, which each such task redoes from the shared scores in its own buffer, and their weighted sum over
+ * those dims of V. */
 static int att_slice(int len, int nth) {
     int sl = (len + 4 * nth - 1) / (4 * nth); /* about 4 slices per thread */
     sl = (sl + 7) / 8 * 8;

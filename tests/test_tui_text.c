@@ -7,7 +7,9 @@
  *   - properties over 20000 random paragraphs built from ASCII words, CJK, emoji, combining sequences, invalid
  *     bytes and blank runs, at widths 1..30: every line fits (unless it is one character wider than the width),
  *     starts and ends on cluster boundaries, reports its true width, is not empty, and the lines cover the text
- *     in order with only blanks between them; no line could have taken the next word (greedy).
+ *     in order with only blanks between them; no line could have taken the next word (greedy);
+ *   - Markdown highlighting: which bytes are markup, the inline state a text leaves (the same when it is scanned
+ *     in pieces, as a wrapped paragraph's lines are), fences and headings.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -168,6 +170,34 @@ static void test_wrap_properties(void) {
     }
 }
 
+/* Markdown highlighting: which bytes are markup, the inline state after a text, what a paragraph is. */
+static void test_markdown(void) {
+    CHECK(tx_md_mark("`x", 2, 0) == 1 && tx_md_mark("`x", 2, TX_MD_CODE) == 1, "a backtick opens and closes code");
+    CHECK(tx_md_mark("**x", 3, 0) == 2 && tx_md_mark("**x", 3, TX_MD_BOLD) == 2, "** opens and closes bold");
+    CHECK(tx_md_mark("**x", 3, TX_MD_CODE) == 0, "** inside code is text");
+    CHECK(tx_md_mark("*x", 2, 0) == 0 && tx_md_mark("*", 1, 0) == 0 && tx_md_mark("", 0, 0) == 0, "a lone *");
+    const char *s = "a **b** `c **d` e **f";
+    CHECK(tx_md_scan(s, strlen(s), 0) == TX_MD_BOLD, "state after '%s': %d", s, tx_md_scan(s, strlen(s), 0));
+    CHECK(tx_md_scan("`**`", 4, 0) == 0, "bold marks inside code do not count");
+    CHECK(tx_md_scan("**a `b", 6, 0) == (TX_MD_BOLD | TX_MD_CODE), "bold and code at once");
+    /* the state runs through a paragraph's lines: scanning it in pieces gives the state of one scan */
+    const char *p = "one **two three** four `five six` seven **eight";
+    size_t n = strlen(p);
+    int bad = 0;
+    for (size_t cut = 0; cut <= n; cut++) {
+        int part = tx_md_scan(p + cut, n - cut, tx_md_scan(p, cut, 0));
+        int at_mark = cut > 0 && p[cut - 1] == '*' && p[cut] == '*'; /* a cut inside "**" splits the mark */
+        bad += !at_mark && part != tx_md_scan(p, n, 0);
+    }
+    CHECK(bad == 0, "%d cuts changed the state", bad);
+    CHECK(tx_md_para("```c", 4) == TX_MD_FENCE && tx_md_para("   ```", 6) == TX_MD_FENCE, "fences");
+    CHECK(tx_md_para("    ```", 7) == 0 && tx_md_para("``", 2) == 0 && tx_md_para("a ```", 5) == 0, "not fences");
+    CHECK(tx_md_para("# T", 3) == TX_MD_HEADING && tx_md_para("###### T", 8) == TX_MD_HEADING, "headings");
+    CHECK(tx_md_para("####### T", 9) == 0 && tx_md_para("#T", 2) == 0 && tx_md_para("#", 1) == 0 &&
+              tx_md_para("", 0) == 0,
+          "not headings");
+}
+
 int main(void) {
     if (tx_locale_init()) {
         fprintf(stderr, "test_tui_text: no UTF-8 locale (C.UTF-8) on this system\n");
@@ -177,5 +207,6 @@ int main(void) {
     test_motion();
     test_wrap_cases();
     test_wrap_properties();
+    test_markdown();
     return tu_finish("test_tui_text");
 }

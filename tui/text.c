@@ -195,3 +195,32 @@ oom:
     *out = NULL;
     return -1;
 }
+
+int tx_md_mark(const char *s, size_t n, int st) {
+    if (n && s[0] == '`') return 1;
+    if (!(st & TX_MD_CODE) && n >= 2 && s[0] == '*' && s[1] == '*') return 2;
+    return 0;
+}
+
+int tx_md_scan(const char *s, size_t n, int st) {
+    for (size_t i = 0; i < n;) {
+        int k = tx_md_mark(s + i, n - i, st);
+        if (!k) {
+            i++;
+            continue;
+        }
+        st ^= k == 1 ? TX_MD_CODE : TX_MD_BOLD;
+        i += (size_t)k;
+    }
+    return st;
+}
+
+int tx_md_para(const char *s, size_t n) {
+    size_t b = 0;
+    while (b < n && b < 3 && s[b] == ' ') b++;
+    if (n - b >= 3 && !memcmp(s + b, "```", 3)) return TX_MD_FENCE;
+    size_t h = b;
+    while (h < n && h - b < 7 && s[h] == '#') h++;
+    if (h > b && h - b <= 6 && h < n && s[h] == ' ') return TX_MD_HEADING;
+    return 0;
+}

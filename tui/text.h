@@ -49,4 +49,17 @@ typedef struct tx_line {
  * number (at least 1: an empty paragraph is one empty line), or -1 when out of memory. */
 int tx_wrap(const char *s, size_t n, int width, tx_line **lines);
 
+/* Markdown highlighting.  The markup stays in the text (drawn dimmed), so the layout is the text's own; these say
+ * how to style it.  The inline state at a point of a paragraph (a line of the text; each starts with none): */
+enum { TX_MD_BOLD = 1, TX_MD_CODE = 2 };
+/* Bytes of markup at s[0..n) in state st: 1 for a backtick (it opens or closes code), 2 for "**" outside code
+ * (bold), else 0. */
+int tx_md_mark(const char *s, size_t n, int st);
+/* The inline state after s[0..n), from st. */
+int tx_md_scan(const char *s, size_t n, int st);
+/* What a paragraph is: TX_MD_FENCE for a line starting with ``` (it opens or closes a code block, and is code
+ * itself), TX_MD_HEADING for "# " to "###### ", else 0; up to 3 leading blanks, as in Markdown. */
+enum { TX_MD_FENCE = 1, TX_MD_HEADING = 2 };
+int tx_md_para(const char *s, size_t n);
+
 #endif

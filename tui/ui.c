@@ -36,7 +36,10 @@ typedef struct tline {
     int header;  /* the role line */
     int hang;    /* extra columns before a wrapped paragraph's later lines */
     size_t start, end;
+    int md;      /* Markdown: the inline state at the line's start (TX_MD_BOLD, TX_MD_CODE) and MD_BLOCK, MD_HEAD */
 } tline;
+
+enum { MD_BLOCK = 4, MD_HEAD = 8 }; /* a line of a code block (or its fence), of a heading */
 
 typedef struct msg {
     enum role role;
@@ -820,7 +823,7 @@ static int input_vertical(int d, int width) {
 
 /* ---- drawing ------------------------------------------------------------------------------------------------------ */
 
-enum { P_USER = 1, P_ASSIST, P_INFO, P_ERROR, P_STATUS, P_SIDE, P_SEL };
+enum { P_USER = 1, P_ASSIST, P_INFO, P_ERROR, P_STATUS, P_SIDE, P_SEL, P_CODE };
 
 /* Draw s[0..n) at the cursor, at most maxcols columns, glyphs as text.c decides. */
 static int draw_text(const char *s, size_t n, int maxcols) {
@@ -838,6 +841,34 @@ static int draw_text(const char *s, size_t n, int maxcols) {
     return cols;
 }
 
+/* draw_text with Markdown highlighting from the line's state md (tline.md): bold spans and headings bold, code
+ * spans and code blocks in their colour, the markup itself dimmed (backticks in the code colour).  The cells are
+ * draw_text's. */
+static int draw_md(const char *s, size_t n, int maxcols, int md) {
+    int cols = 0, mark = 0; /* mark: bytes of markup still to draw */
+    attr_t cur = A_NORMAL;
+    attrset(cur);
+    for (size_t i = 0; i < n;) {
+        if (!mark && !(md & MD_BLOCK) && (mark = tx_md_mark(s + i, n - i, md)))
+            md ^= mark == 1 ? TX_MD_CODE : TX_MD_BOLD;
+        attr_t a = A_NORMAL;
+        if (md & (TX_MD_BOLD | MD_HEAD)) a |= A_BOLD;
+        if (md & (TX_MD_CODE | MD_BLOCK) || (mark && s[i] == '`')) a |= COLOR_PAIR(P_CODE);
+        if (mark) a |= A_DIM, mark--;
+        if (a != cur) attrset(cur = a);
+        uint32_t cp;
+        i += (size_t)tx_decode(s + i, n - i, &cp);
+        int w = tx_cpwidth(cp);
+        if (cols + w > maxcols) break;
+        wchar_t wc[2] = {(wchar_t)tx_glyph(cp), 0};
+        if (w == 0 && cols == 0) continue; /* a mark with nothing to sit on */
+        addnwstr(wc, 1);
+        cols += w;
+    }
+    attrset(A_NORMAL);
+    return cols;
+}
+
 static void draw_str(int y, int x, const char *s, int maxcols) {
     move(y, x);
     draw_text(s, strlen(s), maxcols);
@@ -845,11 +876,14 @@ static void draw_str(int y, int x, const char *s, int maxcols) {
 
 static int nT; /* display lines of the whole transcript */
 
-static void tpush(msg *to, int m, int header, int hang, size_t s, size_t e) {
+static void tpush(msg *to, int m, int header, int hang, size_t s, size_t e, int md) {
     if (to->nlay == to->caplay)
         to->caplay = to->caplay ? to->caplay * 2 : 8, to->lay = xrealloc(to->lay, sizeof *to->lay * (size_t)to->caplay);
-    to->lay[to->nlay++] = (tline){m, header, hang, s, e};
+    to->lay[to->nlay++] = (tline){m, header, hang, s, e, md};
 }
+
+/* Markdown is highlighted in what the user and the model wrote, not in the client's own notes. */
+static int has_md(const msg *m) { return m->role == R_USER || m->role == R_ASSISTANT; }
 
 /* How far a wrapped paragraph's later lines are indented: as far as its first line is (an indented list in a
  * reply stays one block), and for an indented note two columns more, so that they do not read as the next note
@@ -870,27 +904,36 @@ static void layout_msg(int i, int width) {
     m->lay_w = width;
     m->lay_len = m->len;
     int indent = m->role == R_INFO || m->role == R_ERROR ? 0 : 2;
-    if (indent) tpush(m, i, 1, 0, 0, 0);
+    if (indent) tpush(m, i, 1, 0, 0, 0, 0);
     size_t p = 0;
+    int block = 0; /* inside a fenced code block */
     for (;;) {
         size_t e = p;
         while (e < m->len && m->text[e] != '\n') e++;
+        /* the paragraph's kind; its inline state runs on through its wrapped lines (none in a code block) */
+        int kind = has_md(m) ? tx_md_para(m->text + p, e - p) : 0, fence = kind == TX_MD_FENCE;
+        int md = block || fence ? MD_BLOCK : kind == TX_MD_HEADING ? MD_HEAD : 0, inl = !(md & MD_BLOCK) && has_md(m);
         tx_line *L;
         int k = tx_wrap(m->text + p, e - p, width - indent, &L), hang = 0;
         if (k < 0) die_oom();
         size_t q = p; /* where the lines of L start */
         if (k > 1 && (hang = hang_of(m, p, e, width - indent)) > 0) { /* the first line as it is, the rest */
-            tpush(m, i, 0, 0, p + L[0].start, p + L[0].end);              /* wrapped again, narrower */
+            tpush(m, i, 0, 0, p + L[0].start, p + L[0].end, md);          /* wrapped again, narrower */
+            if (inl) md = tx_md_scan(m->text + p + L[0].start, L[0].end - L[0].start, md);
             q = p + L[1].start;
             free(L);
             if ((k = tx_wrap(m->text + q, e - q, width - indent - hang, &L)) < 0) die_oom();
         }
-        for (int j = 0; j < k; j++) tpush(m, i, 0, hang, q + L[j].start, q + L[j].end);
+        for (int j = 0; j < k; j++) {
+            tpush(m, i, 0, hang, q + L[j].start, q + L[j].end, md);
+            if (inl) md = tx_md_scan(m->text + q + L[j].start, L[j].end - L[j].start, md);
+        }
         free(L);
+        if (fence) block = !block;
         if (e >= m->len) break;
         p = e + 1;
     }
-    if (indent) tpush(m, -1, 0, 0, 0, 0);
+    if (indent) tpush(m, -1, 0, 0, 0, 0, 0);
 }
 
 static void layout_transcript(int width) {
@@ -942,7 +985,8 @@ static void draw_transcript(int top, int left, int height, int width) {
         int indent = m->role == R_INFO || m->role == R_ERROR ? 0 : 2;
         if (m->role != R_ASSISTANT && m->role != R_USER) attron(COLOR_PAIR(pair));
         move(top + y, left + indent + l->hang);
-        draw_text(m->text + l->start, l->end - l->start, width - indent - l->hang);
+        if (has_md(m)) draw_md(m->text + l->start, l->end - l->start, width - indent - l->hang, l->md);
+        else draw_text(m->text + l->start, l->end - l->start, width - indent - l->hang);
         if (m->role != R_ASSISTANT && m->role != R_USER) attroff(COLOR_PAIR(pair));
     }
     if (U.scroll > 0) {
@@ -1197,6 +1241,7 @@ static void start_curses(void) {
         init_pair(P_STATUS, COLOR_BLUE, -1);
         init_pair(P_SIDE, COLOR_MAGENTA, -1);
         init_pair(P_SEL, COLOR_GREEN, -1);
+        init_pair(P_CODE, COLOR_YELLOW, -1);
     }
 }
 

@@ -21,6 +21,8 @@ screen with capture-pane, waiting by polling, never by fixed sleeps:
   editor       multi-line input (Ctrl-J, Alt-Enter), Up/Down between lines and through the history, Ctrl-A/E/K/U/W,
                Alt-B/F, a long line of wide characters wrapping
   long_prompt  a pasted prompt of about 2000 tokens: the status bar shows how much of it has been read
+  markdown     **bold**, `code` and a fenced code block in a message are drawn bold, in the code colour, the
+               marks dimmed; plain text plain
 
 Each check prints "ok NAME" or "FAIL NAME: why"; exit status 1 when one failed.
 """
@@ -258,6 +260,66 @@ def check_utf8(e):
     line = next(ln for ln in s.split("\n") if "你好世界" in ln)
     # the cells: the sidebar bar at column 25, so text after it starts at column 27
     expect(line.index("Translate") > 0 and width(line.rstrip()) <= COLS, f"line too wide: {line!r}")
+
+
+def styled(screen):
+    """capture-pane -e's lines as lists of (char, bold, dim, fg): the SGR sequences interpreted."""
+    out = []
+    for raw in screen.split("\n"):
+        cells, bold, dim, fg = [], False, False, None
+        for m in re.finditer(r"\x1b\[([0-9;]*)m|(\x1b\[[^a-zA-Z]*[a-zA-Z])|(.)", raw, re.S):
+            if m.group(3) is not None:
+                cells.append((m.group(3), bold, dim, fg))
+                continue
+            if m.group(1) is None:
+                continue
+            for p in (m.group(1) or "0").split(";"):
+                v = int(p or 0)
+                if v == 0:
+                    bold, dim, fg = False, False, None
+                elif v == 1:
+                    bold = True
+                elif v == 2:
+                    dim = True
+                elif v == 22:
+                    bold = dim = False
+                elif 30 <= v <= 37:
+                    fg = v
+                elif v == 39:
+                    fg = None
+        out.append(cells)
+    return out
+
+
+def check_markdown(e):
+    e.type("Repeat **loud** and `tiny()`:")
+    e.keys("C-j")
+    e.type("```")
+    e.keys("C-j")
+    e.type("int z9 = 1 + 2")
+    e.keys("C-j")
+    e.type("```")
+    e.keys("Enter")
+    e.wait_text("int z9 = 1 + 2")
+    e.wait_idle()
+    lines = styled(e.tm("capture-pane", "-e", "-p", "-t", "t"))
+
+    def find(word):
+        for cells in lines:
+            text = "".join(c[0] for c in cells)
+            i = text.find(word)
+            if i >= 0:
+                return cells[i:i + len(word)]
+        raise Fail(f"{word!r} not on the screen")
+
+    loud, tiny, code = find("loud"), find("tiny()"), find("int z9 = 1 + 2")
+    marks = find("**loud**")
+    expect(all(c[1] and not c[2] for c in loud), f"**loud** is not bold: {loud}")
+    expect(all(c[2] for c in marks[:2] + marks[-2:]), f"the ** marks are not dimmed: {marks}")
+    expect(all(c[3] == 33 and not c[1] for c in tiny), f"`tiny()` is not in the code colour: {tiny}")
+    expect(all(c[3] == 33 for c in code), f"the code block is not in the code colour: {code}")
+    plain = find("Repeat")
+    expect(not any(c[1] or c[2] or c[3] for c in plain), f"plain text is styled: {plain}")
 
 
 def check_sessions(e):
@@ -501,7 +563,8 @@ def check_long_prompt(e):
 CHECKS = [("start", check_start), ("stream", check_stream), ("utf8", check_utf8), ("sessions", check_sessions),
           ("resize", check_resize), ("cancel", check_cancel), ("reopen", check_reopen),
           ("reconnect", check_reconnect), ("commands", check_commands),
-          ("editor", check_editor), ("session_arg", check_session_arg), ("long_prompt", check_long_prompt)]
+          ("editor", check_editor), ("session_arg", check_session_arg), ("long_prompt", check_long_prompt),
+          ("markdown", check_markdown)]
 
 
 def main():

@@ -825,10 +825,23 @@ static int input_vertical(int d, int width) {
 
 enum { P_USER = 1, P_ASSIST, P_INFO, P_ERROR, P_STATUS, P_SIDE, P_SEL, P_CODE };
 
-/* Draw s[0..n) at the cursor, at most maxcols columns, glyphs as text.c decides. */
-static int draw_text(const char *s, size_t n, int maxcols) {
-    int cols = 0;
+/* Draw s[0..n) at the cursor, at most maxcols columns, glyphs as text.c decides.  With md ≥ 0 (a line's tline.md)
+ * Markdown is highlighted: bold spans and headings bold, code spans and code blocks in their colour, the markup
+ * itself dimmed (backticks in the code colour); with md < 0 the attributes are left as the caller set them. */
+static int draw_run(const char *s, size_t n, int maxcols, int md) {
+    int cols = 0, mark = 0; /* mark: bytes of markup still to draw */
+    attr_t cur = A_NORMAL;
+    if (md >= 0) attrset(cur);
     for (size_t i = 0; i < n;) {
+        if (md >= 0) {
+            if (!mark && !(md & MD_BLOCK) && (mark = tx_md_mark(s + i, n - i, md)))
+                md ^= mark == 1 ? TX_MD_CODE : TX_MD_BOLD;
+            attr_t a = A_NORMAL;
+            if (md & (TX_MD_BOLD | MD_HEAD)) a |= A_BOLD;
+            if (md & (TX_MD_CODE | MD_BLOCK) || (mark && s[i] == '`')) a |= COLOR_PAIR(P_CODE);
+            if (mark) a |= A_DIM, mark--;
+            if (a != cur) attrset(cur = a);
+        }
         uint32_t cp;
         i += (size_t)tx_decode(s + i, n - i, &cp);
         int w = tx_cpwidth(cp);
@@ -838,36 +851,11 @@ static int draw_text(const char *s, size_t n, int maxcols) {
         addnwstr(wc, 1);
         cols += w;
     }
+    if (md >= 0) attrset(A_NORMAL);
     return cols;
 }
 
-/* draw_text with Markdown highlighting from the line's state md (tline.md): bold spans and headings bold, code
- * spans and code blocks in their colour, the markup itself dimmed (backticks in the code colour).  The cells are
- * draw_text's. */
-static int draw_md(const char *s, size_t n, int maxcols, int md) {
-    int cols = 0, mark = 0; /* mark: bytes of markup still to draw */
-    attr_t cur = A_NORMAL;
-    attrset(cur);
-    for (size_t i = 0; i < n;) {
-        if (!mark && !(md & MD_BLOCK) && (mark = tx_md_mark(s + i, n - i, md)))
-            md ^= mark == 1 ? TX_MD_CODE : TX_MD_BOLD;
-        attr_t a = A_NORMAL;
-        if (md & (TX_MD_BOLD | MD_HEAD)) a |= A_BOLD;
-        if (md & (TX_MD_CODE | MD_BLOCK) || (mark && s[i] == '`')) a |= COLOR_PAIR(P_CODE);
-        if (mark) a |= A_DIM, mark--;
-        if (a != cur) attrset(cur = a);
-        uint32_t cp;
-        i += (size_t)tx_decode(s + i, n - i, &cp);
-        int w = tx_cpwidth(cp);
-        if (cols + w > maxcols) break;
-        wchar_t wc[2] = {(wchar_t)tx_glyph(cp), 0};
-        if (w == 0 && cols == 0) continue; /* a mark with nothing to sit on */
-        addnwstr(wc, 1);
-        cols += w;
-    }
-    attrset(A_NORMAL);
-    return cols;
-}
+static int draw_text(const char *s, size_t n, int maxcols) { return draw_run(s, n, maxcols, -1); }
 
 static void draw_str(int y, int x, const char *s, int maxcols) {
     move(y, x);
@@ -985,8 +973,7 @@ static void draw_transcript(int top, int left, int height, int width) {
         int indent = m->role == R_INFO || m->role == R_ERROR ? 0 : 2;
         if (m->role != R_ASSISTANT && m->role != R_USER) attron(COLOR_PAIR(pair));
         move(top + y, left + indent + l->hang);
-        if (has_md(m)) draw_md(m->text + l->start, l->end - l->start, width - indent - l->hang, l->md);
-        else draw_text(m->text + l->start, l->end - l->start, width - indent - l->hang);
+        draw_run(m->text + l->start, l->end - l->start, width - indent - l->hang, has_md(m) ? l->md : -1);
         if (m->role != R_ASSISTANT && m->role != R_USER) attroff(COLOR_PAIR(pair));
     }
     if (U.scroll > 0) {
@@ -1013,6 +1000,13 @@ static void draw_sidebar(int height, int width) {
     for (int y = 0; y < height; y++) mvaddch(y, width, ACS_VLINE);
 }
 
+/* Whether a request of this kind is waiting for its reply. */
+static int awaiting(enum kind k) {
+    for (int i = 0; i < U.npend; i++)
+        if (U.pend[i].kind == k) return 1;
+    return 0;
+}
+
 static void draw_status(int y, int width) {
     static const char spin[] = "|/-\\";
     char dsa[48], conn[64], tps[32], s[512];
@@ -1020,7 +1014,10 @@ static void draw_status(int y, int width) {
     else if (!U.has_dsa) snprintf(dsa, sizeof dsa, "DSA n/a");
     else if (U.dsa_k < 0) snprintf(dsa, sizeof dsa, "DSA off");
     else snprintf(dsa, sizeof dsa, "DSA on k=%lld", U.dsa_k > 0 ? U.dsa_k : U.dsa_default_k);
-    if (U.state == C_UP) snprintf(conn, sizeof conn, "%s", U.chat_id >= 0 ? "generating…" : "connected");
+    /* "connected" once the daemon has said what it runs and a session is shown, so that the bar is complete */
+    int settled = !awaiting(K_HELLO) && U.model[0] && U.sname;
+    if (U.state == C_UP && !settled) snprintf(conn, sizeof conn, "connecting…");
+    else if (U.state == C_UP) snprintf(conn, sizeof conn, "%s", U.chat_id >= 0 ? "generating…" : "connected");
     else if (U.state == C_SPAWNING || U.daemon_loading)
         snprintf(conn, sizeof conn, "starting dsachatd, loading the model %c", spin[U.spinner & 3]);
     else snprintf(conn, sizeof conn, "disconnected, reconnecting…");

@@ -11,6 +11,7 @@
  *   - Markdown highlighting: which bytes are markup, the inline state a text leaves (the same when it is scanned
  *     in pieces, as a wrapped paragraph's lines are), fences and headings.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -198,6 +199,42 @@ static void test_markdown(void) {
           "not headings");
 }
 
+/* /copy's helpers: the last fenced block of a reply, base64 (RFC 4648's test vectors). */
+static const char *last_block(const char *s) {
+    static char out[256];
+    size_t a, b;
+    if (!tx_md_last_block(s, strlen(s), &a, &b)) return "(none)";
+    snprintf(out, sizeof out, "%.*s", (int)(b - a), s + a);
+    return out;
+}
+
+static void test_copy_helpers(void) {
+    static const struct {
+        const char *in, *want;
+    } blocks[] = {
+        {"no code here", "(none)"},
+        {"Use:\n```c\nint x;\nreturn x;\n```\nDone.", "int x;\nreturn x;"},
+        {"```\na\n```\nthen\n```py\nb = 1\n```", "b = 1"},
+        {"```\n```", ""},
+        {"text\n```sh\nls -l\nrm x", "ls -l\nrm x"}, /* left open: to the end */
+        {"```", ""},
+        {"say ```inline``` only", "(none)"}, /* a fence must start its line */
+        {"  ```\n  indented\n  ```", "  indented"},
+    };
+    for (size_t i = 0; i < sizeof blocks / sizeof *blocks; i++)
+        CHECK(!strcmp(last_block(blocks[i].in), blocks[i].want), "last block of '%s': '%s', want '%s'", blocks[i].in,
+              last_block(blocks[i].in), blocks[i].want);
+    static const char *b64[][2] = {{"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},        {"foo", "Zm9v"},
+                                   {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"}};
+    for (size_t i = 0; i < sizeof b64 / sizeof *b64; i++) {
+        char out[16];
+        size_t n = tx_base64(b64[i][0], strlen(b64[i][0]), out);
+        CHECK(n == strlen(b64[i][1]) && !memcmp(out, b64[i][1], n), "base64 of '%s'", b64[i][0]);
+    }
+    char hi[3] = {(char)0xff, (char)0xfe, (char)0x80}, out[4];
+    CHECK(tx_base64(hi, 3, out) == 4 && !memcmp(out, "//6A", 4), "base64 of high bytes: %.4s", out);
+}
+
 int main(void) {
     if (tx_locale_init()) {
         fprintf(stderr, "test_tui_text: no UTF-8 locale (C.UTF-8) on this system\n");
@@ -208,5 +245,6 @@ int main(void) {
     test_wrap_cases();
     test_wrap_properties();
     test_markdown();
+    test_copy_helpers();
     return tu_finish("test_tui_text");
 }

@@ -224,3 +224,35 @@ int tx_md_para(const char *s, size_t n) {
     if (h > b && h - b <= 6 && h < n && s[h] == ' ') return TX_MD_HEADING;
     return 0;
 }
+
+int tx_md_last_block(const char *s, size_t n, size_t *start, size_t *end) {
+    int found = 0, open = 0;
+    size_t body = 0;
+    for (size_t p = 0; p <= n;) {
+        size_t e = p;
+        while (e < n && s[e] != '\n') e++;
+        if (tx_md_para(s + p, e - p) == TX_MD_FENCE) {
+            if (!open) body = e < n ? e + 1 : n;
+            else *start = body, *end = p > body ? p - 1 : body, found = 1;
+            open = !open;
+        }
+        if (e >= n) break;
+        p = e + 1;
+    }
+    if (open) *start = body, *end = n, found = 1;
+    return found;
+}
+
+size_t tx_base64(const char *s, size_t n, char *out) {
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *u = (const unsigned char *)s;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)u[i] << 16 | (i + 1 < n ? (unsigned)u[i + 1] << 8 : 0) | (i + 2 < n ? u[i + 2] : 0);
+        out[o++] = b64[v >> 18 & 63];
+        out[o++] = b64[v >> 12 & 63];
+        out[o++] = i + 1 < n ? b64[v >> 6 & 63] : '=';
+        out[o++] = i + 2 < n ? b64[v & 63] : '=';
+    }
+    return o;
+}

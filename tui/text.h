@@ -61,5 +61,10 @@ int tx_md_scan(const char *s, size_t n, int st);
  * itself), TX_MD_HEADING for "# " to "###### ", else 0; up to 3 leading blanks, as in Markdown. */
 enum { TX_MD_FENCE = 1, TX_MD_HEADING = 2 };
 int tx_md_para(const char *s, size_t n);
+/* The last fenced code block of s[0..n): its lines between the fences (without them, and without the newline
+ * before the closing fence) as s[*start, *end); a block left open runs to the end.  0 when s has none. */
+int tx_md_last_block(const char *s, size_t n, size_t *start, size_t *end);
+/* s[0..n) in base64 (RFC 4648, padded) into out, which holds 4·⌈n/3⌉ bytes; returns that length. */
+size_t tx_base64(const char *s, size_t n, char *out);
 
 #endif

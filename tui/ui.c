@@ -569,6 +569,7 @@ static const char *help_text[] = {
     "  /set temp|top_p|top_k|min_p|seed|repeat_penalty|max_tokens VALUE",
     "  /dsa on|off|k=N   sparse attention for this session",
     "  /export FILE   the transcript as Markdown (JSON when FILE ends in .json)",
+    "  /copy [code]   the last reply (or its last code block) to the clipboard, through the terminal",
     "  /stats   /help   /quit",
 };
 
@@ -628,6 +629,48 @@ static void cmd_sessions(void) {
     request(K_LIST, "session.list", NULL, NULL);
 }
 
+/* Put s[0..n) on the clipboard through the terminal: the OSC 52 sequence, which most terminals honour (xterm
+ * with allowWindowOps, kitty, WezTerm, foot, iTerm2, Windows Terminal; tmux with set-clipboard on) and the
+ * others ignore.  0, or -1 when the terminal cannot be written. */
+static int osc52(const char *s, size_t n) {
+    char *o = xrealloc(NULL, 8 + (n + 2) / 3 * 4 + 1);
+    memcpy(o, "\033]52;c;", 7);
+    size_t len = 7 + tx_base64(s, n, o + 7);
+    o[len++] = '\a';
+    refresh(); /* curses's own output first */
+    int rc = 0;
+    for (size_t off = 0; off < len;) {
+        ssize_t w = write(STDOUT_FILENO, o + off, len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            rc = -1;
+            break;
+        }
+        off += (size_t)w;
+    }
+    free(o);
+    return rc;
+}
+
+/* /copy: the last reply; /copy code: the last fenced code block of the replies. */
+static void cmd_copy(const char *arg) {
+    int code = !strcmp(arg, "code");
+    if (*arg && !code) {
+        info(R_ERROR, "usage: /copy [code]");
+        return;
+    }
+    for (int i = U.nmsgs - 1; i >= 0; i--) {
+        const msg *m = &U.msgs[i];
+        size_t a = 0, b = m->len;
+        if (m->role != R_ASSISTANT || !m->len || (code && !tx_md_last_block(m->text, m->len, &a, &b))) continue;
+        if (osc52(m->text + a, b - a)) info(R_ERROR, "/copy: cannot write to the terminal: %s", strerror(errno));
+        else info(R_INFO, "copied %s (%zu bytes) to the clipboard through the terminal (OSC 52)",
+                  code ? "the last code block" : "the last reply", b - a);
+        return;
+    }
+    info(R_ERROR, "/copy: %s", code ? "no reply holds a code block (between ``` lines)" : "no reply yet");
+}
+
 /* A line starting with '/'. */
 static void command(char *line) {
     char *cmd = line + 1, *arg = cmd + strcspn(cmd, " ");
@@ -663,6 +706,8 @@ static void command(char *line) {
         request(K_EXPORT, "session.export", json_pack("{soss}", "session", sref(), "format", fmt), arg);
     } else if (!strcmp(cmd, "stats")) {
         request(K_STATS, "daemon.stats", NULL, NULL);
+    } else if (!strcmp(cmd, "copy")) {
+        cmd_copy(arg);
     } else {
         info(R_ERROR, "unknown command or missing argument: /%s (/help lists them)", cmd);
     }

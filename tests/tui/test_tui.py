@@ -23,6 +23,8 @@ screen with capture-pane, waiting by polling, never by fixed sleeps:
   long_prompt  a pasted prompt of about 2000 tokens: the status bar shows how much of it has been read
   markdown     **bold**, `code` and a fenced code block in a message are drawn bold, in the code colour, the
                marks dimmed; plain text plain
+  copy         /copy puts the last reply on the clipboard (OSC 52, which tmux takes into a buffer), /copy code the
+               last code block of the replies (or says there is none)
 
 Each check prints "ok NAME" or "FAIL NAME: why"; exit status 1 when one failed.
 """
@@ -322,6 +324,62 @@ def check_markdown(e):
     expect(not any(c[1] or c[2] or c[3] for c in plain), f"plain text is styled: {plain}")
 
 
+def last_code_block(text):
+    """The last fenced code block of text (the rule of tui/text.c, written again): its lines between ``` lines."""
+    found, body, block = None, None, None
+    for line in text.split("\n"):
+        if re.match(r" {0,3}```", line):
+            if block is None:
+                block = []
+            else:
+                found, block = "\n".join(block), None
+        elif block is not None:
+            block.append(line)
+    return "\n".join(block) if block is not None else found
+
+
+def check_copy(e):
+    e.tm("set-option", "-g", "set-clipboard", "on")  # tmux takes OSC 52 from the application into a buffer
+    e.tm("delete-buffer", check=False)
+    name = re.search(r"\[([^\]]+)\]", e.status(e.screen())).group(1)
+    msgs = e.cli("history", name, "--json")["messages"]
+    replies = [m["content"] for m in msgs if m["role"] == "assistant" and m["content"]]
+    expect(replies, f"no reply in {name!r} to copy")
+    e.type("/copy")
+    e.keys("Enter")
+    e.wait_text("copied the last reply")
+    got = e.tm("show-buffer")
+    expect(got == replies[-1], f"the clipboard holds {got[:80]!r}, the last reply is {replies[-1][:80]!r}")
+    blocks = [b for b in (last_code_block(r) for r in replies) if b is not None]
+    if not blocks:  # ask for one (the model usually obliges; either way the check below knows what to expect)
+        e.type("/set max_tokens 200")  # (an earlier check left it small)
+        e.keys("Enter")
+        e.wait_text("max_tokens 200")
+        e.type("Show the C hello world program in Markdown, between ```c and ``` lines.")
+        e.keys("Enter")
+        deadline = time.monotonic() + 120
+        while len(msgs2 := e.cli("history", name, "--json")["messages"]) < len(msgs) + 2:
+            expect(time.monotonic() < deadline, "no reply to the request for code")
+            time.sleep(0.2)
+        e.wait_idle()
+        msgs = e.cli("history", name, "--json")["messages"]
+        replies = [m["content"] for m in msgs if m["role"] == "assistant" and m["content"]]
+        blocks = [b for b in (last_code_block(r) for r in replies) if b is not None]
+    print(f"     (/copy code: {len(blocks)} replies with a code block)", flush=True)
+    e.tm("delete-buffer", check=False)
+    e.type("/copy code")
+    e.keys("Enter")
+    if blocks:
+        e.wait_text("copied the last code block")
+        got = e.tm("show-buffer")
+        expect(got == blocks[-1], f"the clipboard holds {got[:80]!r}, the last code block is {blocks[-1][:80]!r}")
+    else:
+        e.wait_text("no reply holds a code block")
+    e.type("/copy nonsense")
+    e.keys("Enter")
+    e.wait_text("usage: /copy [code]")
+
+
 def check_sessions(e):
     e.type("/new second")
     e.keys("Enter")
@@ -564,7 +622,7 @@ CHECKS = [("start", check_start), ("stream", check_stream), ("utf8", check_utf8)
           ("resize", check_resize), ("cancel", check_cancel), ("reopen", check_reopen),
           ("reconnect", check_reconnect), ("commands", check_commands),
           ("editor", check_editor), ("session_arg", check_session_arg), ("long_prompt", check_long_prompt),
-          ("markdown", check_markdown)]
+          ("markdown", check_markdown), ("copy", check_copy)]
 
 
 def main():

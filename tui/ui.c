@@ -28,7 +28,7 @@
 enum role { R_USER, R_ASSISTANT, R_SYSTEM, R_INFO, R_ERROR };
 enum conn_state { C_DOWN, C_SPAWNING, C_UP };
 enum kind { K_NONE, K_HELLO, K_LIST, K_OPEN, K_HISTORY, K_CREATE, K_RENAME, K_DELETE, K_SET, K_EXPORT, K_STATS,
-            K_CANCEL };
+            K_CANCEL, K_FORK };
 
 /* One display line of the transcript. */
 typedef struct tline {
@@ -449,6 +449,12 @@ static void on_reply(const pending *p, const json_t *r) {
         info(R_INFO, "new session \"%s\"", U.sname);
         request(K_LIST, "session.list", NULL, NULL);
         break;
+    case K_FORK: /* the copy opens, with the transcript so far; p->arg is the source's name */
+        snprintf(U.after_load, sizeof U.after_load, "forked \"%s\" into \"%s\"", p->arg ? p->arg : "",
+                 jstr(json_object_get(r, "session"), "name") ? jstr(json_object_get(r, "session"), "name") : "");
+        show_session(json_object_get(r, "session"), 1);
+        request(K_LIST, "session.list", NULL, NULL);
+        break;
     case K_RENAME:
         show_session(json_object_get(r, "session"), 0);
         info(R_INFO, "renamed to \"%s\"", U.sname);
@@ -565,6 +571,7 @@ static const char *help_text[] = {
     "  Ctrl-C cancels the reply being generated; pressed twice while idle, quits",
     "Commands:",
     "  /new [NAME]   /sessions   /switch NAME|ID   /rename NAME   /delete (asks)",
+    "  /fork [NAME]   a new session holding this conversation so far, to take another way from here",
     "  /system [TEXT] sets the system prompt (without TEXT: removes it)",
     "  /set temp|top_p|top_k|min_p|seed|repeat_penalty|max_tokens VALUE",
     "  /dsa on|off|k=N   sparse attention for this session",
@@ -708,6 +715,9 @@ static void command(char *line) {
         request(K_STATS, "daemon.stats", NULL, NULL);
     } else if (!strcmp(cmd, "copy")) {
         cmd_copy(arg);
+    } else if (!strcmp(cmd, "fork")) {
+        request(K_FORK, "session.fork", *arg ? json_pack("{soss}", "session", sref(), "name", arg)
+                                              : json_pack("{so}", "session", sref()), U.sname);
     } else {
         info(R_ERROR, "unknown command or missing argument: /%s (/help lists them)", cmd);
     }

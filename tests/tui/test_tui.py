@@ -25,6 +25,7 @@ screen with capture-pane, waiting by polling, never by fixed sleeps:
                marks dimmed; plain text plain
   copy         /copy puts the last reply on the clipboard (OSC 52, which tmux takes into a buffer), /copy code the
                last code block of the replies (or says there is none)
+  fork         /fork NAME opens a new session holding the same messages; /fork without a name gets "(fork)"
 
 Each check prints "ok NAME" or "FAIL NAME: why"; exit status 1 when one failed.
 """
@@ -380,6 +381,22 @@ def check_copy(e):
     e.wait_text("usage: /copy [code]")
 
 
+def check_fork(e):
+    name = re.search(r"\[([^\]]+)\]", e.status(e.screen())).group(1)
+    before = e.cli("history", name, "--json")["messages"]
+    e.type("/fork branch")
+    e.keys("Enter")
+    e.wait_text(f'forked "{name}" into "branch"')
+    s = e.wait(lambda s: "[branch]" in e.status(s), "the fork to open")
+    after = e.cli("history", "branch", "--json")["messages"]
+    strip = lambda ms: [(m["role"], m["content"]) for m in ms]
+    expect(strip(after) == strip(before), f"the fork holds {len(after)} messages, the source {len(before)}")
+    expect("branch" in "".join(sidebar(s)), f"the sidebar lacks the fork: {sidebar(s)}")
+    e.type("/fork")
+    e.keys("Enter")
+    e.wait_text('forked "branch" into "branch (fork)"')
+
+
 def check_sessions(e):
     e.type("/new second")
     e.keys("Enter")
@@ -622,7 +639,7 @@ CHECKS = [("start", check_start), ("stream", check_stream), ("utf8", check_utf8)
           ("resize", check_resize), ("cancel", check_cancel), ("reopen", check_reopen),
           ("reconnect", check_reconnect), ("commands", check_commands),
           ("editor", check_editor), ("session_arg", check_session_arg), ("long_prompt", check_long_prompt),
-          ("markdown", check_markdown), ("copy", check_copy)]
+          ("markdown", check_markdown), ("copy", check_copy), ("fork", check_fork)]
 
 
 def main():

@@ -366,7 +366,7 @@ int gguf_open_ex(const char *path, int flags, gguf_file **out, char *err, size_t
         else munmap((void *)m, (size_t)st.st_size);
         return -1;
     }
-    (*out)->mapped = map ? 2 : 1;
+    (*out)->mapped = 1;
     (*out)->map = map;
     (*out)->map_len = map_len;
     return 0;
@@ -378,7 +378,7 @@ int gguf_open(const char *path, gguf_file **out, char *err, size_t errlen) {
 
 void gguf_close(gguf_file *f) {
     if (!f) return;
-    if (f->mapped == 2) munmap(f->map, f->map_len);
+    if (f->map) munmap(f->map, f->map_len);
     else if (f->mapped) munmap((void *)f->base, f->size);
     free(f->kv);
     free(f->tensors);

@@ -46,8 +46,8 @@ typedef struct {
 typedef struct {
     const uint8_t *base; /* mapping (or caller's buffer) */
     size_t size;
-    int mapped;          /* 1: base is the file's mapping; 2: a private copy at map (map_len bytes) */
-    void *map;
+    int mapped;          /* base is gguf_open's: the file's mapping, or (map set) a private copy */
+    void *map;           /* the copy's whole allocation (map_len bytes; base is inside it), or NULL */
     size_t map_len;
     uint32_t version;
     uint64_t n_kv, n_tensors;
